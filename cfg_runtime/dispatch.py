@@ -1,0 +1,115 @@
+"""One guided model evaluation: run this rank's branches, exchange, combine.
+
+The serial path is the same code with a LocalExchange (world of one), so the
+parallel result equals the serial one bit for bit.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import JobInterrupted, PredictionError
+from .exchange import Exchange, LocalExchange
+from .plan import BranchPlan, make_plan
+from .policy import CFGBranch, CFGPolicy, CombineContext
+
+log = logging.getLogger("cfg_parallel")
+
+Evaluate = Callable[[CFGBranch], torch.Tensor]
+
+
+class PeerFailed(RuntimeError):
+    """Another rank failed in this step; this rank leaves the job cleanly."""
+
+
+@dataclass
+class DispatchStats:
+    """What this rank did: forwards per branch, evaluations, idle evaluations."""
+
+    forwards: dict = field(default_factory=dict)
+    evaluations: int = 0
+    idle_evaluations: int = 0
+
+    def as_dict(self) -> dict:
+        return {"forwards": dict(self.forwards), "evaluations": self.evaluations,
+                "idle_evaluations": self.idle_evaluations}
+
+
+class BranchDispatcher:
+    """Evaluates a policy's branches on a group of ranks and combines them."""
+
+    def __init__(self, policy: CFGPolicy, exchange: Exchange | None = None, *,
+                 strategy: str = "cost_balanced", stop_requested: Callable[[], bool] | None = None) -> None:
+        self.policy = policy
+        self.exchange = exchange or LocalExchange()
+        self.strategy = strategy
+        self.stop_requested = stop_requested
+        self.stats = DispatchStats()
+        self.memory: dict = {}
+        self._plans: dict[tuple[str, ...], BranchPlan] = {}
+
+    def plan_for(self, branches: tuple[CFGBranch, ...]) -> BranchPlan:
+        key = tuple(b.name for b in branches)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = make_plan(branches, self.exchange.world_size, self.strategy)
+            self._plans[key] = plan
+            if self.exchange.rank == 0:
+                log.info("cfg-parallel plan: %s", plan.describe())
+        return plan
+
+    def __call__(self, evaluate: Evaluate, x: torch.Tensor, step: int,
+                 latent_shapes: tuple[tuple[int, ...], ...] | None = None) -> torch.Tensor:
+        branches = self.policy.active_branches(step)
+        plan = self.plan_for(branches)
+        mine = plan.assignment[self.exchange.rank]
+        self.stats.evaluations += 1
+        if not mine:
+            self.stats.idle_evaluations += 1
+
+        local: list[torch.Tensor | None] = []
+        error: BaseException | None = None
+        for name in mine:
+            try:
+                pred = evaluate(self.policy.branch(name))
+                pred = _checked(name, pred, x)
+            except BaseException as exc:  # the peers must still get this step's exchange
+                error = exc
+                break
+            self.stats.forwards[name] = self.stats.forwards.get(name, 0) + 1
+            local.append(pred)
+
+        stop = bool(self.exchange.rank == 0 and self.stop_requested is not None and self.stop_requested())
+        gathered = self.exchange.gather(local if error is None else [], plan.slots, x, stop=stop,
+                                        failed=error is not None)
+        if error is not None:
+            raise error
+        if gathered.failed_ranks:
+            raise PeerFailed(f"rank(s) {list(gathered.failed_ranks)} failed at step {step}")
+        if gathered.stop:
+            raise JobInterrupted(f"Interrupted at step {step}.", step=step)
+
+        preds = {}
+        for b in branches:
+            rank, slot = plan.location(b.name)
+            pred = gathered.preds[rank][slot]
+            if not torch.isfinite(pred).all():
+                raise PredictionError(
+                    f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
+                    f"(fp16 overflow?) and the guidance scales.")
+            preds[b.name] = pred
+        ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
+        return self.policy.combine(preds, ctx)
+
+
+def _checked(name: str, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pred, torch.Tensor):
+        raise PredictionError(f"Branch '{name}' returned {type(pred).__name__}, expected a tensor.")
+    if tuple(pred.shape) != tuple(x.shape):
+        raise PredictionError(
+            f"Branch '{name}' returned a prediction of shape {tuple(pred.shape)}; expected the input's shape "
+            f"{tuple(x.shape)}. The model must predict a tensor shaped like its input.")
+    return pred.to(x.dtype)

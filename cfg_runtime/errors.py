@@ -1,0 +1,46 @@
+"""Errors of the runtime. Each message says what went wrong and what to do."""
+from __future__ import annotations
+
+
+class CFGParallelError(RuntimeError):
+    """Base class: every error this pack raises on purpose."""
+
+
+class PolicyError(CFGParallelError, ValueError):
+    """A policy (branches, rule, parameters) is malformed."""
+
+
+class GroupConfigError(CFGParallelError, ValueError):
+    """The requested worker group (size, devices) cannot exist on this machine."""
+
+
+class PredictionError(CFGParallelError):
+    """A branch produced a prediction of the wrong shape or with NaN/inf values."""
+
+
+class GroupStartError(CFGParallelError):
+    """The worker processes did not come up."""
+
+
+class WorkerDiedError(CFGParallelError):
+    """A worker process ended during a job; the group was torn down."""
+
+
+class JobTimeoutError(CFGParallelError):
+    """No progress within the deadline; the group was torn down."""
+
+
+class JobFailedError(CFGParallelError):
+    """The job raised on a rank; the group stays usable."""
+
+
+class JobInterrupted(CFGParallelError):
+    """The job was stopped on request; every rank stopped at the same step."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class ShippingError(CFGParallelError):
+    """Something the job needs cannot be sent to the worker processes."""

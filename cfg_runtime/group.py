@@ -1,0 +1,386 @@
+"""The persistent worker group, seen from the ComfyUI process.
+
+The parent is not a member of the process group: it talks to each rank over a pipe
+and never enters a collective, so a dead or hung rank can't freeze it. Every wait has
+a deadline; process sentinels are watched; after any fault the group is torn down and
+the next job starts a fresh one.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_any
+from typing import Any, Callable, Sequence
+
+from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
+                     WorkerDiedError)
+from .worker import WorkerConfig, worker_main
+
+log = logging.getLogger("cfg_parallel")
+
+LOOPBACK_ENV = (("GLOO_SOCKET_IFNAME", "lo"), ("NCCL_SOCKET_IFNAME", "lo"), ("NCCL_NVLS_ENABLE", "0"),
+                ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"))
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Which devices, which backend, and the deadlines."""
+
+    devices: tuple[str, ...]
+    backend: str = ""  # "" = nccl for CUDA devices, gloo for CPU
+    threads_per_rank: int = 1
+    start_timeout_s: float = 180.0
+    step_timeout_s: float = 600.0
+    collective_timeout_s: float = 600.0
+    interrupt_grace_s: float = 60.0
+
+    @property
+    def world_size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend:
+            return self.backend
+        return "nccl" if all(d.startswith("cuda") for d in self.devices) else "gloo"
+
+
+def parse_devices(text: str, size: int) -> tuple[str, ...]:
+    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
+    import torch
+
+    if size < 1:
+        raise GroupConfigError(f"Parallel size must be at least 1, got {size}.")
+    names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
+    if not names or names == ["auto"]:
+        n_gpu = torch.cuda.device_count()
+        if n_gpu >= size:
+            names = [f"cuda:{i}" for i in range(size)]
+        elif n_gpu == 0:
+            names = ["cpu"] * size
+        else:
+            raise GroupConfigError(
+                f"Parallel size {size} asks for {size} GPUs but this machine has {n_gpu}. Lower the parallel size "
+                f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
+    elif names == ["cpu"]:
+        names = ["cpu"] * size
+    if len(names) != size:
+        raise GroupConfigError(f"{len(names)} device(s) listed ({', '.join(names)}) but parallel size is {size}: "
+                               f"list exactly one device per rank, or leave devices empty for automatic choice.")
+    n_gpu = None
+    for name in names:
+        if name == "cpu":
+            continue
+        if name == "cuda":
+            raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
+        if not name.startswith("cuda:") or not name[5:].isdigit():
+            raise GroupConfigError(f"Unknown device '{name}': use 'cpu' or 'cuda:N'.")
+        n_gpu = torch.cuda.device_count() if n_gpu is None else n_gpu
+        if int(name[5:]) >= n_gpu:
+            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
+    kinds = {n.split(":")[0] for n in names}
+    if len(kinds) > 1:
+        raise GroupConfigError(f"Mixed devices {names}: all ranks must be CPUs or all GPUs.")
+    return tuple(names)
+
+
+@contextmanager
+def _neutral_main():
+    """Hide __main__ while spawning, so children never import ComfyUI's main.py."""
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__cfgp_neutral_main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+@dataclass
+class _Rank:
+    config: WorkerConfig
+    process: Any
+    conn: Any
+    death_conn: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    value: Any
+    summaries: tuple[dict, ...]
+    seconds: float
+
+
+class WorkerGroup:
+    """One process per device; persistent across jobs until shut down or faulted."""
+
+    _ids = itertools.count()
+
+    def __init__(self, spec: GroupSpec) -> None:
+        if spec.world_size < 1:
+            raise GroupConfigError("A worker group needs at least one device.")
+        self.spec = spec
+        self.ranks: list[_Rank] = []
+        self.state = "new"  # new -> ready -> (failed | closed)
+        self.last_error = ""
+        self.jobs_run = 0
+        self._store_dir: str | None = None
+        self._ctx = mp.get_context("spawn")
+        self._stop_event = None
+        self._lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        import torch.multiprocessing  # noqa: F401  (tensor sharing through pipes)
+
+        self._store_dir = tempfile.mkdtemp(prefix="cfgp-store-")
+        store_path = os.path.join(self._store_dir, "store")
+        self._stop_event = self._ctx.Event()
+        backend = self.spec.resolved_backend
+        env = LOOPBACK_ENV + tuple((k, os.environ[k]) for k in ("PYTHONPATH",) if k in os.environ)
+        t0 = time.monotonic()
+        try:
+            with _neutral_main():
+                for rank, device in enumerate(self.spec.devices):
+                    config = WorkerConfig(rank, self.spec.world_size, device, backend, store_path,
+                                          self.spec.collective_timeout_s, self.spec.threads_per_rank, env)
+                    parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+                    death_r, death_w = self._ctx.Pipe(duplex=False)
+                    proc = self._ctx.Process(target=worker_main, name=f"cfgp-rank{rank}",
+                                             args=(config, child_conn, death_r, self._stop_event), daemon=True)
+                    proc.start()
+                    child_conn.close()
+                    death_r.close()
+                    self.ranks.append(_Rank(config, proc, parent_conn, death_w))
+            self._await_ready(t0)
+        except BaseException:
+            self.teardown()
+            raise
+        self.state = "ready"
+        log.info("cfg-parallel group ready: %d rank(s) on %s (%s) in %.1f s", self.spec.world_size,
+                 ", ".join(self.spec.devices), backend, time.monotonic() - t0)
+
+    def _await_ready(self, t0: float) -> None:
+        pending = {id(r.conn): r for r in self.ranks}
+        while pending:
+            left = self.spec.start_timeout_s - (time.monotonic() - t0)
+            if left <= 0:
+                raise GroupStartError(
+                    f"Worker group did not start within {self.spec.start_timeout_s:.0f} s "
+                    f"(ranks {[r.config.rank for r in pending.values()]} never reported ready).")
+            ready = wait_any([r.conn for r in pending.values()] + [r.process.sentinel for r in self.ranks],
+                             timeout=min(left, 1.0))
+            for obj in ready:
+                rank = pending.get(id(obj))
+                if rank is None:
+                    dead = next((r for r in self.ranks if r.process.sentinel == obj), None)
+                    if dead is not None and id(dead.conn) in pending and dead.conn.poll():
+                        continue  # its last message (probably the error) is read first
+                    if dead is not None:
+                        raise GroupStartError(f"Rank {dead.config.rank} ({dead.config.device}) exited during start-up "
+                                              f"with code {dead.process.exitcode}.")
+                    continue
+                try:
+                    kind, payload = rank.conn.recv()
+                except (EOFError, OSError):
+                    raise GroupStartError(f"Rank {rank.config.rank} ({rank.config.device}) exited during start-up "
+                                          f"with code {rank.process.exitcode}.") from None
+                if kind == "start_error":
+                    raise GroupStartError(f"Rank {rank.config.rank} ({rank.config.device}) could not join the group: "
+                                          f"{payload['type']}: {payload['message']}")
+                rank.info = payload
+                del pending[id(obj)]
+
+    def alive(self) -> bool:
+        return self.state == "ready" and all(r.process.is_alive() for r in self.ranks)
+
+    def teardown(self, reason: str = "") -> None:
+        """Stop every rank: ask, then SIGTERM, then SIGKILL. Idempotent."""
+        if reason:
+            self.last_error = reason
+        for r in self.ranks:
+            try:
+                if r.process.is_alive():
+                    r.conn.send(("shutdown",))
+            except (OSError, ValueError, BrokenPipeError):
+                pass
+        deadline = time.monotonic() + (3.0 if not reason else 0.5)
+        for r in self.ranks:
+            r.process.join(max(0.0, deadline - time.monotonic()))
+        for r in self.ranks:
+            if r.process.is_alive():
+                r.process.terminate()
+        deadline = time.monotonic() + 3.0
+        for r in self.ranks:
+            r.process.join(max(0.0, deadline - time.monotonic()))
+        for r in self.ranks:
+            if r.process.is_alive():
+                r.process.kill()
+                r.process.join(5.0)
+        for r in self.ranks:
+            for c in (r.conn, r.death_conn):
+                try:
+                    c.close()
+                except OSError:
+                    pass
+        if self._store_dir:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+            self._store_dir = None
+        self.state = "failed" if reason else "closed"
+
+    def pids(self) -> list[int]:
+        return [r.process.pid for r in self.ranks if r.process.pid]
+
+    # --- jobs ----------------------------------------------------------------
+    def run(self, job: Any, on_progress: Callable[[Any], None] | None = None,
+            interrupt_requested: Callable[[], bool] | None = None) -> JobResult:
+        """Run `job.run(ctx)` on every rank; return rank 0's value. Never blocks past a deadline."""
+        with self._lock:
+            if not self.alive():
+                raise GroupStartError("The worker group is not running; start it first.")
+            self._stop_event.clear()
+            job_id = self.jobs_run
+            self.jobs_run += 1
+            t0 = time.monotonic()
+            for r in self.ranks:
+                try:
+                    r.conn.send(("job", job_id, job))
+                except (OSError, BrokenPipeError) as exc:
+                    self.teardown(f"could not send the job to rank {r.config.rank}: {exc}")
+                    raise WorkerDiedError(f"Rank {r.config.rank} is gone ({exc}); the group was shut down and "
+                                          f"will be restarted by the next job.") from None
+            return self._collect(job_id, t0, on_progress, interrupt_requested)
+
+    def _collect(self, job_id, t0, on_progress, interrupt_requested) -> JobResult:
+        outcome: dict[int, tuple[str, dict]] = {}
+        last_event = time.monotonic()
+        stop_sent_at: float | None = None
+        first_error_at: float | None = None
+        by_conn = {id(r.conn): r for r in self.ranks}
+        while len(outcome) < len(self.ranks):
+            now = time.monotonic()
+            if interrupt_requested is not None and stop_sent_at is None and interrupt_requested():
+                self._stop_event.set()
+                stop_sent_at = now
+            if stop_sent_at is not None and now - stop_sent_at > self.spec.interrupt_grace_s:
+                self.teardown("ranks did not stop after an interrupt")
+                raise JobInterrupted(f"Interrupted; the ranks did not stop within {self.spec.interrupt_grace_s:.0f} s, "
+                                     f"so the group was shut down (it restarts with the next job).")
+            if first_error_at is not None and now - first_error_at > 10.0:
+                self._fail_job(outcome, teardown=True)
+            if now - last_event > self.spec.step_timeout_s:
+                waiting = [r.config.rank for r in self.ranks if r.config.rank not in outcome]
+                self.teardown("step timeout")
+                raise JobTimeoutError(
+                    f"No progress for {self.spec.step_timeout_s:.0f} s (ranks {waiting} still busy); the group was "
+                    f"shut down and will be restarted by the next job. Raise the step timeout for very slow steps.")
+            watch = [r.conn for r in self.ranks if r.config.rank not in outcome]
+            ready = wait_any(watch + [r.process.sentinel for r in self.ranks], timeout=0.05)
+            for obj in ready:
+                rank = by_conn.get(id(obj))
+                if rank is None:
+                    self._check_deaths(outcome)
+                    continue
+                try:
+                    kind, payload = rank.conn.recv()
+                except (EOFError, OSError):
+                    self._check_deaths(outcome, force=True)
+                    continue
+                last_event = time.monotonic()
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(payload)
+                    continue
+                if payload.get("job") != job_id:
+                    continue
+                outcome[rank.config.rank] = (kind, payload)
+                if kind == "job_error" and first_error_at is None:
+                    first_error_at = time.monotonic()
+        kinds = {k for k, _ in outcome.values()}
+        if "job_error" in kinds:
+            self._fail_job(outcome, teardown=False)
+        if "interrupted" in kinds:
+            step = next((p.get("step") for k, p in outcome.values() if k == "interrupted"), None)
+            raise JobInterrupted(f"Interrupted at step {step}; all ranks stopped together.", step=step)
+        summaries = tuple(outcome[r][1].get("summary", {}) for r in range(len(self.ranks)))
+        return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - t0)
+
+    def _fail_job(self, outcome: dict, teardown: bool) -> None:
+        errors = [p for k, p in outcome.values() if k == "job_error"]
+        origin = next((e for e in errors if not e.get("peer")), errors[0])
+        if teardown:
+            missing = [r.config.rank for r in self.ranks if r.config.rank not in outcome]
+            self.teardown(f"rank {origin['rank']} failed; ranks {missing} did not finish")
+        exc = JobFailedError(f"{origin['type']} on rank {origin['rank']}: {origin['message']}")
+        exc.remote_traceback = origin.get("traceback", "")
+        exc.remote_type = origin["type"]
+        raise exc
+
+    def _check_deaths(self, outcome: dict, force: bool = False) -> None:
+        for r in self.ranks:
+            if not r.process.is_alive() or force and r.config.rank not in outcome and r.process.exitcode is not None:
+                code = r.process.exitcode
+                how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+                msg = (f"Worker rank {r.config.rank} (pid {r.process.pid}, {r.config.device}) {how} during the job; "
+                       f"the group was shut down and will be restarted by the next job.")
+                self.teardown(msg)
+                raise WorkerDiedError(msg)
+
+    def status(self) -> dict:
+        return {
+            "state": self.state if self.state != "ready" or self.alive() else "failed",
+            "devices": list(self.spec.devices),
+            "backend": self.spec.resolved_backend,
+            "pids": self.pids(),
+            "jobs_run": self.jobs_run,
+            "last_error": self.last_error,
+        }
+
+
+# --- the process-wide group ---------------------------------------------------
+_current: WorkerGroup | None = None
+_current_lock = threading.Lock()
+
+
+def get_group(spec: GroupSpec) -> WorkerGroup:
+    """The running group for `spec`, starting (or restarting) it when needed."""
+    global _current
+    with _current_lock:
+        group = _current
+        if group is not None and (group.spec != spec or not group.alive()):
+            if group.state == "ready" and not group.alive():
+                log.warning("cfg-parallel: a worker died while idle; restarting the group")
+            group.teardown()
+            _current = group = None
+        if group is None:
+            group = WorkerGroup(spec)
+            group.start()
+            _current = group
+        return group
+
+
+def current_group() -> WorkerGroup | None:
+    return _current
+
+
+def shutdown_group() -> None:
+    global _current
+    with _current_lock:
+        if _current is not None:
+            _current.teardown()
+            _current = None
+
+
+atexit.register(shutdown_group)

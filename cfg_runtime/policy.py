@@ -1,0 +1,322 @@
+"""Branch policies: which guidance branches exist and how their predictions combine.
+
+A policy is data (frozen dataclasses), serialisable to JSON (workflows) and pickle
+(workers). The combine is the one serial formula; parallel execution feeds it the
+same tensors, so parallel results equal serial ones bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Union
+
+import torch
+
+from .errors import PolicyError
+from .ltx_guidance import ModalityGuidance, guide_modality, skips_step
+
+CONDS = ("positive", "negative")
+
+
+@dataclass(frozen=True)
+class CFGBranch:
+    """One model evaluation per step: which conditioning it sees and how the forward is altered."""
+
+    name: str
+    conds: str = "positive"
+    perturb_blocks: tuple[int, ...] = ()
+    perturb_audio_blocks: tuple[int, ...] = ()
+    isolate_modalities: bool = False
+    cost: float = 1.0
+
+    def validate(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise PolicyError("A branch needs a non-empty name.")
+        if self.conds not in CONDS:
+            raise PolicyError(f"Branch '{self.name}': conds must be one of {CONDS}, got {self.conds!r}.")
+        if not (self.cost > 0 and math.isfinite(self.cost)):
+            raise PolicyError(f"Branch '{self.name}': cost must be a positive number, got {self.cost}.")
+        for block in self.perturb_blocks + self.perturb_audio_blocks:
+            if not isinstance(block, int) or block < 0:
+                raise PolicyError(f"Branch '{self.name}': STG block indices must be integers >= 0, got {block!r}.")
+
+    @property
+    def is_plain(self) -> bool:
+        """True when the forward is unaltered (only the conditioning differs)."""
+        return not (self.perturb_blocks or self.perturb_audio_blocks or self.isolate_modalities)
+
+
+@dataclass(frozen=True)
+class CombineContext:
+    """What a combine rule may read besides the predictions."""
+
+    x: torch.Tensor
+    step: int
+    latent_shapes: tuple[tuple[int, ...], ...] | None = None
+    memory: dict = field(default_factory=dict)  # per sampling run (skip_step reuse)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32)
+
+
+@dataclass(frozen=True)
+class StandardCFG:
+    """pred = u + scale (c - u), optionally CFG-Zero* and guidance rescale."""
+
+    scale: float
+    rescale: float = 0.0
+    cfg_zero_star: bool = False
+    zero_init_steps: int = 0
+    kind: str = "standard"
+
+    def validate(self, names: tuple[str, ...]) -> None:
+        if not math.isfinite(self.scale):
+            raise PolicyError(f"CFG scale must be a finite number, got {self.scale}.")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise PolicyError(f"Guidance rescale must be between 0 and 1, got {self.rescale}.")
+        if self.zero_init_steps < 0:
+            raise PolicyError(f"zero_init_steps must be >= 0, got {self.zero_init_steps}.")
+        _require(names, ("cond",) + (("negative",) if self.scale != 1.0 else ()), "standard CFG")
+
+    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
+        return names
+
+    def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
+        cond = preds["cond"]
+        if self.scale == 1.0 or "negative" not in preds:
+            return cond
+        if self.cfg_zero_star and ctx.step < self.zero_init_steps:
+            return torch.zeros_like(cond)
+        c, u = _fp32(cond), _fp32(preds["negative"])
+        if self.cfg_zero_star:
+            # optimised scale on the noise predictions (x - denoised), per batch item
+            x = _fp32(ctx.x)
+            ce, ue = x - c, x - u
+            dims = tuple(range(1, ce.ndim))
+            alpha = (ce * ue).sum(dim=dims, keepdim=True) / ((ue * ue).sum(dim=dims, keepdim=True) + 1e-8)
+            ue = ue * alpha
+            pred = x - (ue + self.scale * (ce - ue))
+        else:
+            pred = u + self.scale * (c - u)
+        if self.rescale:
+            pred = _rescale(pred, c, self.rescale)
+        return pred.to(cond.dtype)
+
+
+def _rescale(pred: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    factor = cond.std() / pred.std()
+    return pred * (rescale * factor + (1.0 - rescale))
+
+
+@dataclass(frozen=True)
+class WeightedBranches:
+    """Custom rule: pred = c + sum_i w_i (c - b_i) over the named branches."""
+
+    weights: tuple[tuple[str, float], ...]
+    kind: str = "weighted"
+
+    def validate(self, names: tuple[str, ...]) -> None:
+        _require(names, ("cond",) + tuple(n for n, _ in self.weights), "custom")
+        for name, weight in self.weights:
+            if not math.isfinite(weight):
+                raise PolicyError(f"Weight of branch '{name}' must be finite, got {weight}.")
+
+    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
+        return names
+
+    def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
+        cond = preds["cond"]
+        c = _fp32(cond)
+        pred = c.clone()
+        for name, weight in self.weights:
+            pred = pred + weight * (c - _fp32(preds[name]))
+        return pred.to(cond.dtype)
+
+
+@dataclass(frozen=True)
+class LTXMultimodal:
+    """LTX-2 guidance, computed per modality on the packed audio+video prediction."""
+
+    video: ModalityGuidance
+    audio: ModalityGuidance
+    kind: str = "ltx_multimodal"
+
+    def validate(self, names: tuple[str, ...]) -> None:
+        for label, params in (("video", self.video), ("audio", self.audio)):
+            try:
+                params.validate()
+            except ValueError as exc:
+                raise PolicyError(f"LTX-2 {label} guidance: {exc}") from None
+        _require(names, ("cond",) + tuple(n for n, _ in _ltx_branch_flags(self) if _), "LTX-2 multimodal")
+
+    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
+        if all(skips_step(p, step) for p in (self.video, self.audio)):
+            return ("cond",) if "cond" in names else names
+        return names
+
+    def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
+        cond = preds["cond"]
+        shapes = ctx.latent_shapes or (tuple(cond.shape),)
+        parts = {name: _unpack(t, shapes) for name, t in preds.items()}
+        params = (self.video, self.audio)
+        out = []
+        for i in range(len(shapes)):
+            p = params[min(i, 1)]
+            key = f"ltx_prev_{i}"
+            if skips_step(p, ctx.step) and key in ctx.memory:
+                out.append(ctx.memory[key])
+                continue
+            if "negative" not in parts and "perturbed" not in parts and "isolated" not in parts:
+                guided = parts["cond"][i]  # a skipped step with nothing to reuse yet
+            else:
+                guided = guide_modality(
+                    p,
+                    parts["cond"][i],
+                    negative=_part(parts, "negative", i, p.needs_negative),
+                    perturbed=_part(parts, "perturbed", i, p.needs_perturbed),
+                    isolated=_part(parts, "isolated", i, p.needs_isolated),
+                )
+            ctx.memory[key] = guided
+            out.append(guided)
+        return _pack(out, cond)
+
+
+def _part(parts: dict, name: str, index: int, needed: bool):
+    return parts[name][index] if needed and name in parts else None
+
+
+def _unpack(t: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
+    if len(shapes) == 1:
+        return [t]
+    out, offset = [], 0
+    for shape in shapes:
+        n = math.prod(shape[1:])
+        out.append(t[:, :, offset:offset + n].reshape((t.shape[0],) + tuple(shape[1:])))
+        offset += n
+    return out
+
+
+def _pack(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p.reshape(p.shape[0], 1, -1) for p in parts], dim=-1).to(like.dtype)
+
+
+def _ltx_branch_flags(rule: LTXMultimodal) -> list[tuple[str, bool]]:
+    v, a = rule.video, rule.audio
+    return [
+        ("negative", v.needs_negative or a.needs_negative),
+        ("perturbed", v.needs_perturbed or a.needs_perturbed),
+        ("isolated", v.needs_isolated or a.needs_isolated),
+    ]
+
+
+def _require(names: tuple[str, ...], needed: tuple[str, ...], label: str) -> None:
+    missing = [n for n in needed if n not in names]
+    if missing:
+        raise PolicyError(f"The {label} rule needs branches {missing}, but the policy has {list(names)}.")
+
+
+Rule = Union[StandardCFG, WeightedBranches, LTXMultimodal]
+
+
+@dataclass(frozen=True)
+class CFGPolicy:
+    """A set of branches and the rule that combines their predictions."""
+
+    name: str
+    branches: tuple[CFGBranch, ...]
+    rule: Rule
+
+    def __post_init__(self) -> None:
+        if not self.branches:
+            raise PolicyError("A policy needs at least one branch (the conditional one, 'cond').")
+        seen: set[str] = set()
+        for branch in self.branches:
+            branch.validate()
+            if branch.name in seen:
+                raise PolicyError(f"Duplicate branch name '{branch.name}': every branch needs a unique name.")
+            seen.add(branch.name)
+        self.rule.validate(self.names)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.branches)
+
+    def branch(self, name: str) -> CFGBranch:
+        for b in self.branches:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def active_branches(self, step: int) -> tuple[CFGBranch, ...]:
+        """The branches evaluated at this step (all, except on LTX skip steps)."""
+        active = set(self.rule.active(self.names, step))
+        return tuple(b for b in self.branches if b.name in active)
+
+    def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
+        return self.rule.combine(preds, ctx)
+
+    def describe(self) -> str:
+        """One line per branch, for the UI."""
+        lines = [f"policy '{self.name}' ({self.rule.kind}), {len(self.branches)} branch(es) per step:"]
+        for b in self.branches:
+            extra = []
+            if b.perturb_blocks:
+                extra.append(f"STG video blocks {list(b.perturb_blocks)}")
+            if b.perturb_audio_blocks:
+                extra.append(f"STG audio blocks {list(b.perturb_audio_blocks)}")
+            if b.isolate_modalities:
+                extra.append("a2v/v2a cross-attention off")
+            lines.append(f"  - {b.name}: {b.conds} conditioning" + (f", {', '.join(extra)}" if extra else ""))
+        return "\n".join(lines)
+
+    # --- serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "branches": [asdict(b) for b in self.branches], "rule": asdict(self.rule)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CFGPolicy":
+        try:
+            branches = tuple(_branch_from_dict(b) for b in data["branches"])
+            rule = _rule_from_dict(dict(data["rule"]))
+            return cls(name=str(data["name"]), branches=branches, rule=rule)
+        except (KeyError, TypeError) as exc:
+            raise PolicyError(f"Not a valid policy description ({exc!r}); build one with the CFGPolicy Builder.") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "CFGPolicy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"Policy JSON does not parse: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _branch_from_dict(d: Mapping[str, Any]) -> CFGBranch:
+    d = dict(d)
+    for key in ("perturb_blocks", "perturb_audio_blocks"):
+        d[key] = tuple(d.get(key, ()))
+    return CFGBranch(**d)
+
+
+def _rule_from_dict(d: dict) -> Rule:
+    kind = d.pop("kind", None)
+    if kind == "standard":
+        return StandardCFG(**d)
+    if kind == "weighted":
+        return WeightedBranches(weights=tuple((str(n), float(w)) for n, w in d["weights"]))
+    if kind == "ltx_multimodal":
+        return LTXMultimodal(video=_modality_from_dict(d["video"]), audio=_modality_from_dict(d["audio"]))
+    raise PolicyError(f"Unknown combine rule {kind!r}: expected 'standard', 'weighted' or 'ltx_multimodal'.")
+
+
+def _modality_from_dict(d: Mapping[str, Any]) -> ModalityGuidance:
+    d = dict(d)
+    d["stg_blocks"] = tuple(d.get("stg_blocks", ()))
+    return ModalityGuidance(**d)
