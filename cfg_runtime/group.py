@@ -24,7 +24,8 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable, Sequence
 
 from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
-                     WorkerDiedError)
+                     ShippingError, WorkerDiedError)
+from .shipping import dumps
 from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("cfg_parallel")
@@ -44,6 +45,7 @@ class GroupSpec:
     step_timeout_s: float = 600.0
     collective_timeout_s: float = 600.0
     interrupt_grace_s: float = 60.0
+    worker_init: str = ""  # "module:function" called with the device name before the first job
 
     @property
     def world_size(self) -> int:
@@ -155,7 +157,8 @@ class WorkerGroup:
             with _neutral_main():
                 for rank, device in enumerate(self.spec.devices):
                     config = WorkerConfig(rank, self.spec.world_size, device, backend, store_path,
-                                          self.spec.collective_timeout_s, self.spec.threads_per_rank, env)
+                                          self.spec.collective_timeout_s, self.spec.threads_per_rank, env,
+                                          self.spec.worker_init)
                     parent_conn, child_conn = self._ctx.Pipe(duplex=True)
                     death_r, death_w = self._ctx.Pipe(duplex=False)
                     proc = self._ctx.Process(target=worker_main, name=f"cfgp-rank{rank}",
@@ -213,7 +216,7 @@ class WorkerGroup:
         for r in self.ranks:
             try:
                 if r.process.is_alive():
-                    r.conn.send(("shutdown",))
+                    r.conn.send_bytes(dumps(("shutdown",)))
             except (OSError, ValueError, BrokenPipeError):
                 pass
         deadline = time.monotonic() + (3.0 if not reason else 0.5)
@@ -256,7 +259,11 @@ class WorkerGroup:
             t0 = time.monotonic()
             for r in self.ranks:
                 try:
-                    r.conn.send(("job", job_id, job))
+                    blob = dumps(("job", job_id, dumps(job)))
+                except Exception as exc:
+                    raise ShippingError(f"The job cannot be sent to the workers: {type(exc).__name__}: {exc}") from None
+                try:
+                    r.conn.send_bytes(blob)
                 except (OSError, BrokenPipeError) as exc:
                     self.teardown(f"could not send the job to rank {r.config.rank}: {exc}")
                     raise WorkerDiedError(f"Rank {r.config.rank} is gone ({exc}); the group was shut down and "

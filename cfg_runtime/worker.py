@@ -6,6 +6,7 @@ worker never executes ComfyUI's main.py. It exits when its parent dies (death pi
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import threading
 import traceback
@@ -31,6 +32,7 @@ class WorkerConfig:
     collective_timeout_s: float
     threads: int
     env: tuple[tuple[str, str], ...] = ()
+    init: str = ""  # "module:function(device)" run before the process group forms
 
 
 @dataclass
@@ -94,6 +96,11 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
         import torch.distributed as dist
 
         device = torch.device(config.device)
+        if config.init:
+            import importlib
+
+            module, _, func = config.init.partition(":")
+            getattr(importlib.import_module(module), func)(config.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         else:
@@ -118,14 +125,19 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
 
     while True:
         try:
-            message = conn.recv()
+            message = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             break
         if message[0] == "shutdown":
             break
         if message[0] != "job":
             continue
-        _, job_id, job = message
+        _, job_id, blob = message
+        try:
+            job = pickle.loads(blob)
+        except Exception as exc:  # a job that cannot be rebuilt here
+            conn.send(("job_error", {"job": job_id, **_failure(exc, config.rank)}))
+            continue
         ctx = RankContext(config.rank, config.world_size, device, exchange, cache, emit,
                           stop_requested=stop_event.is_set)
         try:
@@ -139,7 +151,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
         except BaseException as exc:
             conn.send(("job_error", {"job": job_id, **_failure(exc, config.rank)}))
         finally:
-            job = None  # drop references to shared tensors before the next job
+            job = blob = None  # drop references to shared tensors before the next job
     try:
         dist.destroy_process_group()
     except Exception:

@@ -1,0 +1,13 @@
+"""comfyui-cfg-parallel: guidance branches in parallel on several GPUs (ComfyUI custom nodes)."""
+import os
+import sys
+
+# Worker processes import the engine by its own name (they never import this pack's
+# folder, whose name is not a valid module name). Appended, so it shadows nothing.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.append(_HERE)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

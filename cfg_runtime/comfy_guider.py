@@ -1,0 +1,247 @@
+"""The Multi-Branch Guider: a ComfyUI GUIDER that evaluates a policy's branches.
+
+At parallel size 1 it samples in the ComfyUI process, branch after branch (the serial
+reference). At size >= 2 it hands the whole sample() to the worker group: every rank
+runs ComfyUI's own sampler loop with the same inputs, evaluates only its branches,
+exchanges predictions, and combines them with the policy; rank 0 returns the latent.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.samplers
+
+from .comfy_model import ModelCache, ModelShipment, capture, check_model_options
+from .dispatch import BranchDispatcher
+from .errors import JobInterrupted, PolicyError, ShippingError
+from .group import GroupSpec, get_group, parse_devices
+from .ltx_branches import branch_model_options
+from .policy import CFGBranch, CFGPolicy
+
+log = logging.getLogger("cfg_parallel")
+
+WORKER_INIT = "cfg_runtime.comfy_model:init_worker"
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """How the guider runs: on how many ranks, which devices, how patiently."""
+
+    size: int = 1
+    devices: str = ""
+    strategy: str = "cost_balanced"
+    keep_model_loaded: bool = True
+    step_timeout_s: float = 600.0
+    start_timeout_s: float = 180.0
+
+    def group_spec(self) -> GroupSpec:
+        devices = parse_devices(self.devices, self.size)
+        return GroupSpec(devices=devices, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
+                         collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT)
+
+
+def step_index(timestep: torch.Tensor, model_options: dict) -> int:
+    """Index of the current sigma in the schedule (what skip_step counts)."""
+    sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+    if sigmas is None:
+        return 0
+    t = float(timestep.reshape(-1)[0])
+    return int((sigmas[:-1].float() > t * (1 + 1e-5) + 1e-9).sum())
+
+
+def branch_options(model_options: dict, branch: CFGBranch) -> dict:
+    if branch.is_plain:
+        return model_options
+    video, audio = set(branch.perturb_blocks), set(branch.perturb_audio_blocks)
+    if video and audio and video != audio:
+        raise PolicyError(f"Branch '{branch.name}': different STG blocks for video {sorted(video)} and audio "
+                          f"{sorted(audio)} are not supported yet; use the same blocks for both.")
+    return branch_model_options(model_options, perturb_blocks=tuple(sorted(video | audio)),
+                                isolate_modalities=branch.isolate_modalities)
+
+
+class MultiBranchGuider(comfy.samplers.CFGGuider):
+    """CFGGuider whose prediction is the policy's combine of its branches."""
+
+    def __init__(self, model_patcher, policy: CFGPolicy, parallel: ParallelSettings | None = None) -> None:
+        super().__init__(model_patcher)
+        self.policy = policy
+        self.parallel = parallel or ParallelSettings()
+        self.dispatcher: BranchDispatcher | None = None
+        self.latent_shapes: tuple[tuple[int, ...], ...] | None = None
+        self.last_run: dict = {}
+
+    def set_conds(self, positive, negative=None) -> None:
+        conds = {"positive": positive}
+        if negative is not None:
+            conds["negative"] = negative
+        missing = sorted({b.conds for b in self.policy.branches} - set(conds))
+        if missing:
+            raise PolicyError(f"The policy has branch(es) on the {missing[0]} conditioning, but none is connected: "
+                              f"connect a {missing[0]} input, or use a policy without that branch (e.g. CFG 1).")
+        self.inner_set_conds(conds)
+
+    # --- one guided model evaluation ----------------------------------------
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        dispatcher = self.dispatcher or BranchDispatcher(self.policy)
+        self.dispatcher = dispatcher
+
+        def evaluate(branch: CFGBranch) -> torch.Tensor:
+            options = branch_options(model_options, branch)
+            return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[branch.conds]], x, timestep,
+                                                  options)[0]
+
+        out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes)
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            out = fn({"denoised": out, "cond": self.conds.get("positive"), "uncond": self.conds.get("negative"),
+                      "cond_scale": 1.0, "model": self.inner_model, "uncond_denoised": out, "cond_denoised": out,
+                      "sigma": timestep, "model_options": model_options, "input": x})
+        return out
+
+    # --- sampling ------------------------------------------------------------
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
+        check_model_options(self.model_patcher.model_options)
+        self.latent_shapes = _latent_shapes(latent_image)
+        if self.parallel.size <= 1:
+            self.dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
+            try:
+                return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+            finally:
+                self.last_run = {"ranks": 1, **self.dispatcher.stats.as_dict()}
+                self.dispatcher = None
+        return self._sample_on_group(noise, latent_image, sampler, sigmas, denoise_mask, callback, seed)
+
+    def sample_on_rank(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed,
+                       dispatcher: BranchDispatcher):
+        """Worker side: ComfyUI's own sample() with a dispatcher bound to the group."""
+        self.latent_shapes = _latent_shapes(latent_image)
+        self.dispatcher = dispatcher
+        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, True, seed)
+
+    def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
+        spec = self.parallel.group_spec()
+        job = ComfySampleJob(
+            shipment=capture(self.model_patcher),
+            policy=self.policy,
+            conds=self.original_conds,
+            noise=noise, latent_image=latent_image, sampler=shippable_sampler(sampler), sigmas=sigmas,
+            denoise_mask=denoise_mask, seed=seed, strategy=self.parallel.strategy,
+            keep_model_loaded=self.parallel.keep_model_loaded,
+        )
+        _check_picklable(job)
+        group = get_group(spec)
+
+        def on_progress(payload: dict) -> None:
+            if callback is not None and "step" in payload:
+                callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
+
+        try:
+            result = group.run(job, on_progress=on_progress,
+                               interrupt_requested=comfy.model_management.processing_interrupted)
+        except JobInterrupted:
+            raise comfy.model_management.InterruptProcessingException()
+        self.last_run = {"ranks": spec.world_size, "seconds": result.seconds, "per_rank": result.summaries}
+        log.info("cfg-parallel: sampled on %d ranks in %.2f s; %s", spec.world_size, result.seconds,
+                 "; ".join(f"rank {i}: {s.get('forwards')}" for i, s in enumerate(result.summaries)))
+        return result.value
+
+
+def _latent_shapes(latent_image) -> tuple[tuple[int, ...], ...] | None:
+    if getattr(latent_image, "is_nested", False):
+        return tuple(tuple(t.shape) for t in latent_image.unbind())
+    return None
+
+
+def _to_cpu(value):
+    if getattr(value, "is_nested", False):
+        return type(value)([t.cpu() for t in value.unbind()])
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _check_picklable(job: "ComfySampleJob") -> None:
+    for name in ("conds", "sampler"):
+        try:
+            pickle.dumps(getattr(job, name))
+        except Exception as exc:
+            what = "conditioning (it carries an object such as a ControlNet or a hook that cannot be sent to the " \
+                   "worker processes)" if name == "conds" else "sampler"
+            raise ShippingError(f"The {what} cannot be sent to the workers ({type(exc).__name__}: {exc}). "
+                                f"Run at parallel size 1, or remove what adds it.") from None
+
+
+@dataclass(frozen=True)
+class SamplerByName:
+    """A ComfyUI sampler rebuilt from its name on each rank (its function is a local closure)."""
+
+    name: str
+    extra_options: dict
+    inpaint_options: dict
+
+    def build(self):
+        return comfy.samplers.ksampler(self.name, self.extra_options, self.inpaint_options)
+
+
+_LOCAL_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
+
+
+def shippable_sampler(sampler):
+    try:
+        pickle.dumps(sampler)
+        return sampler
+    except Exception:
+        pass
+    fn = getattr(sampler, "sampler_function", None)
+    name = _LOCAL_SAMPLERS.get(getattr(fn, "__name__", ""))
+    if name is not None:
+        return SamplerByName(name, dict(sampler.extra_options), dict(sampler.inpaint_options))
+    raise ShippingError(f"The sampler {getattr(fn, '__name__', type(sampler).__name__)} cannot be sent to the worker "
+                        f"processes; pick another sampler or run at parallel size 1.")
+
+
+@dataclass(frozen=True)
+class ComfySampleJob:
+    """One SamplerCustomAdvanced run, executed identically on every rank."""
+
+    shipment: ModelShipment
+    policy: CFGPolicy
+    conds: dict
+    noise: Any
+    latent_image: Any
+    sampler: Any
+    sigmas: torch.Tensor
+    denoise_mask: Any
+    seed: Any
+    strategy: str = "cost_balanced"
+    keep_model_loaded: bool = True
+
+    def run(self, ctx) -> Any:
+        cache = ModelCache(ctx.cache)
+        patcher, reloaded = cache.patcher_for(self.shipment, ctx.device)
+        sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
+        guider = MultiBranchGuider(patcher, self.policy)
+        guider.original_conds = dict(self.conds)
+        dispatcher = BranchDispatcher(self.policy, ctx.exchange, strategy=self.strategy,
+                                      stop_requested=ctx.stop_requested)
+
+        def callback(step, x0, x, total_steps):
+            ctx.emit({"step": step, "total": total_steps, "x0": _to_cpu(x0)})
+
+        try:
+            out = guider.sample_on_rank(self.noise, self.latent_image, sampler, self.sigmas, self.denoise_mask,
+                                        callback if ctx.rank == 0 else None, self.seed, dispatcher)
+        finally:
+            ctx.summary.update(dispatcher.stats.as_dict())
+            ctx.summary["model_reloaded"] = reloaded
+            if ctx.device.type == "cuda":
+                ctx.summary["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(ctx.device)
+            if not self.keep_model_loaded:
+                cache.drop()
+        return _to_cpu(out) if ctx.rank == 0 else None

@@ -1,0 +1,82 @@
+"""Multi-Branch Guider: model + conditioning + policy -> GUIDER for SamplerCustomAdvanced."""
+from __future__ import annotations
+
+from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+from cfg_runtime.errors import PolicyError
+from cfg_runtime.group import parse_devices
+from cfg_runtime.ltx_branches import check_blocks, model_family
+from cfg_runtime.plan import PLANNERS
+from cfg_runtime.policy import CFGPolicy
+
+from .policy_builder import CATEGORY
+
+
+def check_policy_fits_model(policy: CFGPolicy, model) -> None:
+    """Refuse a policy whose branches this model cannot run, before any sampling starts."""
+    family = model_family(model)
+    for branch in policy.branches:
+        blocks = tuple(sorted(set(branch.perturb_blocks) | set(branch.perturb_audio_blocks)))
+        if blocks:
+            if family == "other":
+                raise PolicyError(f"Branch '{branch.name}' perturbs transformer blocks (STG), which needs an LTX model; "
+                                  f"this model is {type(model.model).__name__}. Use the standard_cfg preset.")
+            try:
+                check_blocks(model, blocks)
+            except ValueError as exc:
+                raise PolicyError(f"Branch '{branch.name}': {exc}") from None
+        if branch.isolate_modalities and family != "ltxav":
+            raise PolicyError(f"Branch '{branch.name}' is the modality-isolated pass, which needs an LTX-2 audio+video "
+                              f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
+    if policy.rule.kind == "ltx_multimodal" and family == "other":
+        raise PolicyError(f"The ltx2_multimodal policy needs an LTX model; this model is {type(model.model).__name__}. "
+                          f"Use the standard_cfg preset.")
+
+
+class MultiBranchGuiderNode:
+    """GUIDER that evaluates every branch of a policy, in parallel on a worker group when size >= 2."""
+
+    DESCRIPTION = ("Guides sampling with a CFG policy. Parallel size 1 runs the branches one after another in "
+                   "ComfyUI; size N runs them on N worker processes (one per GPU) that keep the model loaded "
+                   "between prompts. Connect to SamplerCustomAdvanced.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model."}),
+                "positive": ("CONDITIONING", {"tooltip": "Conditioning of the 'cond' branch (and STG/modality passes)."}),
+                "policy": ("CFG_POLICY", {"tooltip": "From the CFGPolicy Builder."}),
+                "parallel_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip":
+                                  "Worker processes (one per device). 1 = in ComfyUI, no extra model copy. "
+                                  "More ranks than branches leaves the extra ranks idle."}),
+                "devices": ("STRING", {"default": "", "tooltip":
+                            "Empty = the first parallel_size GPUs (or CPU ranks when there is no GPU). "
+                            "Or list them: 'cuda:0,cuda:1', or 'cpu'."}),
+                "plan": (list(PLANNERS), {"default": "cost_balanced", "tooltip":
+                         "How branches map to ranks: cost_balanced weighs the cheaper modality pass; round_robin."}),
+                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip":
+                                      "Keep the model on the workers between prompts (the next prompt starts "
+                                      "without reloading)."}),
+                "step_timeout_s": ("FLOAT", {"default": 600.0, "min": 5.0, "max": 86400.0, "step": 5.0, "tooltip":
+                                   "Seconds without progress before the job is failed and the workers restarted."}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Conditioning of the 'negative' branch (needed when CFG != 1)."}),
+            },
+        }
+
+    def get_guider(self, model, positive, policy, parallel_size, devices, plan, keep_model_loaded, step_timeout_s,
+                   negative=None):
+        if not isinstance(policy, CFGPolicy):
+            raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
+        check_policy_fits_model(policy, model)
+        if parallel_size > 1:
+            parse_devices(devices, parallel_size)  # fail here, at this node, on a bad device request
+        settings = ParallelSettings(size=parallel_size, devices=devices, strategy=plan,
+                                    keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s)
+        guider = MultiBranchGuider(model, policy, settings)
+        guider.set_conds(positive, negative)
+        return (guider,)
