@@ -6,6 +6,7 @@ parallel result equals the serial one bit for bit.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,10 +33,14 @@ class DispatchStats:
     forwards: dict = field(default_factory=dict)
     evaluations: int = 0
     idle_evaluations: int = 0
+    forward_s: float = 0.0
+    exchange_s: float = 0.0
+    combine_s: float = 0.0
 
     def as_dict(self) -> dict:
         return {"forwards": dict(self.forwards), "evaluations": self.evaluations,
-                "idle_evaluations": self.idle_evaluations}
+                "idle_evaluations": self.idle_evaluations, "forward_s": self.forward_s,
+                "exchange_s": self.exchange_s, "combine_s": self.combine_s}
 
 
 class BranchDispatcher:
@@ -72,6 +77,7 @@ class BranchDispatcher:
 
         local: list[torch.Tensor | None] = []
         error: BaseException | None = None
+        t0 = time.perf_counter()
         for name in mine:
             try:
                 pred = evaluate(self.policy.branch(name))
@@ -83,8 +89,12 @@ class BranchDispatcher:
             local.append(pred)
 
         stop = bool(self.exchange.rank == 0 and self.stop_requested is not None and self.stop_requested())
+        t1 = time.perf_counter()
         gathered = self.exchange.gather(local if error is None else [], plan.slots, x, stop=stop,
                                         failed=error is not None)
+        t2 = time.perf_counter()
+        self.stats.forward_s += t1 - t0
+        self.stats.exchange_s += t2 - t1
         if error is not None:
             raise error
         if gathered.failed_ranks:
@@ -102,7 +112,9 @@ class BranchDispatcher:
                     f"(fp16 overflow?) and the guidance scales.")
             preds[b.name] = pred
         ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
-        return self.policy.combine(preds, ctx)
+        out = self.policy.combine(preds, ctx)
+        self.stats.combine_s += time.perf_counter() - t2
+        return out
 
 
 def _checked(name: str, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -151,36 +151,36 @@ class LTXMultimodal:
                 raise PolicyError(f"LTX-2 {label} guidance: {exc}") from None
         _require(names, ("cond",) + tuple(n for n, _ in _ltx_branch_flags(self) if _), "LTX-2 multimodal")
 
+    def _params(self, n_parts: int) -> tuple[ModalityGuidance, ...]:
+        return (self.video,) if n_parts == 1 else (self.video, self.audio)
+
     def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
-        if all(skips_step(p, step) for p in (self.video, self.audio)):
-            return ("cond",) if "cond" in names else names
+        # ltx-pipelines: when every modality skips this step, no forward runs at all (step 0 never skips)
+        if step > 0 and all(skips_step(p, step) for p in (self.video, self.audio)):
+            return ()
         return names
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
-        cond = preds["cond"]
-        shapes = ctx.latent_shapes or (tuple(cond.shape),)
+        shapes = ctx.latent_shapes or (tuple(ctx.x.shape),)
         parts = {name: _unpack(t, shapes) for name, t in preds.items()}
-        params = (self.video, self.audio)
         out = []
-        for i in range(len(shapes)):
-            p = params[min(i, 1)]
+        for i, p in enumerate(self._params(len(shapes))):
             key = f"ltx_prev_{i}"
             if skips_step(p, ctx.step) and key in ctx.memory:
-                out.append(ctx.memory[key])
+                out.append(ctx.memory[key])  # reuse this modality's previous guided result
                 continue
-            if "negative" not in parts and "perturbed" not in parts and "isolated" not in parts:
-                guided = parts["cond"][i]  # a skipped step with nothing to reuse yet
-            else:
-                guided = guide_modality(
-                    p,
-                    parts["cond"][i],
-                    negative=_part(parts, "negative", i, p.needs_negative),
-                    perturbed=_part(parts, "perturbed", i, p.needs_perturbed),
-                    isolated=_part(parts, "isolated", i, p.needs_isolated),
-                )
+            if "cond" not in parts:
+                raise PolicyError(f"LTX-2 guidance: no cond prediction at step {ctx.step} and nothing to reuse.")
+            guided = guide_modality(
+                p,
+                parts["cond"][i],
+                negative=_part(parts, "negative", i, p.needs_negative),
+                perturbed=_part(parts, "perturbed", i, p.needs_perturbed),
+                isolated=_part(parts, "isolated", i, p.needs_isolated),
+            )
             ctx.memory[key] = guided
             out.append(guided)
-        return _pack(out, cond)
+        return _pack(out, ctx.x if "cond" not in preds else preds["cond"])
 
 
 def _part(parts: dict, name: str, index: int, needed: bool):

@@ -13,7 +13,7 @@ from cfg_runtime.ltx_guidance import ModalityGuidance
 from cfg_runtime.policy import CFGBranch, CFGPolicy, WeightedBranches
 from cfg_runtime.presets import custom, ltx2_multimodal, standard_cfg
 from cfg_runtime.toy import ToyFaults, ToySampleJob, run_serial
-from tests.support.sockets import is_loopback, listening_sockets, pid_alive
+from support.sockets import is_loopback, listening_sockets, pid_alive
 
 LTX_TOY = ltx2_multimodal(
     ModalityGuidance(cfg=3.0, stg=1.0, stg_blocks=(1,), modality=3.0, rescale=0.7, skip_step=0),
