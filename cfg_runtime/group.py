@@ -138,6 +138,7 @@ class WorkerGroup:
         self.state = "new"  # new -> ready -> (failed | closed)
         self.last_error = ""
         self.jobs_run = 0
+        self.last_job: dict = {}
         self._store_dir: str | None = None
         self._ctx = mp.get_context("spawn")
         self._stop_event = None
@@ -322,6 +323,7 @@ class WorkerGroup:
             step = next((p.get("step") for k, p in outcome.values() if k == "interrupted"), None)
             raise JobInterrupted(f"Interrupted at step {step}; all ranks stopped together.", step=step)
         summaries = tuple(outcome[r][1].get("summary", {}) for r in range(len(self.ranks)))
+        self.last_job = {"seconds": round(time.monotonic() - t0, 3), "per_rank": summaries}
         return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - t0)
 
     def _fail_job(self, outcome: dict, teardown: bool) -> None:
@@ -353,6 +355,7 @@ class WorkerGroup:
             "pids": self.pids(),
             "jobs_run": self.jobs_run,
             "last_error": self.last_error,
+            "last_job": self.last_job,
         }
 
 

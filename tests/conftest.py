@@ -1,0 +1,102 @@
+"""Shared fixtures.
+
+Test modules import helpers as ``from support.<module> import ...`` (tests/ is on
+sys.path). Avoid ``import tests.…``: ComfyUI has a regular ``tests`` package of its own.
+Avoid a top-level ``import nodes``: that name belongs to ComfyUI's nodes.py in-process.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+_REPO = _TESTS.parent
+for _p in (str(_TESTS), str(_REPO)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from support.paths import COMFYUI_DIR, ComfyUIMissing, comfyui_available, import_comfy  # noqa: E402
+
+# pytest (>= 8) sets up the repo root as a Package because it has an __init__.py (the
+# ComfyUI entry point), which imports it, and that imports `comfy`. Make `comfy`
+# importable (CPU) before collection so that works in the test process.
+if comfyui_available():
+    import_comfy()
+
+TINY_LTXV_NAME = "tiny_ltxv.safetensors"
+TINY_LORA_NAME = "tiny_lora.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_ltxv_path(tiny_model_dir) -> Path:
+    """A 2-layer LTXV file (safetensors) built with ComfyUI's own class (seed 0)."""
+    if not comfyui_available():
+        pytest.skip(f"ComfyUI not found at {COMFYUI_DIR}; run scripts/setup_env.sh or set COMFYUI_DIR")
+    from support.tiny_models import build_tiny_ltxv
+
+    return build_tiny_ltxv(tiny_model_dir / TINY_LTXV_NAME, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_path(tiny_model_dir, tiny_ltxv_path) -> Path:
+    """A rank-4 LoRA for the tiny LTXV (generic `diffusion_model.<module>.lora_up/down` keys)."""
+    from support.tiny_models import build_tiny_lora
+
+    return build_tiny_lora(tiny_model_dir / TINY_LORA_NAME, tiny_ltxv_path, seed=1, rank=4)
+
+
+_early_server = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Spawn the ComfyUI server as soon as we know a selected test needs it, so its ~10 s
+    start-up overlaps the in-process imports that follow (e.g. the repo-root package)."""
+    global _early_server
+    if _early_server is None and comfyui_available() and any("comfy_server" in getattr(i, "fixturenames", ()) for i in items):
+        from support.comfy_server import ComfyServer
+
+        _early_server = ComfyServer()
+        _early_server.start(wait=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _early_server
+    if _early_server is not None:
+        _early_server.stop()
+        _early_server = None
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tiny_ltxv_path, tiny_lora_path):
+    """One real ComfyUI server for the session (a support.comfy_server.ComfyServer), with the
+    tiny model and LoRA installed as models/diffusion_models/tiny_ltxv.safetensors and
+    models/loras/tiny_lora.safetensors, and custom_nodes/ linking this checkout (as
+    comfyui-cfg-parallel) and tests/comfy_test_nodes (as cfgp_test_nodes)."""
+    global _early_server
+    from support.comfy_server import ComfyServer
+
+    server, _early_server = _early_server, None
+    try:
+        if server is None:
+            server = ComfyServer()
+            server.start(wait=False)
+        server.add_model("diffusion_models", TINY_LTXV_NAME, tiny_ltxv_path)
+        server.add_model("loras", TINY_LORA_NAME, tiny_lora_path)
+        server.wait_ready()
+    except ComfyUIMissing as e:
+        pytest.skip(str(e))
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()
