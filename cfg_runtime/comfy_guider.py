@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -18,9 +18,9 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 
-from .comfy_model import ModelCache, ModelShipment, capture, check_model_options
+from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options
 from .dispatch import BranchDispatcher
-from .errors import JobInterrupted, PolicyError, ShippingError
+from .errors import JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options
 from .policy import CFGBranch, CFGPolicy
@@ -129,7 +129,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
     def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         spec = self.parallel.group_spec()
         job = ComfySampleJob(
-            shipment=capture(self.model_patcher),
+            shipment=capture(self.model_patcher, with_base=False),
             policy=self.policy,
             conds=self.original_conds,
             noise=noise, latent_image=latent_image, sampler=shippable_sampler(sampler), sigmas=sigmas,
@@ -138,16 +138,29 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
         )
         _check_picklable(job)
         group = get_group(spec)
+        token = job.shipment.base_token
+        if group.facts.get("base_token") != token:  # the ranks don't hold this model yet
+            job = replace(job, shipment=capture(self.model_patcher, with_base=True))
 
         def on_progress(payload: dict) -> None:
             if callback is not None and "step" in payload:
                 callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
+        def run(job: ComfySampleJob):
+            return group.run(job, on_progress=on_progress,
+                             interrupt_requested=comfy.model_management.processing_interrupted)
+
         try:
-            result = group.run(job, on_progress=on_progress,
-                               interrupt_requested=comfy.model_management.processing_interrupted)
+            try:
+                result = run(job)
+            except JobFailedError as exc:
+                if getattr(exc, "remote_type", "") != ModelNotCached.__name__:
+                    raise
+                job = replace(job, shipment=capture(self.model_patcher, with_base=True))
+                result = run(job)
         except JobInterrupted:
             raise comfy.model_management.InterruptProcessingException()
+        group.facts["base_token"] = token if self.parallel.keep_model_loaded else None
         self.last_run = {"ranks": spec.world_size, "seconds": result.seconds, "per_rank": result.summaries}
         log.info("cfg-parallel: sampled on %d ranks in %.2f s; %s", spec.world_size, result.seconds,
                  "; ".join(f"rank {i}: {s.get('forwards')}" for i, s in enumerate(result.summaries)))

@@ -31,9 +31,13 @@ CONFLICTING_OPTIONS = {
 }
 
 
+class ModelNotCached(RuntimeError):
+    """The job left the base model out, but this rank does not hold it (the parent resends it)."""
+
+
 @dataclass(frozen=True)
 class ModelShipment:
-    """What a rank needs to rebuild the ComfyUI model."""
+    """What a rank needs to rebuild the ComfyUI model (base_model None: the rank holds it already)."""
 
     base_token: str
     base_model: Any
@@ -103,8 +107,11 @@ def _release_from_comfy(model_patcher) -> None:
         model_patcher.unpatch_model(model_patcher.offload_device)
 
 
-def capture(model_patcher) -> ModelShipment:
-    """Describe the model for the ranks; raises ShippingError naming what cannot travel."""
+def capture(model_patcher, with_base: bool = True) -> ModelShipment:
+    """Describe the model for the ranks; raises ShippingError naming what cannot travel.
+
+    with_base=False leaves the base weights out, for ranks that already hold them.
+    """
     check_model_options(model_patcher.model_options)
     bad = _unpicklable_keys(model_patcher.model_options, "model_options.")
     bad += _unpicklable_keys({"patches": model_patcher.patches}, "")
@@ -113,13 +120,14 @@ def capture(model_patcher) -> ModelShipment:
         raise ShippingError(
             "These model settings cannot be sent to the worker processes (they are Python closures or objects "
             f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
-    _release_from_comfy(model_patcher)
     model = model_patcher.model
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        model.to("cpu")  # the single host copy that every rank maps
+    if with_base:
+        _release_from_comfy(model_patcher)
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model.to("cpu")  # the single host copy that every rank maps
     return ModelShipment(
         base_token=base_token(model_patcher),
-        base_model=model,
+        base_model=model if with_base else None,
         patches_token=patches_token(model_patcher),
         patches=model_patcher.patches,
         object_patches=model_patcher.object_patches,
@@ -143,7 +151,12 @@ class ModelCache:
             return entry[1], False
         if entry is not None and entry[0][0] != shipment.base_token:
             self.drop()
+            entry = None
         base = shipment.base_model
+        if base is None:
+            if entry is None:
+                raise ModelNotCached(shipment.base_token)
+            base = entry[1].model
         if device.type == "cpu" and shipment.patches and shipment.weight_inplace_update:
             raise ShippingError("In-place weight patches cannot share one host copy of the weights; "
                                 "turn off in-place weight updates for this model.")

@@ -139,6 +139,7 @@ class WorkerGroup:
         self.last_error = ""
         self.jobs_run = 0
         self.last_job: dict = {}
+        self.facts: dict = {}  # what the parent knows the ranks hold (e.g. the loaded model's token)
         self._store_dir: str | None = None
         self._ctx = mp.get_context("spawn")
         self._stop_event = None
