@@ -356,6 +356,7 @@ class WorkerGroup:
             "pids": self.pids(),
             "jobs_run": self.jobs_run,
             "last_error": self.last_error,
+            "loaded_model": self.facts.get("base_token"),
             "last_job": self.last_job,
         }
 

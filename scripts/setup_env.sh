@@ -42,3 +42,25 @@ if ! "$vpy" -c 'import pytest, requests, safetensors, hypothesis, ltx_core' 2>/d
   pip install --no-deps ltx-core==1.0.0
 fi
 log "ready: $vpy, ComfyUI at $comfy_dir"
+
+# --- browser (tests/test_browser.py) -------------------------------------------------
+# Debian's Chromium (the tests drive it with Playwright's Python package; never
+# `playwright install`, which downloads browser builds). Best effort: without a
+# browser the browser tests skip, the rest of the set-up still succeeds.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium (browser tests)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+      log "WARNING: apt-get could not install chromium; the browser tests will be skipped"
+    fi
+  else
+    log "WARNING: /usr/bin/chromium missing and apt-get unavailable (or not root); the browser tests will be skipped"
+  fi
+fi
+if ! "$vpy" -c 'import playwright' 2>/dev/null; then
+  log "installing playwright (Python package only)"
+  pip install -c "$constraints" playwright \
+    || log "WARNING: pip could not install playwright; the browser tests will be skipped"
+fi
+# --- end browser ---------------------------------------------------------------------
