@@ -146,3 +146,25 @@ def test_out_of_range_widget_is_rejected_before_running(comfy_server):
     with pytest.raises(PromptRejected) as info:
         comfy_server.queue(guided_graph(0, nonce=21))
     assert "7" in info.value.node_errors
+
+
+def test_progress_advances_per_step_at_size2(comfy_server):
+    client_id = "progress-test"
+    ws = comfy_server.ws_connect(client_id)
+    try:
+        prompt_id = comfy_server.queue(guided_graph(2, nonce=22, steps=5), client_id=client_id)
+        steps = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            raw = ws.recv()
+            if not isinstance(raw, str):
+                continue  # binary preview frames
+            msg = json.loads(raw)
+            data = msg.get("data", {})
+            if msg["type"] == "progress" and data.get("prompt_id") == prompt_id:
+                steps.append((data["value"], data["max"]))
+            if msg["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                break
+    finally:
+        ws.close()
+    assert steps == [(i, 5) for i in range(1, 6)], steps
