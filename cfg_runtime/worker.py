@@ -50,10 +50,15 @@ class RankContext:
 
 
 def _watch_parent(death_conn) -> None:
-    """Exit at once when the parent's end of the death pipe closes (the parent died)."""
+    """Exit at once when the parent dies: its end of the death pipe closes, or (should a
+    forked grandchild keep that end open) this process gets a new parent."""
+    parent = os.getppid()
+
     def run() -> None:
         try:
-            death_conn.recv()
+            while os.getppid() == parent:
+                if death_conn.poll(1.0):
+                    death_conn.recv()  # EOF when the parent is gone; nothing else is ever sent
         except (EOFError, OSError):
             pass
         os._exit(3)
