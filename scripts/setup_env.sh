@@ -53,7 +53,7 @@ if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian's chromium (browser tests)"
     if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
       log "WARNING: apt-get could not install chromium; the browser tests will be skipped"
     fi
   else
