@@ -8,6 +8,7 @@ exchanges predictions, and combines them with the policy; rank 0 returns the lat
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -20,7 +21,7 @@ import comfy.samplers
 
 from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options
 from .dispatch import BranchDispatcher
-from .errors import JobFailedError, JobInterrupted, PolicyError, ShippingError
+from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options
 from .policy import CFGBranch, CFGPolicy
@@ -42,9 +43,14 @@ class ParallelSettings:
     start_timeout_s: float = 180.0
 
     def group_spec(self) -> GroupSpec:
+        if not (math.isfinite(self.step_timeout_s) and self.step_timeout_s > 0):
+            raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
         devices = parse_devices(self.devices, self.size)
+        # CPU kernels can round differently with another thread count: CPU ranks use this
+        # process's count, so their results equal the in-process (size 1) ones bit for bit.
         return GroupSpec(devices=devices, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
-                         collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT)
+                         collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT,
+                         threads_per_rank=torch.get_num_threads())
 
 
 def step_index(timestep: torch.Tensor, model_options: dict) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -43,6 +44,7 @@ class GroupSpec:
     threads_per_rank: int = 1
     start_timeout_s: float = 180.0
     step_timeout_s: float = 600.0
+    load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
     collective_timeout_s: float = 600.0
     interrupt_grace_s: float = 60.0
     worker_init: str = ""  # "module:function" called with the device name before the first job
@@ -70,6 +72,11 @@ def parse_devices(text: str, size: int) -> tuple[str, ...]:
         if n_gpu >= size:
             names = [f"cuda:{i}" for i in range(size)]
         elif n_gpu == 0:
+            cores = os.cpu_count() or 1
+            if size > cores:
+                raise GroupConfigError(
+                    f"Parallel size {size} would start {size} CPU ranks on a machine with no GPU and {cores} cores "
+                    f"(each rank loads torch and the model). Use at most {cores}, or write devices 'cpu' to insist.")
             names = ["cpu"] * size
         else:
             raise GroupConfigError(
@@ -97,16 +104,40 @@ def parse_devices(text: str, size: int) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _release_uncollected_handles() -> None:
+    """Close the shared-memory fds that a dead rank never collected from this process.
+
+    Tensors sent through a pipe wait in multiprocessing's resource sharer until the
+    receiver fetches them; a rank that died first leaves them open for good. Only
+    this pack sends tensors to other processes here, and its group is gone.
+    """
+    try:
+        from multiprocessing import resource_sharer
+
+        resource_sharer.stop(timeout=2.0)
+    except Exception as exc:  # best effort
+        log.debug("cfg-parallel: could not release pending handles: %s", exc)
+
+
 @contextmanager
 def _neutral_main():
-    """Hide __main__ while spawning, so children never import ComfyUI's main.py."""
-    saved = sys.modules.get("__main__")
+    """What a spawned child copies from this process, made safe while spawning.
+
+    __main__ is hidden, so children never import ComfyUI's main.py; and package folders
+    that ComfyUI puts on sys.path (nodes.py adds <ComfyUI>/comfy) are left out, since
+    their modules (0.29 has comfy/logging.py) would shadow the standard library there.
+    """
+    saved_main = sys.modules.get("__main__")
+    saved_path = list(sys.path)
+    package_dirs = {os.path.realpath(d) for d in getattr(sys.modules.get("comfy"), "__path__", ())}
+    sys.path[:] = [p for p in sys.path if not (p and os.path.realpath(p) in package_dirs)]
     sys.modules["__main__"] = types.ModuleType("__cfgp_neutral_main__")
     try:
         yield
     finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
+        sys.path[:] = saved_path
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
 
 
 @dataclass
@@ -133,6 +164,11 @@ class WorkerGroup:
     def __init__(self, spec: GroupSpec) -> None:
         if spec.world_size < 1:
             raise GroupConfigError("A worker group needs at least one device.")
+        for name in ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
+                     "interrupt_grace_s"):
+            value = getattr(spec, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise GroupConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
         self.spec = spec
         self.ranks: list[_Rank] = []
         self.state = "new"  # new -> ready -> (failed | closed)
@@ -243,6 +279,8 @@ class WorkerGroup:
         if self._store_dir:
             shutil.rmtree(self._store_dir, ignore_errors=True)
             self._store_dir = None
+        if reason:
+            _release_uncollected_handles()
         self.state = "failed" if reason else "closed"
 
     def pids(self) -> list[int]:
@@ -277,6 +315,8 @@ class WorkerGroup:
         last_event = time.monotonic()
         stop_sent_at: float | None = None
         first_error_at: float | None = None
+        callback_error: BaseException | None = None  # e.g. ComfyUI's interrupt, raised by its progress hook
+        progressed = False  # before the first progress event, the (longer) load deadline applies
         by_conn = {id(r.conn): r for r in self.ranks}
         while len(outcome) < len(self.ranks):
             now = time.monotonic()
@@ -289,12 +329,14 @@ class WorkerGroup:
                                      f"so the group was shut down (it restarts with the next job).")
             if first_error_at is not None and now - first_error_at > 10.0:
                 self._fail_job(outcome, teardown=True)
-            if now - last_event > self.spec.step_timeout_s:
+            limit = self.spec.step_timeout_s if progressed else max(self.spec.step_timeout_s, self.spec.load_timeout_s)
+            if now - last_event > limit:
                 waiting = [r.config.rank for r in self.ranks if r.config.rank not in outcome]
+                phase = "between steps" if progressed else "while loading the model and running the first step"
                 self.teardown("step timeout")
                 raise JobTimeoutError(
-                    f"No progress for {self.spec.step_timeout_s:.0f} s (ranks {waiting} still busy); the group was "
-                    f"shut down and will be restarted by the next job. Raise the step timeout for very slow steps.")
+                    f"No progress for {limit:.0f} s {phase} (ranks {waiting} still busy); the group was shut down "
+                    f"and will be restarted by the next job. Raise the step timeout for very slow steps.")
             watch = [r.conn for r in self.ranks if r.config.rank not in outcome]
             ready = wait_any(watch + [r.process.sentinel for r in self.ranks], timeout=0.05)
             for obj in ready:
@@ -309,8 +351,15 @@ class WorkerGroup:
                     continue
                 last_event = time.monotonic()
                 if kind == "progress":
-                    if on_progress is not None:
-                        on_progress(payload)
+                    progressed = True
+                    if on_progress is not None and callback_error is None:
+                        try:
+                            on_progress(payload)
+                        except BaseException as exc:  # stop the ranks first, then re-raise it
+                            callback_error = exc
+                            if stop_sent_at is None:
+                                self._stop_event.set()
+                                stop_sent_at = time.monotonic()
                     continue
                 if payload.get("job") != job_id:
                     continue
@@ -318,6 +367,8 @@ class WorkerGroup:
                 if kind == "job_error" and first_error_at is None:
                     first_error_at = time.monotonic()
         kinds = {k for k, _ in outcome.values()}
+        if callback_error is not None:
+            raise callback_error
         if "job_error" in kinds:
             self._fail_job(outcome, teardown=False)
         if "interrupted" in kinds:
@@ -371,6 +422,8 @@ def get_group(spec: GroupSpec) -> WorkerGroup:
     global _current
     with _current_lock:
         group = _current
+        if group is not None and group.alive() and _same_processes(group.spec, spec):
+            group.spec = spec  # only deadlines differ: no restart, no reload
         if group is not None and (group.spec != spec or not group.alive()):
             if group.state == "ready" and not group.alive():
                 log.warning("cfg-parallel: a worker died while idle; restarting the group")
@@ -381,6 +434,12 @@ def get_group(spec: GroupSpec) -> WorkerGroup:
             group.start()
             _current = group
         return group
+
+
+def _same_processes(a: GroupSpec, b: GroupSpec) -> bool:
+    """Whether two specs describe the same worker processes (deadlines aside)."""
+    return (a.devices, a.resolved_backend, a.threads_per_rank, a.worker_init) == \
+        (b.devices, b.resolved_backend, b.threads_per_rank, b.worker_init)
 
 
 def current_group() -> WorkerGroup | None:

@@ -60,6 +60,9 @@ def check_ltx_inputs(model, policy: CFGPolicy, latent: dict, plan: StagePlan, up
                           f"both stages need the same LTX model family.")
     samples = latent["samples"]
     is_av = getattr(samples, "is_nested", False)
+    if family == "ltxv" and is_av:
+        raise PolicyError("The latent is audio+video, but this model is LTX-Video (video only): use an LTX-2 "
+                          "audio+video model, or pass only the video latent (LTXVSeparateAVLatent).")
     if family == "ltxav" and not is_av:
         audio_params_used = policy.rule.kind == "ltx_multimodal" and (
             policy.rule.audio != policy.rule.video or any(b.isolate_modalities for b in policy.branches))
@@ -76,15 +79,20 @@ def check_ltx_inputs(model, policy: CFGPolicy, latent: dict, plan: StagePlan, up
         if vae is None:
             raise PolicyError("Two-stage mode needs the vae input: the latent upsampler normalises with the video "
                               "VAE's statistics.")
+        _latent_upsampler()  # before stage 1 runs, not after
 
 
-def _upsample_video(video: torch.Tensor, upscale_model, vae) -> torch.Tensor:
+def _latent_upsampler():
     try:
         from comfy_extras.nodes_lt_upsampler import LTXVLatentUpsampler
     except ImportError:
         raise PolicyError("This ComfyUI has no LTXVLatentUpsampler (it arrived with LTX-2 support); update ComfyUI "
                           "to use the two-stage mode, or choose one_stage.") from None
-    out = LTXVLatentUpsampler.execute({"samples": video}, upscale_model, vae)
+    return LTXVLatentUpsampler
+
+
+def _upsample_video(video: torch.Tensor, upscale_model, vae) -> torch.Tensor:
+    out = _latent_upsampler().execute({"samples": video}, upscale_model, vae)
     result = out.args[0] if hasattr(out, "args") else out[0]
     return result["samples"]
 

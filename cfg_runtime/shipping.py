@@ -33,12 +33,28 @@ def _is_plain_local_class(cls: type) -> bool:
         "<locals>" not in b.__qualname__ for b in cls.__bases__)
 
 
+def _rebuild_instance(cls: type, state: dict) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+def _answers_any_attribute(cls: type) -> bool:
+    """A class whose __getattr__ may answer '__setstate__' with a non-callable (ComfyUI 0.29's
+    model configs return None for any missing name), with default pickling otherwise."""
+    return (hasattr(cls, "__getattr__") and not hasattr(cls, "__setstate__")
+            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__)
+
+
 class WorkerPickler(ForkingPickler):
     def reducer_override(self, obj):
         cls = type(obj)
-        if isinstance(cls, type) and cls.__module__ != "builtins" and _is_plain_local_class(cls) \
-                and hasattr(obj, "__dict__"):
+        if isinstance(obj, type) or cls.__module__ == "builtins" or type(getattr(obj, "__dict__", None)) is not dict:
+            return NotImplemented
+        if _is_plain_local_class(cls):
             return _rebuild_local_instance, (cls.__bases__, cls.__name__, obj.__dict__)
+        if _answers_any_attribute(cls):
+            return _rebuild_instance, (cls, obj.__dict__)
         return NotImplemented
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import sys
 import threading
 import traceback
@@ -49,9 +50,10 @@ class RankContext:
     summary: dict = field(default_factory=dict)
 
 
-def _watch_parent(death_conn) -> None:
+def _watch_parent(death_conn, store_dir: str) -> None:
     """Exit at once when the parent dies: its end of the death pipe closes, or (should a
-    forked grandchild keep that end open) this process gets a new parent."""
+    forked grandchild keep that end open) this process gets a new parent. The
+    rendezvous folder is removed on the way out: a killed parent cannot do it."""
     parent = os.getppid()
 
     def run() -> None:
@@ -61,6 +63,7 @@ def _watch_parent(death_conn) -> None:
                     death_conn.recv()  # EOF when the parent is gone; nothing else is ever sent
         except (EOFError, OSError):
             pass
+        shutil.rmtree(store_dir, ignore_errors=True)
         os._exit(3)
 
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
@@ -93,7 +96,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     """Process entry: init, handshake, job loop."""
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
-    _watch_parent(death_conn)
+    _watch_parent(death_conn, os.path.dirname(config.store_path))
     _raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
 from cfg_runtime.errors import PolicyError
-from cfg_runtime.group import parse_devices
 from cfg_runtime.ltx_branches import check_blocks, model_family
 from cfg_runtime.plan import PLANNERS
 from cfg_runtime.policy import CFGPolicy
@@ -73,10 +72,10 @@ class MultiBranchGuiderNode:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         check_policy_fits_model(policy, model)
-        if parallel_size > 1:
-            parse_devices(devices, parallel_size)  # fail here, at this node, on a bad device request
         settings = ParallelSettings(size=parallel_size, devices=devices, strategy=plan,
                                     keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s)
+        if parallel_size > 1:
+            settings.group_spec()  # fail here, at this node, on a bad device request or timeout
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)
         return (guider,)
