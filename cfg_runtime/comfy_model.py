@@ -105,6 +105,7 @@ def _release_from_comfy(model_patcher) -> None:
             mm.current_loaded_models.remove(loaded)
     if model_patcher.backup or model_patcher.object_patches_backup:
         model_patcher.unpatch_model(model_patcher.offload_device)
+    mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
 def capture(model_patcher, with_base: bool = True) -> ModelShipment:

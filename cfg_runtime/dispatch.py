@@ -89,6 +89,8 @@ class BranchDispatcher:
             local.append(pred)
 
         stop = bool(self.exchange.rank == 0 and self.stop_requested is not None and self.stop_requested())
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)  # so the timings split forwards from the exchange
         t1 = time.perf_counter()
         gathered = self.exchange.gather(local if error is None else [], plan.slots, x, stop=stop,
                                         failed=error is not None)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
                      ShippingError, WorkerDiedError)
 from .shipping import dumps
-from .worker import WorkerConfig, worker_main
+from .worker import WorkerConfig, raise_fd_limit, worker_main
 
 log = logging.getLogger("cfg_parallel")
 
@@ -185,6 +185,7 @@ class WorkerGroup:
     def start(self) -> None:
         import torch.multiprocessing  # noqa: F401  (tensor sharing through pipes)
 
+        raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
         self._store_dir = tempfile.mkdtemp(prefix="cfgp-store-")
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()

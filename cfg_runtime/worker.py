@@ -69,7 +69,8 @@ def _watch_parent(death_conn, store_dir: str) -> None:
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
+    """Lift the soft limit of open files to the hard one (each shared tensor in flight holds fds)."""
     try:
         import resource
 
@@ -97,7 +98,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
     _watch_parent(death_conn, os.path.dirname(config.store_path))
-    _raise_fd_limit()
+    raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
     try:
