@@ -11,7 +11,7 @@ import logging
 import math
 import pickle
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

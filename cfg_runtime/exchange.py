@@ -69,8 +69,6 @@ class CollectiveExchange:
         self.bytes_sent = 0
 
     def gather(self, local, slots, like, stop=False, failed=False) -> Gathered:
-        import torch.distributed as dist
-
         numel = like.numel()
         send = torch.zeros(slots * numel + N_FLAGS, dtype=like.dtype, device=like.device)
         for i, pred in enumerate(local):

@@ -22,7 +22,7 @@ import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
                      ShippingError, WorkerDiedError)

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from support.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
-from support.sockets import is_loopback, listening_sockets, pid_alive
+from support.sockets import established_peers, is_loopback, listening_sockets, pid_alive
 
 pytestmark = pytest.mark.server
 
@@ -94,18 +94,14 @@ def demo_graph(steps: int = 3, nonce: int | None = None, **guider) -> dict:
     return g
 
 
-STATUS_GRAPH = {"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": False}}}
 
 
-def group_status(server) -> dict:
-    entry = server.run(copy.deepcopy(STATUS_GRAPH), timeout=60)
-    return json.loads(entry["outputs"]["1"]["text"][0])
 
 
 def warm_group(server, **guider) -> list[int]:
     """Run a short prompt (starting the group if needed); return the rank pids in rank order."""
     server.run(demo_graph(steps=2, **guider), timeout=300)
-    status = group_status(server)
+    status = server.group_status()
     assert status["state"] == "ready", status
     pids = [int(p) for p in status["pids"]]
     assert len(pids) == 2
@@ -210,34 +206,6 @@ def snapshot(server_pid: int) -> dict:
             pass
     return {"processes": len(per), "rss_mib_total": round(sum(v["rss_mib"] for v in per.values()), 1),
             "fds_total": sum(v["fds"] for v in per.values()), "per_pid": per}
-
-
-def established_peers(pids: list[int]) -> list[str]:
-    """Remote addresses of the TCP connections the given processes hold (any state but LISTEN)."""
-    inodes = set()
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    peers = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = open(table).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[3] != "0A" and cols[9] in inodes:
-                host, port = cols[2].split(":")
-                if len(host) == 8:
-                    peers.append(".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)) + f":{int(port, 16)}")
-                else:
-                    peers.append("ipv6:" + host + f":{int(port, 16)}")
-    return peers
 
 
 def wait_dead(pids, timeout: float) -> tuple[list[int], float]:

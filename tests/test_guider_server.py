@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from support.comfy_server import ExecutionFailed, PromptRejected, execution_error
+from support.comfy_server import PromptRejected
 from support.tiny_models import tiny_ltxv_graph
 
 pytestmark = pytest.mark.server
@@ -36,18 +36,8 @@ def sample(server, graph) -> torch.Tensor:
     return server.saved_latent(server.run(graph, timeout=180))
 
 
-def group_status(server) -> dict:
-    entry = server.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": False}}}, timeout=60)
-    return json.loads(entry["outputs"]["1"]["text"][0])
 
 
-def failure(server, graph) -> str:
-    """Run a graph that must fail at execution; return the error message shown in /history."""
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(graph, timeout=120)
-    err = info.value.error
-    assert err is not None, info.value.entry
-    return f"{err['node_type']}: {err['exception_message']}"
 
 
 def test_object_info_lists_the_nodes(comfy_server):
@@ -81,7 +71,7 @@ def test_three_ranks_for_three_branches(comfy_server):
     policy = {"preset": "ltx2_multimodal"}
     serial = sample(comfy_server, guided_graph(1, nonce=3, **policy))
     assert torch.equal(sample(comfy_server, guided_graph(3, nonce=4, **policy)), serial)
-    status = group_status(comfy_server)
+    status = comfy_server.group_status()
     forwards = [r["forwards"] for r in status["last_job"]["per_rank"]]
     assert sorted(k for f in forwards for k in f) == ["cond", "negative", "perturbed"]
     assert all(len(f) == 1 for f in forwards)  # one branch per rank
@@ -110,34 +100,34 @@ def test_second_prompt_reuses_the_loaded_model(comfy_server):
     t0 = time.monotonic()
     sample(comfy_server, guided_graph(2, nonce=12))
     second = time.monotonic() - t0
-    status = group_status(comfy_server)
+    status = comfy_server.group_status()
     assert status["state"] == "ready" and len(status["pids"]) == 2
     assert not any(r["model_reloaded"] for r in status["last_job"]["per_rank"])
     print(f"second prompt at size 2 (queue to result): {second:.2f} s; group job {status['last_job']['seconds']} s")
 
 
 def test_bad_inputs_become_node_errors(comfy_server):
-    msg = failure(comfy_server, guided_graph(2, devices="cuda:0,cuda:1", nonce=13))
+    msg = comfy_server.run_failing(guided_graph(2, devices="cuda:0,cuda:1", nonce=13))
     assert "MultiBranchGuider" in msg and "does not exist" in msg
-    msg = failure(comfy_server, guided_graph(3, devices="cpu,cpu", nonce=14))
+    msg = comfy_server.run_failing(guided_graph(3, devices="cpu,cpu", nonce=14))
     assert "exactly one device per rank" in msg
-    msg = failure(comfy_server, guided_graph(2, nonce=15, preset="ltx2_multimodal", video_modality=3.0))
+    msg = comfy_server.run_failing(guided_graph(2, nonce=15, preset="ltx2_multimodal", video_modality=3.0))
     assert "modality-isolated pass" in msg and "LTX-2 audio+video" in msg
-    msg = failure(comfy_server, guided_graph(2, nonce=16, preset="ltx2_multimodal", video_stg_blocks="7"))
+    msg = comfy_server.run_failing(guided_graph(2, nonce=16, preset="ltx2_multimodal", video_stg_blocks="7"))
     assert "out of range" in msg
-    msg = failure(comfy_server, guided_graph(1, nonce=17, preset="custom", custom_branches="oops"))
+    msg = comfy_server.run_failing(guided_graph(1, nonce=17, preset="custom", custom_branches="oops"))
     assert "name:positive|negative:weight" in msg
     # a node that adds a Python closure to the model: cannot travel to the workers
     g = guided_graph(2, nonce=18)
     g["30"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": g["7"]["inputs"]["model"], "scale": 2.0}}
     g["7"]["inputs"]["model"] = ["30", 0]
-    msg = failure(comfy_server, g)
+    msg = comfy_server.run_failing(g)
     assert "cannot be sent to the worker processes" in msg and "sampler_post_cfg_function" in msg
     # a node that replaces the CFG combine conflicts with the policy at any size
     g = guided_graph(1, nonce=19)
     g["31"] = {"class_type": "RescaleCFG", "inputs": {"model": g["7"]["inputs"]["model"], "multiplier": 0.7}}
     g["7"]["inputs"]["model"] = ["31", 0]
-    assert "sampler_cfg_function" in failure(comfy_server, g)
+    assert "sampler_cfg_function" in comfy_server.run_failing(g)
     # after all that, the server and the group still work
     assert torch.isfinite(sample(comfy_server, guided_graph(2, nonce=20))).all()
 

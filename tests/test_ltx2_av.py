@@ -417,14 +417,6 @@ def outputs(server, g, timeout=600):
     return {nid: server.saved_latent(entry, node_id=nid) for nid in ("10", "11", "12") if nid in g}
 
 
-def failure(server, g) -> str:
-    from support.comfy_server import ExecutionFailed
-
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(g, timeout=300)
-    err = info.value.error
-    assert err is not None, info.value.entry
-    return f"{err['node_type']}: {err['exception_message']}"
 
 
 @pytest.mark.server
@@ -458,15 +450,15 @@ def test_server_two_stage_size1_equals_size2(server):
 
 @pytest.mark.server
 def test_server_bad_inputs_become_node_errors(server):
-    msg = failure(server, t2.ltx2_sampler_graph(WAN, audio_latent=AUDIO, nonce=7))
+    msg = server.run_failing(t2.ltx2_sampler_graph(WAN, audio_latent=AUDIO, nonce=7))
     assert msg.startswith("LTX2Sampler: The LTX2 Sampler needs an LTX model") and "WAN21" in msg
-    msg = failure(server, graph(nonce=8, video_stg_blocks="7", audio_stg_blocks="7"))
+    msg = server.run_failing(graph(nonce=8, video_stg_blocks="7", audio_stg_blocks="7"))
     assert "out of range" in msg and "3 transformer blocks" in msg
-    msg = failure(server, graph(nonce=9, mode="two_stage"))
+    msg = server.run_failing(graph(nonce=9, mode="two_stage"))
     assert "upscale_model" in msg
-    msg = failure(server, graph(nonce=10, mode="two_stage", upscaler=UPSCALER))
+    msg = server.run_failing(graph(nonce=10, mode="two_stage", upscaler=UPSCALER))
     assert "vae" in msg
-    msg = failure(server, t2.ltx2_sampler_graph(MODEL, nonce=11))  # video-only latent, audio parameters set
+    msg = server.run_failing(t2.ltx2_sampler_graph(MODEL, nonce=11))  # video-only latent, audio parameters set
     assert "video only" in msg and "LTXVConcatAVLatent" in msg
     # and the server still samples afterwards
     assert torch.isfinite(outputs(server, graph(size=2, nonce=12))["10"]).all()

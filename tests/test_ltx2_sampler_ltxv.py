@@ -7,12 +7,9 @@ The audio+video path is in tests/test_ltx2_av.py (needs ComfyUI 0.29).
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from support.comfy_server import ExecutionFailed
 from support.tiny_ltx2 import build_tiny_wan, ltx2_sampler_graph
 
 pytestmark = pytest.mark.server
@@ -31,17 +28,8 @@ def sample(server, g) -> torch.Tensor:
     return server.saved_latent(server.run(g, timeout=300), node_id="10")
 
 
-def failure(server, g) -> str:
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(g, timeout=120)
-    err = info.value.error
-    assert err is not None, info.value.entry
-    return f"{err['node_type']}: {err['exception_message']}"
 
 
-def group_status(server) -> dict:
-    entry = server.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": False}}}, timeout=60)
-    return json.loads(entry["outputs"]["1"]["text"][0])
 
 
 def test_ltx2_sampler_is_listed(comfy_server):
@@ -61,7 +49,7 @@ def test_one_stage_size2_equals_size1_bit_for_bit(comfy_server):
     # after it: a status-only prompt makes ComfyUI drop the cached UNETLoader output, and a model
     # that ComfyUI loads anew is a new model for the ranks too.)
     assert torch.equal(sample(comfy_server, graph(size=2, nonce=103)), serial)
-    per_rank = group_status(comfy_server)["last_job"]["per_rank"]
+    per_rank = comfy_server.group_status()["last_job"]["per_rank"]
     assert not any(r["model_reloaded"] for r in per_rank)
     # 3 steps, skip_step 1: steps 0 and 2 are guided, step 1 reuses them and runs no forward
     assert sorted((k, n) for r in per_rank for k, n in r["forwards"].items()) == \
@@ -84,14 +72,14 @@ def test_one_stage_equals_multi_branch_guider(comfy_server):
 
 
 def test_bad_inputs_become_node_errors(comfy_server, tmp_path):
-    msg = failure(comfy_server, graph(mode="two_stage", nonce=105))
+    msg = comfy_server.run_failing(graph(mode="two_stage", nonce=105))
     assert msg.startswith("LTX2Sampler") and "upscale_model" in msg
-    msg = failure(comfy_server, graph(nonce=106, video_stg_blocks="2", audio_stg_blocks="2"))
+    msg = comfy_server.run_failing(graph(nonce=106, video_stg_blocks="2", audio_stg_blocks="2"))
     assert msg.startswith("LTX2Sampler") and "out of range" in msg and "2 transformer blocks" in msg
-    msg = failure(comfy_server, graph(nonce=107, video_modality=3.0))
+    msg = comfy_server.run_failing(graph(nonce=107, video_modality=3.0))
     assert "modality-isolated pass" in msg
     comfy_server.add_model("diffusion_models", WAN, build_tiny_wan(tmp_path / WAN))
-    msg = failure(comfy_server, ltx2_sampler_graph(WAN, **{**LTXV_POLICY, "nonce": 108}))
+    msg = comfy_server.run_failing(ltx2_sampler_graph(WAN, **{**LTXV_POLICY, "nonce": 108}))
     assert msg.startswith("LTX2Sampler: The LTX2 Sampler needs an LTX model") and "WAN21" in msg
     # and the server still samples afterwards
     assert torch.isfinite(sample(comfy_server, graph(size=2, nonce=109))).all()

@@ -2,9 +2,7 @@
 import pytest
 import torch
 
-from cfg_runtime.dispatch import BranchDispatcher
 from cfg_runtime.errors import GroupConfigError, PolicyError, PredictionError
-from cfg_runtime.exchange import LocalExchange
 from cfg_runtime.group import parse_devices
 from cfg_runtime.plan import cost_balanced_plan, make_plan, round_robin_plan
 from cfg_runtime.policy import CFGBranch, CFGPolicy, CombineContext, StandardCFG

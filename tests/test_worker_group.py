@@ -1,17 +1,16 @@
 """The worker group with real processes (gloo on the CPU): exactness, faults, interrupts, cleanup."""
 import os
 import signal
-import threading
 import time
 
 import pytest
 import torch
 
-from cfg_runtime.errors import GroupConfigError, JobFailedError, JobInterrupted, PredictionError, WorkerDiedError
+from cfg_runtime.errors import GroupConfigError, JobFailedError, JobInterrupted, WorkerDiedError
 from cfg_runtime.group import GroupSpec, WorkerGroup, get_group, shutdown_group
 from cfg_runtime.ltx_guidance import ModalityGuidance
 from cfg_runtime.policy import CFGBranch, CFGPolicy, WeightedBranches
-from cfg_runtime.presets import custom, ltx2_multimodal, standard_cfg
+from cfg_runtime.presets import ltx2_multimodal, standard_cfg
 from cfg_runtime.toy import ToyFaults, ToySampleJob, run_serial
 from support.sockets import is_loopback, listening_sockets, pid_alive
 

@@ -371,6 +371,19 @@ class ComfyServer:
             raise ExecutionFailed(entry, self.log_tail())
         return entry
 
+    def run_failing(self, prompt: dict, timeout: float = 300.0) -> str:
+        """Run a prompt that must end in an execution error; return 'NodeType: message' from /history."""
+        entry = self.run(prompt, timeout=timeout, check=False)
+        err = execution_error(entry)
+        if err is None:
+            raise AssertionError(f"prompt was expected to fail but ended {entry['status'].get('status_str')}")
+        return f"{err['node_type']}: {err['exception_message']}"
+
+    def group_status(self) -> dict:
+        """The pack's worker-group report (runs a one-node CFGParallelGroupStatus prompt)."""
+        entry = self.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": False}}}, timeout=60)
+        return json.loads(entry["outputs"]["1"]["text"][0])
+
     def interrupt(self, prompt_id: str | None = None):
         self.post("/interrupt", {"prompt_id": prompt_id} if prompt_id else {}).raise_for_status()
 

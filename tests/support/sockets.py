@@ -28,10 +28,10 @@ def _decode(addr: str) -> str:
     return f"{ip}:{int(port, 16)}"
 
 
-def listening_sockets(pids: list[int]) -> list[str]:
-    """'ip:port' of every LISTEN socket owned by the given processes."""
+def _tcp_entries(pids: list[int]) -> list[tuple[str, str, str]]:
+    """(state, local, remote) of every TCP socket the given processes hold."""
     inodes = set().union(*(_inodes(p) for p in pids)) if pids else set()
-    found = []
+    entries = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = open(table).read().splitlines()[1:]
@@ -39,9 +39,19 @@ def listening_sockets(pids: list[int]) -> list[str]:
             continue
         for line in lines:
             cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:
-                found.append(_decode(cols[1]))
-    return found
+            if cols[9] in inodes:
+                entries.append((cols[3], _decode(cols[1]), _decode(cols[2])))
+    return entries
+
+
+def listening_sockets(pids: list[int]) -> list[str]:
+    """'ip:port' of every LISTEN socket owned by the given processes."""
+    return [local for state, local, _ in _tcp_entries(pids) if state == "0A"]
+
+
+def established_peers(pids: list[int]) -> list[str]:
+    """Remote 'ip:port' of the TCP connections the given processes hold (any state but LISTEN)."""
+    return [remote for state, _, remote in _tcp_entries(pids) if state != "0A"]
 
 
 def is_loopback(addr: str) -> bool:

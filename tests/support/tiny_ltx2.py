@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from .paths import COMFYUI_DIR, import_comfy
+from .tiny_models import init_weights
 
 TINY_LTXAV_CONFIG = {
     "in_channels": 128,
@@ -75,16 +76,6 @@ def ltxav_available(comfyui_dir=None) -> bool:
     return (Path(comfyui_dir or COMFYUI_DIR) / "comfy" / "ldm" / "lightricks" / "av_model.py").is_file()
 
 
-def _fill(module: torch.nn.Module, seed: int, std: float) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
-            if name.endswith("bias"):
-                p.zero_()
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std)
-
-
 def _save(module_or_sd, path, metadata: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -107,7 +98,7 @@ def tiny_ltxav_module(seed: int = 0, std: float = 0.2, **overrides):
 
     model = LTXAVModel(**{**TINY_LTXAV_CONFIG, **overrides}, device="cpu", dtype=torch.float32,
                        operations=comfy.ops.disable_weight_init)
-    _fill(model, seed, std)
+    init_weights(model, seed, std)
     return model.eval()
 
 
@@ -239,7 +230,7 @@ def build_tiny_wan(path, seed: int = 0) -> Path:
     from comfy.ldm.wan.model import WanModel
 
     model = WanModel(**TINY_WAN_CONFIG, device="cpu", dtype=torch.float32, operations=comfy.ops.disable_weight_init)
-    _fill(model, seed, 0.02)
+    init_weights(model, seed, 0.02)
     return _save(model, path, {})
 
 

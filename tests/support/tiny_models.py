@@ -35,7 +35,7 @@ TINY_LORA_TARGETS = (
 )
 
 
-def _init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
@@ -59,7 +59,7 @@ def tiny_ltxv_module(seed: int = 0, dtype=torch.float32, std: float = 0.02):
         device="cpu",
         operations=comfy.ops.disable_weight_init,
     )
-    _init_weights(model, seed, std)
+    init_weights(model, seed, std)
     return model.eval()
 
 
