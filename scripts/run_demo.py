@@ -25,10 +25,14 @@ WORKFLOW = REPO / "workflows" / "api" / "tiny_demo.json"
 
 
 def with_size(graph: dict, size: int, nonce: int) -> dict:
+    import torch
+
     g = copy.deepcopy(graph)
     for node in g.values():
         if node["class_type"] == "MultiBranchGuider":
             node["inputs"]["parallel_size"] = size
+            # two GPUs when there are two; otherwise CPU ranks (gloo), also on a one-GPU machine
+            node["inputs"]["devices"] = "" if torch.cuda.device_count() >= size else "cpu"
         if node["class_type"] == "CFGPTestConditioning":
             node["inputs"]["nonce"] = nonce
     return g
