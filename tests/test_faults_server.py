@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from support.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
-from support.sockets import established_peers, is_loopback, listening_sockets, pid_alive
+from support.sockets import established_peers, fd_targets, is_loopback, listening_sockets, pid_alive
 
 pytestmark = pytest.mark.server
 
@@ -176,11 +176,7 @@ def pending_fd_dups(pid: int) -> int:
     keeps until the receiving process fetches it. At rest (no job in flight) every such dup has
     been fetched; one still open belongs to a message that no process will ever read."""
     seen: dict[str, int] = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
+    for target in fd_targets(pid):
         if target.startswith("/dev/shm/"):
             seen[target] = seen.get(target, 0) + 1
     return sum(n - 1 for n in seen.values())

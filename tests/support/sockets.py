@@ -1,22 +1,26 @@
-"""Listening TCP sockets of given processes, read from /proc (Linux)."""
+"""Open files and TCP sockets of given processes, read from /proc (Linux)."""
 from __future__ import annotations
 
 import os
 
 
-def _inodes(pid: int) -> set[str]:
-    out = set()
+def fd_targets(pid: int) -> list[str]:
+    """What each open file descriptor of a process points at (empty if the process is gone)."""
+    targets = []
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                out.add(target[8:-1])
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        pass
-    return out
+        return targets
+    for fd in fds:
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return targets
+
+
+def _inodes(pid: int) -> set[str]:
+    return {t[8:-1] for t in fd_targets(pid) if t.startswith("socket:[")}
 
 
 def _decode(addr: str) -> str:
