@@ -104,6 +104,29 @@ def parse_devices(text: str, size: int) -> tuple[str, ...]:
     return tuple(names)
 
 
+STORE_PREFIX = "cfgp-store-"
+
+
+def _sweep_stale_stores() -> None:
+    """Remove rendezvous folders whose owning process is gone (killed together with its
+    ranks, e.g. SIGTERM to the whole process group, nobody was left to clean up)."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(STORE_PREFIX):].split("-", 1)[0]
+        if not name.startswith(STORE_PREFIX) or not owner.isdigit():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _release_uncollected_handles() -> None:
     """Close the shared-memory fds that a dead rank never collected from this process.
 
@@ -186,7 +209,8 @@ class WorkerGroup:
         import torch.multiprocessing  # noqa: F401  (tensor sharing through pipes)
 
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
-        self._store_dir = tempfile.mkdtemp(prefix="cfgp-store-")
+        _sweep_stale_stores()
+        self._store_dir = tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-")
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()
         backend = self.spec.resolved_backend

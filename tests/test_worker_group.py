@@ -155,3 +155,21 @@ def test_shutdown_leaves_no_process_and_no_socket():
 def test_bad_group_requests():
     with pytest.raises(GroupConfigError):
         WorkerGroup(GroupSpec(()))
+
+
+def test_stale_rendezvous_folders_of_dead_owners_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    from cfg_runtime import group as group_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{group_module.STORE_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{group_module.STORE_PREFIX}{os.getpid()}-def"
+    foreign = tmp_path / f"{group_module.STORE_PREFIX}legacy"
+    for d in (stale, live, foreign):
+        d.mkdir()
+    group_module._sweep_stale_stores()
+    assert not stale.exists() and live.exists() and foreign.exists()

@@ -101,6 +101,19 @@ def read_saved_latent(history_entry, output_dir, node_id=None) -> dict:
     return load_file(str(files[0]))
 
 
+def _die_with_parent() -> None:
+    """In the server's child process: SIGTERM it when the test process dies (Linux), so a
+    killed pytest run leaves no server behind (its own session hides it from the terminal)."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, _signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 class ComfyServer:
     """A ComfyUI server process (context manager).
 
@@ -240,7 +253,8 @@ class ComfyServer:
         self._spawned_at = time.monotonic()
         self.proc = subprocess.Popen(self.command(), cwd=str(self.comfyui_dir), env=env,
                                      stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
 
     def _wait_ready(self):
         deadline = self._spawned_at + self.startup_timeout
