@@ -23,7 +23,7 @@ from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, che
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
-from .ltx_branches import branch_model_options
+from .ltx_branches import branch_model_options, check_blocks, model_family
 from .policy import CFGBranch, CFGPolicy
 
 log = logging.getLogger("cfg_parallel")
@@ -71,6 +71,24 @@ def branch_options(model_options: dict, branch: CFGBranch) -> dict:
                           f"{sorted(audio)} are not supported yet; use the same blocks for both.")
     return branch_model_options(model_options, perturb_blocks=tuple(sorted(video | audio)),
                                 isolate_modalities=branch.isolate_modalities)
+
+
+def check_policy_fits_model(policy: CFGPolicy, model) -> None:
+    """Refuse a policy whose branches this model cannot run, before any sampling starts."""
+    family = model_family(model)
+    if policy.rule.kind == "ltx_multimodal" and family == "other":  # the only rule with STG/modality branches
+        raise PolicyError(f"The ltx2_multimodal policy needs an LTX model; this model is {type(model.model).__name__}. "
+                          f"Use the standard_cfg preset.")
+    for branch in policy.branches:
+        blocks = tuple(sorted(set(branch.perturb_blocks) | set(branch.perturb_audio_blocks)))
+        if blocks:
+            try:
+                check_blocks(model, blocks)
+            except ValueError as exc:
+                raise PolicyError(f"Branch '{branch.name}': {exc}") from None
+        if branch.isolate_modalities and family != "ltxav":
+            raise PolicyError(f"Branch '{branch.name}' is the modality-isolated pass, which needs an LTX-2 audio+video "
+                              f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
 
 
 class MultiBranchGuider(comfy.samplers.CFGGuider):

@@ -372,7 +372,7 @@ class WorkerGroup:
                 try:
                     kind, payload = rank.conn.recv()
                 except (EOFError, OSError):
-                    self._check_deaths(outcome, force=True)
+                    self._check_deaths(outcome)
                     continue
                 last_event = time.monotonic()
                 if kind == "progress":
@@ -414,9 +414,9 @@ class WorkerGroup:
         exc.remote_type = origin["type"]
         raise exc
 
-    def _check_deaths(self, outcome: dict, force: bool = False) -> None:
+    def _check_deaths(self, outcome: dict) -> None:
         for r in self.ranks:
-            if not r.process.is_alive() or force and r.config.rank not in outcome and r.process.exitcode is not None:
+            if not r.process.is_alive():
                 code = r.process.exitcode
                 how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
                 msg = (f"Worker rank {r.config.rank} (pid {r.process.pid}, {r.config.device}) {how} during the job; "

@@ -18,7 +18,7 @@ import comfy.nested_tensor
 import comfy.sample
 import comfy.utils
 
-from .comfy_guider import MultiBranchGuider, ParallelSettings
+from .comfy_guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
 from .errors import PolicyError
 from .ltx_branches import model_family
 from .policy import CFGPolicy
@@ -136,7 +136,8 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
     """Returns (final latent, stage-1 latent) as LATENT dicts."""
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    check_ltx_inputs(model, policy, latent, plan, upscale_model, vae, stage2_model)
+    check_ltx_inputs(model, policy, latent, plan, upscale_model, vae, stage2_model)  # this job's needs first,
+    check_policy_fits_model(policy, model)  # then what the policy asks of the model
     stage2_sigmas = torch.tensor(plan.stage2_sigmas, dtype=torch.float32)
     steps1 = int(sigmas.shape[-1]) - 1
     progress = _StagedProgress(model, steps1 + (len(plan.stage2_sigmas) - 1 if plan.two_stage else 0))

@@ -1,34 +1,12 @@
 """Multi-Branch Guider: model + conditioning + policy -> GUIDER for SamplerCustomAdvanced."""
 from __future__ import annotations
 
-from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
 from cfg_runtime.errors import PolicyError
-from cfg_runtime.ltx_branches import check_blocks, model_family
 from cfg_runtime.plan import PLANNERS
 from cfg_runtime.policy import CFGPolicy
 
 from .policy_builder import CATEGORY
-
-
-def check_policy_fits_model(policy: CFGPolicy, model) -> None:
-    """Refuse a policy whose branches this model cannot run, before any sampling starts."""
-    family = model_family(model)
-    for branch in policy.branches:
-        blocks = tuple(sorted(set(branch.perturb_blocks) | set(branch.perturb_audio_blocks)))
-        if blocks:
-            if family == "other":
-                raise PolicyError(f"Branch '{branch.name}' perturbs transformer blocks (STG), which needs an LTX model; "
-                                  f"this model is {type(model.model).__name__}. Use the standard_cfg preset.")
-            try:
-                check_blocks(model, blocks)
-            except ValueError as exc:
-                raise PolicyError(f"Branch '{branch.name}': {exc}") from None
-        if branch.isolate_modalities and family != "ltxav":
-            raise PolicyError(f"Branch '{branch.name}' is the modality-isolated pass, which needs an LTX-2 audio+video "
-                              f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
-    if policy.rule.kind == "ltx_multimodal" and family == "other":
-        raise PolicyError(f"The ltx2_multimodal policy needs an LTX model; this model is {type(model.model).__name__}. "
-                          f"Use the standard_cfg preset.")
 
 
 class MultiBranchGuiderNode:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from cfg_runtime.comfy_guider import ParallelSettings
 from cfg_runtime.errors import PolicyError
-from cfg_runtime.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, check_ltx_inputs, parse_sigmas, run_ltx2
+from cfg_runtime.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
 from cfg_runtime.policy import CFGPolicy
 
-from .guider import check_policy_fits_model
 from .policy_builder import CATEGORY
 
 
@@ -56,12 +55,7 @@ class LTX2Sampler:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
-        # this node's own requirements first (an LTX model, ...), then what the policy needs
-        check_ltx_inputs(model, policy, latent, plan, upscale_model, vae, stage2_model)
-        check_policy_fits_model(policy, model)
-        settings = ParallelSettings(size=parallel_size, devices=devices)
-        if parallel_size > 1:
-            settings.group_spec()  # fail here, at this node, on a bad device request
+        settings = ParallelSettings(size=parallel_size, devices=devices)  # checked before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)
         return (final, stage1)
