@@ -112,9 +112,10 @@ if [ -n "$src029" ]; then
     pip029 install -c "$constraints" torch torchvision
   fi
   if [ "$(cat "$venv029/.cfgp_requirements" 2>/dev/null)" != "$stamp" ]; then
-    log "installing ComfyUI 0.29's requirements (torch pinned; torchaudio left out: no release for this torch)"
-    grep -v -E '^\s*torchaudio\b' "$comfy029/requirements.txt" > "$venv029/requirements-comfyui.txt"
-    pip029 install -c "$constraints" -r "$venv029/requirements-comfyui.txt"
+    # torch stays pinned; pip then takes torchaudio 2.11.1, whose extension does not load
+    # with this torch, but comfy/sd.py only needs `import torchaudio` to succeed.
+    log "installing ComfyUI 0.29's requirements (torch pinned)"
+    pip029 install -c "$constraints" -r "$comfy029/requirements.txt"
     pip029 install -c "$constraints" -r "$here/scripts/requirements-test.txt"
     pip029 install --no-deps ltx-core==1.0.0
     echo "$stamp" > "$venv029/.cfgp_requirements"

@@ -17,7 +17,16 @@ for _p in (str(_TESTS), str(_REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from support.paths import COMFYUI_DIR, ComfyUIMissing, comfyui_available, import_comfy  # noqa: E402
+import os  # noqa: E402
+
+from support.paths import (COMFYUI_DIR, NEEDS_029, NEEDS_BROWSER, ComfyUIMissing, comfyui_available,  # noqa: E402
+                           comfyui_version, has_ltx2_av, import_comfy)
+
+# The whole suite runs once per ComfyUI (scripts/test.sh: 0.3.75, then 0.29). On a ComfyUI
+# with LTX-2 the 0.29-only tests (test_ltx_branches.py reads COMFYUI_029_DIR) use it too.
+if has_ltx2_av() and not os.environ.get("COMFYUI_029_DIR"):
+    os.environ["COMFYUI_029_DIR"] = str(COMFYUI_DIR)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # pytest (>= 8) sets up the repo root as a Package because it has an __init__.py (the
 # ComfyUI entry point), which imports it, and that imports `comfy`. Make `comfy`
@@ -55,6 +64,36 @@ def tiny_lora_path(tiny_model_dir, tiny_ltxv_path) -> Path:
 _early_server = None
 
 
+def pytest_report_header(config):
+    version = comfyui_version() or "not found"
+    return [f"ComfyUI {version} at {COMFYUI_DIR} (LTX-2 audio+video: {'yes' if has_ltx2_av() else 'no'})"
+            + ("; CI=true: skips for want of ComfyUI 0.29 or a browser fail" if IN_CI else "")]
+
+
+def _refused_skip(reason: str) -> str | None:
+    """Why CI must not accept this skip, or None when it may."""
+    if NEEDS_BROWSER in reason:
+        return "CI runs every browser test: install Debian's chromium and playwright (scripts/setup_env.sh)"
+    if has_ltx2_av() and ("ComfyUI 0.29" in reason or NEEDS_029 in reason):
+        return f"this run is on ComfyUI {comfyui_version()} (it has LTX-2), so nothing may skip for want of 0.29"
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true, turn skips for want of ComfyUI 0.29 (on a 0.29 run) or of the browser into failures."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    why = _refused_skip(reason)
+    if why:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {reason}\n{why}"
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Spawn the ComfyUI server as soon as we know a selected test needs it, so its ~10 s
     start-up overlaps the in-process imports that follow (e.g. the repo-root package)."""
@@ -71,6 +110,36 @@ def pytest_sessionfinish(session, exitstatus):
     if _early_server is not None:
         _early_server.stop()
         _early_server = None
+
+
+def pytest_report_header(config):
+    version = comfyui_version() or "not found"
+    return [f"ComfyUI {version} at {COMFYUI_DIR} (LTX-2 audio+video: {'yes' if has_ltx2_av() else 'no'})"
+            + ("; CI=true: skips for want of ComfyUI 0.29 or a browser fail" if IN_CI else "")]
+
+
+def _refused_skip(reason: str) -> str | None:
+    """Why CI must not accept this skip, or None when it may."""
+    if NEEDS_BROWSER in reason:
+        return "CI runs every browser test: install Debian's chromium and playwright (scripts/setup_env.sh)"
+    if has_ltx2_av() and ("ComfyUI 0.29" in reason or NEEDS_029 in reason):
+        return f"this run is on ComfyUI {comfyui_version()} (it has LTX-2), so nothing may skip for want of 0.29"
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true, turn skips for want of ComfyUI 0.29 (on a 0.29 run) or of the browser into failures."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    why = _refused_skip(reason)
+    if why:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {reason}\n{why}"
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflows import (LTX2_WORKFLOWS, NAMES, NodeDef, build, comfyui_029_server, load_api, load_ui,
-                            strip_meta)
+from test_workflows import LTX2_WORKFLOWS, NAMES, NodeDef, build, load_api, load_ui, strip_meta
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -298,33 +297,3 @@ def test_queue_demo_from_the_page(frontend, comfy_server):
                            arg=prompt_id, timeout=30_000)
     frontend.screenshot("tiny_demo_after_run")
     assert not frontend.page_errors, frontend.page_errors
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_ui_workflows_load_on_comfyui_029(name, browser):
-    """On a ComfyUI with LTX-2 (0.29), no node of any workflow is missing (opt-in: COMFYUI_029_DIR)."""
-    server = comfyui_029_server()
-    info = server.object_info()
-    if "CFGPTestConditioning" not in info and name == "tiny_demo":
-        pytest.skip("the test-only node pack is not loaded on this server")
-    fe = _frontend_029(browser, server)
-    ui = load_ui(name)
-    dialogs = fe.load(ui, expect_dialog=False)
-    nodes = fe.graph_nodes()
-    missing = {n["type"] for n in nodes if not n["registered"]}
-    assert not missing and not dialogs, (missing, dialogs)
-    assert not too_small(ui, nodes)
-    problems = prompt_matches_api(fe.graph_to_prompt(), load_api(name), info)
-    assert not problems, "\n".join(problems)
-    fe.screenshot(f"comfyui_029_{name}")
-
-
-_fe_029 = {}
-
-
-def _frontend_029(browser, server):
-    key = (id(browser), server.url)
-    if key not in _fe_029:
-        _fe_029.clear()
-        _fe_029[key] = Frontend(browser, server.url)
-    return _fe_029[key]

@@ -42,12 +42,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.paths import COMFYUI_DIR, REPO
+from support.paths import COMFYUI_DIR, NEEDS_029, REPO
 from support.tiny_ltx2 import ltxav_available
 
 pytestmark = pytest.mark.skipif(
     not ltxav_available(),
-    reason=f"LTX-2 audio+video tests need a ComfyUI with LTX-2 (comfy/ldm/lightricks/av_model.py, e.g. 0.29); "
+    reason=f"{NEEDS_029} LTX-2 audio+video tests need a ComfyUI with LTX-2 (comfy/ldm/lightricks/av_model.py, e.g. 0.29); "
            f"COMFYUI_DIR={COMFYUI_DIR} has none. Run: COMFYUI_DIR=/path/to/comfyui-0.29 <its python> -m pytest "
            f"tests/test_ltx2_av.py")
 

@@ -13,24 +13,23 @@
 - The graphs run end to end on the test server: the tiny demo as it is, and tiny variants
   of the three user workflows (tiny model, random conditioning, LTX-2-only nodes removed).
 
-ComfyUI 0.3.75 (the test server) has no LTX-2 audio+video nodes (build.LTX2_CORE_TYPES).
-Nodes of those types are checked against the schemas in workflows/build.py only, and the
-tests that need them live say so when they skip. Set COMFYUI_029_DIR to a ComfyUI 0.29
-folder (and COMFYUI_029_PYTHON to a Python that runs it; default: this one) to validate
-those too against a live 0.29 server.
+The suite runs once per ComfyUI (scripts/test.sh). ComfyUI 0.3.75 has no LTX-2 audio+video
+nodes (build.LTX2_CORE_TYPES): there nodes of those types are checked against the schemas in
+workflows/build.py only, and the tests that need them skip ("[needs ComfyUI 0.29]"). On
+ComfyUI 0.29 every node type of every workflow must exist and match.
 """
 from __future__ import annotations
 
 import copy
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import pytest
+
+from support.paths import NEEDS_029, has_ltx2_av
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -381,6 +380,8 @@ def test_schemas_of_the_builder_match_the_server(object_info):
     problems = compare_schemas(object_info)
     absent = sorted(set(build.SCHEMAS) - set(object_info))
     assert not problems, "\n".join(problems)
+    if has_ltx2_av():
+        assert not absent, f"node types missing on this ComfyUI with LTX-2: {absent}"
     assert set(absent) <= build.LTX2_CORE_TYPES, f"types missing from the server that are not LTX-2 ones: {absent}"
 
 
@@ -423,10 +424,10 @@ def test_api_workflow_valid_against_server(name, object_info):
     defs = Defs(object_info)
     problems, missing = validate_api(load_api(name), defs, strict_files=name in RUNNABLE_AS_IS)
     assert not problems, f"{name}:\n" + "\n".join(problems)
-    if name in LTX2_WORKFLOWS:
+    if name in LTX2_WORKFLOWS and not has_ltx2_av():
         # 0.3.75 lacks the LTX-2 audio+video nodes: only those may be missing, and they were
-        # checked against workflows/build.py's schemas (themselves checked against 0.29 by
-        # test_workflows_valid_against_comfyui_029 when COMFYUI_029_DIR is set).
+        # checked against workflows/build.py's schemas (themselves checked against 0.29 in
+        # the suite's 0.29 run).
         assert missing <= build.LTX2_CORE_TYPES, f"{name}: unexpected missing types {missing - build.LTX2_CORE_TYPES}"
     else:
         assert not missing, f"{name}: node types missing from the server: {missing}"
@@ -438,9 +439,8 @@ def test_ltx2_node_types_exist_on_server(name, object_info):
     used = {n["class_type"] for n in load_api(name).values()}
     missing = sorted(used - set(object_info))
     if missing and set(missing) <= build.LTX2_CORE_TYPES:
-        pytest.skip(f"this ComfyUI has no LTX-2 audio+video nodes ({', '.join(missing)}): here they are checked "
-                    f"against workflows/build.py's schemas only; test_workflows_valid_against_comfyui_029 checks "
-                    f"them on a live ComfyUI 0.29 when COMFYUI_029_DIR is set.")
+        pytest.skip(f"{NEEDS_029} this ComfyUI has no LTX-2 audio+video nodes ({', '.join(missing)}): here they "
+                    f"are checked against workflows/build.py's schemas only; the suite's 0.29 run checks them live.")
     assert not missing
 
 
@@ -456,7 +456,7 @@ def test_ui_and_api_describe_the_same_graph(name, object_info):
     for node in load_ui(name)["nodes"]:
         if node.get("title") and node["type"] not in build.VIRTUAL_TYPES:
             assert load_api(name)[str(node["id"])]["_meta"]["title"] == node["title"]
-    if name not in LTX2_WORKFLOWS:
+    if name not in LTX2_WORKFLOWS or has_ltx2_av():
         assert not defs.fallback_used
 
 
@@ -547,54 +547,3 @@ def test_tiny_variant_runs(name, comfy_server, object_info):
     prompt, save_id = tiny_variant(load_api(name), object_info, nonce=zlib.crc32(name.encode()) % 10_000 + 100)
     entry = comfy_server.run(prompt, timeout=240)
     _check_latent(comfy_server, entry, save_id)
-
-
-# ---------------------------------------------------------------------------------------
-# ComfyUI 0.29 (LTX-2 era), opt-in
-# ---------------------------------------------------------------------------------------
-COMFY_029 = os.environ.get("COMFYUI_029_DIR")
-_server_029 = None
-
-
-def comfyui_029_server():
-    """A ComfyUI 0.29 server (one per test session), or pytest.skip with the reason.
-
-    COMFYUI_029_DIR: its folder; COMFYUI_029_PYTHON: a Python that runs it (default: this
-    one). When that Python lacks the frontend package, this venv's frontend is served."""
-    global _server_029
-    if not COMFY_029:
-        pytest.skip("COMFYUI_029_DIR is not set: no ComfyUI 0.29 (with LTX-2) to check the workflows against")
-    if _server_029 is not None and _server_029.alive():
-        return _server_029
-    from support.comfy_server import ComfyServer
-
-    python = os.environ.get("COMFYUI_029_PYTHON") or sys.executable
-    extra = []
-    has_frontend = subprocess.run([python, "-c", "import comfyui_frontend_package"], capture_output=True).returncode == 0
-    if not has_frontend:
-        try:
-            import comfyui_frontend_package
-        except ImportError:
-            pytest.skip(f"{python} has no comfyui_frontend_package and neither has this Python")
-        extra = ["--front-end-root", str(Path(comfyui_frontend_package.__file__).parent / "static")]
-    _server_029 = ComfyServer(comfyui_dir=COMFY_029, python=python, extra_args=extra, startup_timeout=180)
-    _server_029.start()
-    import atexit
-
-    atexit.register(_server_029.stop)
-    return _server_029
-
-
-@pytest.mark.server
-def test_workflows_valid_against_comfyui_029():
-    server = comfyui_029_server()
-    info = server.object_info()
-    problems = compare_schemas(info)
-    assert not problems, "\n".join(problems)
-    assert set(build.SCHEMAS) <= set(info), f"missing on 0.29: {set(build.SCHEMAS) - set(info)}"
-    for name in NAMES:
-        defs = Defs(info)
-        problems, missing = validate_api(load_api(name), defs)
-        assert not problems, f"{name}:\n" + "\n".join(problems)
-        assert not missing, f"{name}: missing on 0.29: {missing}"
-        assert same_values(ui_to_api(load_ui(name), defs), strip_meta(load_api(name))), name

@@ -13,6 +13,29 @@ REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or (REPO / ".cache" / "comfyui")).resolve()
 TEST_NODES_DIR = REPO / "tests" / "comfy_test_nodes"
 
+# Skip reasons that CI refuses (tests/conftest.py): a test that skips for want of ComfyUI
+# 0.29 fails when the suite runs on a ComfyUI with LTX-2, and a browser test that skips
+# fails whenever CI=true. Start such reasons with these markers.
+NEEDS_029 = "[needs ComfyUI 0.29]"
+NEEDS_BROWSER = "[needs a browser]"
+
+
+def comfyui_version(comfyui_dir: Path | None = None) -> str:
+    """The ``__version__`` in that ComfyUI's comfyui_version.py ("" when unknown)."""
+    import re
+
+    try:
+        text = (Path(comfyui_dir or COMFYUI_DIR) / "comfyui_version.py").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", text)
+    return found.group(1) if found else ""
+
+
+def has_ltx2_av(comfyui_dir: Path | None = None) -> bool:
+    """True when that ComfyUI (default: COMFYUI_DIR) has LTX-2 audio+video (0.29 and later)."""
+    return (Path(comfyui_dir or COMFYUI_DIR) / "comfy" / "ldm" / "lightricks" / "av_model.py").is_file()
+
 
 class ComfyUIMissing(RuntimeError):
     """ComfyUI is not where the tests look for it (tests turn this into a skip)."""
