@@ -36,6 +36,8 @@ if comfyui_available():
 
 TINY_LTXV_NAME = "tiny_ltxv.safetensors"
 TINY_LORA_NAME = "tiny_lora.safetensors"
+TINY_LTXAV_NAME = "tiny_ltxav.safetensors"
+TINY_AUDIO_NAME = "tiny_audio.latent"
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +86,7 @@ def pytest_runtest_makereport(item, call):
     """Under CI=true, turn skips for want of ComfyUI 0.29 (on a 0.29 run) or of the browser into failures."""
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)  # fixtures read it at teardown (tests/test_browser.py)
     if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
         return
     longrepr = report.longrepr
@@ -132,6 +135,7 @@ def pytest_runtest_makereport(item, call):
     """Under CI=true, turn skips for want of ComfyUI 0.29 (on a 0.29 run) or of the browser into failures."""
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)  # fixtures read it at teardown (tests/test_browser.py)
     if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
         return
     longrepr = report.longrepr
@@ -158,6 +162,13 @@ def comfy_server(tiny_ltxv_path, tiny_lora_path):
             server.start(wait=False)
         server.add_model("diffusion_models", TINY_LTXV_NAME, tiny_ltxv_path)
         server.add_model("loras", TINY_LORA_NAME, tiny_lora_path)
+        if has_ltx2_av():  # workflows/*/tiny_ltx2_demo.json: the tiny LTX-2 model and an empty audio latent
+            from support import tiny_ltx2
+
+            folder = tiny_lora_path.parent
+            server.add_model("diffusion_models", TINY_LTXAV_NAME,
+                             tiny_ltx2.build_tiny_ltxav(folder / TINY_LTXAV_NAME, seed=0))
+            tiny_ltx2.write_audio_latent(server.input_dir / TINY_AUDIO_NAME)
         server.wait_ready()
     except ComfyUIMissing as e:
         pytest.skip(str(e))

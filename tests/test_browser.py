@@ -9,25 +9,35 @@ Opens the test server's frontend (the pack and the test-only nodes loaded), then
 - queues the tiny demo from the page (app.queuePrompt) and polls /history until it ends.
 Screenshots go to test-artifacts/browser/ (gitignored).
 
-The test server is ComfyUI 0.3.75, which has no LTX-2 audio+video nodes: loading the two
+The suite runs on each ComfyUI (scripts/test.sh), so this runs in frontend 1.32.9
+(ComfyUI 0.3.75) and 1.47.10 (0.29). 0.3.75 has no LTX-2 audio+video nodes: loading the
 LTX-2 workflows shows the missing-node dialog there, and the tests assert that the only
-missing types are those LTX-2 core nodes (workflows/build.py: LTX2_CORE_TYPES). With
-COMFYUI_029_DIR set, the same workflows load in the frontend of a ComfyUI 0.29 server with
-no missing node at all (test_ui_workflows_load_on_comfyui_029).
+missing types are those LTX-2 core nodes (workflows/build.py: LTX2_CORE_TYPES). On 0.29
+every workflow loads with no missing node, and the tiny LTX-2 workflow is queued from
+the page too.
+
+Every test gets its own browser context and page; the frontend settings the tests rely on
+are pinned in the server's user settings; waits are Playwright's ``expect`` on role-based
+locators. A failing test leaves a screenshot and the browser console in
+test-artifacts/browser/failures/.
 
 Needs /usr/bin/chromium and the Python package playwright (scripts/setup_env.sh installs
-both); never `playwright install`. Skipped with the reason when either is missing.
+both); never `playwright install`. Skipped with the reason when either is missing (a
+failure under CI=true: tests/conftest.py).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from support.paths import NEEDS_029, NEEDS_BROWSER, has_ltx2_av
 from test_workflows import LTX2_WORKFLOWS, NAMES, NodeDef, build, load_api, load_ui, strip_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,19 +54,33 @@ APP_READY = ("() => window.app && window.app.graph && window.LiteGraph && "
 pytestmark = [
     pytest.mark.server,
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="the Python package playwright is missing (scripts/setup_env.sh installs it)"),
+                       reason=f"{NEEDS_BROWSER} the Python package playwright is missing (scripts/setup_env.sh "
+                              f"installs it)"),
     pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"{CHROMIUM} is missing (scripts/setup_env.sh installs Debian's chromium as root)"),
+                       reason=f"{NEEDS_BROWSER} {CHROMIUM} is missing (scripts/setup_env.sh installs Debian's "
+                              f"chromium as root)"),
 ]
+
+# Frontend settings the tests rely on (ids unknown to a frontend version are ignored there).
+PINNED_SETTINGS = {
+    "Comfy.TutorialCompleted": True,            # no first-run dialog
+    "Comfy.NodeSearchBoxImpl": "default",       # the search box the search test drives
+    "Comfy.Workflow.ShowMissingNodesWarning": True,   # 1.32: the dialog the LTX-2 load test expects on 0.3.75
+    "Comfy.Workflow.ShowMissingModelsWarning": False,  # the user workflows name models the test server lacks
+    "Comfy.VueNodes.Enabled": False,            # classic LiteGraph nodes (sizes, widgets)
+}
 
 
 class Frontend:
     """One page of the ComfyUI frontend, with what it logged."""
 
     def __init__(self, browser, url: str):
-        self.page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        self.context = browser.new_context(viewport={"width": 1920, "height": 1080})
+        self.page = self.context.new_page()
         self.page_errors: list[str] = []
+        self.console: list[str] = []
         self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        self.page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
         # Dismiss the "Introducing Nodes 2.0" banner (it covers the top of screenshots).
         self.page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
         t0 = time.monotonic()
@@ -100,6 +124,20 @@ class Frontend:
     def graph_to_prompt(self) -> dict:
         return self.page.evaluate("async () => (await app.graphToPrompt()).output")
 
+    def close(self):
+        self.context.close()
+
+    def save_failure(self, test_name: str) -> None:
+        """A screenshot and the browser console of a failed test, under test-artifacts/browser/failures/."""
+        folder = ARTIFACTS / "failures"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
+        try:
+            self.page.screenshot(path=str(folder / f"{stem}.png"))
+        except Exception as exc:  # the page may be gone; the console still helps
+            self.console.append(f"[screenshot failed] {exc}")
+        (folder / f"{stem}.console.txt").write_text("\n".join(self.console + ["--- page errors ---"] + self.page_errors))
+
     def screenshot(self, name: str, fit: bool = True):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         if fit:  # the whole graph (groups included), clear of the side bar and the top menu
@@ -137,10 +175,21 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def frontend(browser, comfy_server):
-    fe = Frontend(browser, comfy_server.url)
+def pinned_server(comfy_server):
+    """The session server, with the frontend settings these tests rely on."""
+    comfy_server.pin_frontend_settings(PINNED_SETTINGS)
+    return comfy_server
+
+
+@pytest.fixture
+def frontend(request, browser, pinned_server):
+    """A fresh context and page for each test; on failure its screenshot and console are saved."""
+    fe = Frontend(browser, pinned_server.url)
     yield fe
-    fe.page.close()
+    report = getattr(request.node, "rep_call", None) or getattr(request.node, "rep_setup", None)
+    if report is not None and report.failed:
+        fe.save_failure(request.node.name)
+    fe.close()
 
 
 @pytest.fixture(scope="module")
@@ -210,21 +259,24 @@ def test_pack_nodes_registered_in_frontend(frontend):
 
 
 def test_node_search_finds_pack_nodes(frontend):
-    """Double-click the empty canvas, type the display name, pick the result: the node appears."""
+    """Open the node search box (the frontend's own command), type each display name, pick the
+    result: the node appears, and the result names the pack."""
+    from playwright.sync_api import expect
+
     page = frontend.page
     frontend.close_dialogs()
     page.evaluate("() => { app.graph.clear(); app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]; }")
-    for i, (node_type, display) in enumerate(PACK_NODES.items()):
-        # each on empty canvas (the picked node lands where the search was opened)
-        page.locator("#graph-canvas").dblclick(position={"x": 250 + 500 * i, "y": 300})
-        box = page.locator(".comfy-vue-node-search-box input").first
-        box.wait_for(state="visible", timeout=10_000)
+    for node_type, display in PACK_NODES.items():
+        page.evaluate("() => app.extensionManager.command.execute('Workspace.SearchBox.Toggle')")
+        box = page.get_by_role("search").get_by_role("combobox")
+        expect(box).to_be_visible(timeout=15_000)
         box.fill(display)
-        option = page.locator(".p-autocomplete-option").filter(has_text=display).first
-        option.wait_for(state="visible", timeout=10_000)
-        assert "comfyui-cfg-parallel" in option.inner_text()  # the badge names the pack
+        option = page.get_by_role("option").filter(has_text=display).first
+        expect(option).to_be_visible(timeout=15_000)
+        expect(option).to_contain_text("comfyui-cfg-parallel")  # the badge names the pack
         option.click()
-        page.wait_for_function("(t) => app.graph.nodes.some(n => n.type === t)", arg=node_type, timeout=10_000)
+        page.wait_for_function("(t) => app.graph.nodes.some(n => n.type === t)", arg=node_type, timeout=15_000)
+        expect(box).to_be_hidden(timeout=15_000)
     types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
     assert sorted(types) == sorted(PACK_NODES)
     frontend.screenshot("node_search_result")
@@ -260,7 +312,7 @@ def test_ui_workflow_loads(name, frontend, object_info):
     frontend.screenshot(f"workflow_{name}")
 
 
-def test_example_workflows_offered_as_templates(frontend, comfy_server):
+def test_example_workflows_offered_as_templates(frontend):
     """The template browser lists custom node examples from /workflow_templates and fetches
     them from /api/workflow_templates/<pack>/<name>.json."""
     templates = frontend.page.evaluate("async () => (await fetch('/workflow_templates')).json()")
@@ -273,11 +325,12 @@ def test_example_workflows_offered_as_templates(frontend, comfy_server):
         assert served == load_ui(name)
 
 
-def test_queue_demo_from_the_page(frontend, comfy_server):
-    """Load the tiny demo's UI file, press queue (app.queuePrompt), poll /history to the end."""
+def queue_from_the_page(frontend, server, name: str) -> dict:
+    """Load a UI workflow, give its 'nonce' widgets a fresh value, press queue (app.queuePrompt)
+    and wait for the history entry; returns it."""
     page = frontend.page
-    frontend.load(load_ui("tiny_demo"), expect_dialog=False)
-    nonce = int(time.time()) % 1_000_000 + 1000  # a fresh value: ComfyUI cannot answer from its cache
+    frontend.load(load_ui(name), expect_dialog=False)
+    nonce = int(time.time() * 1000) % 1_000_000 + 1000  # a fresh value: ComfyUI cannot answer from its cache
     page.evaluate("""(nonce) => { for (const n of app.graph.nodes)
         for (const w of n.widgets || []) if (w.name === 'nonce') w.value = nonce; }""", nonce)
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
@@ -285,15 +338,32 @@ def test_queue_demo_from_the_page(frontend, comfy_server):
         page.evaluate("() => app.queuePrompt(0, 1)")
     body = response.value.json()
     assert response.value.status == 200, body
-    prompt_id = body["prompt_id"]
-    entry = comfy_server.wait(prompt_id, timeout=300)
+    entry = server.wait(body["prompt_id"], timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    sent = entry["prompt"][2]
-    assert sent["2"]["inputs"]["nonce"] == nonce and sent["7"]["inputs"]["parallel_size"] == 2
-    latent = comfy_server.saved_latent(entry, node_id="10")
-    assert tuple(latent.shape) == (1, 128, 2, 2, 2)
-    # The page sees the finished run in /history too.
+    nonces = {n["inputs"]["nonce"] for n in entry["prompt"][2].values() if "nonce" in n["inputs"]}
+    assert nonces == {nonce}
     page.wait_for_function("(id) => fetch('/history/' + id).then(r => r.json()).then(h => !!h[id])",
-                           arg=prompt_id, timeout=30_000)
+                           arg=body["prompt_id"], timeout=30_000)
+    return entry
+
+
+def test_queue_tiny_ltx2_from_the_page(frontend, pinned_server):
+    """ComfyUI 0.29: the tiny LTX-2 audio+video workflow, queued from the page, ends with a video
+    and an audio latent."""
+    if not has_ltx2_av():
+        pytest.skip(f"{NEEDS_029} the tiny LTX-2 workflow uses LTX-2 audio+video nodes")
+    entry = queue_from_the_page(frontend, pinned_server, "tiny_ltx2_demo")
+    shapes = sorted(tuple(pinned_server.saved_latent(entry, node_id=nid).shape) for nid in entry["outputs"])
+    assert shapes == [(1, 8, 9, 16), (1, 128, 2, 2, 2)], shapes
+    frontend.screenshot("tiny_ltx2_demo_after_run")
+    assert not frontend.page_errors, frontend.page_errors
+
+
+def test_queue_demo_from_the_page(frontend, pinned_server):
+    """The tiny demo's UI file, queued from the page, runs on two ranks and saves its latent."""
+    entry = queue_from_the_page(frontend, pinned_server, "tiny_demo")
+    assert entry["prompt"][2]["7"]["inputs"]["parallel_size"] == 2
+    latent = pinned_server.saved_latent(entry, node_id="10")
+    assert tuple(latent.shape) == (1, 128, 2, 2, 2)
     frontend.screenshot("tiny_demo_after_run")
     assert not frontend.page_errors, frontend.page_errors

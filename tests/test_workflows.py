@@ -46,8 +46,10 @@ def _load_build():
 
 build = _load_build()
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
-LTX2_WORKFLOWS = {"ltx2_one_stage", "ltx2_two_stage"}
-RUNNABLE_AS_IS = {"tiny_demo"}  # its models and nodes exist on the test server
+OFFICIAL_LTX2 = {"ltx2_one_stage", "ltx2_two_stage"}  # the user workflows, at LTX-2's official settings
+LTX2_WORKFLOWS = OFFICIAL_LTX2 | {"tiny_ltx2_demo"}  # need LTX-2 audio+video core nodes (ComfyUI 0.29)
+# their models and nodes exist on the test server (tests/conftest.py installs them)
+RUNNABLE_AS_IS = {"tiny_demo"} | ({"tiny_ltx2_demo"} if has_ltx2_av() else set())
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".sft", ".bin")
 
 
@@ -349,7 +351,7 @@ def test_ui_file_is_well_formed(name):
     assert ui["groups"], "the graph has no groups"
 
 
-@pytest.mark.parametrize("name", sorted(LTX2_WORKFLOWS))
+@pytest.mark.parametrize("name", sorted(OFFICIAL_LTX2))
 def test_ltx2_workflows_use_the_official_defaults(name):
     prompt = load_api(name)
     policy = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CFGPolicyBuilder")
@@ -536,6 +538,21 @@ def test_tiny_demo_runs(comfy_server):
     entry = comfy_server.run(load_api("tiny_demo"), timeout=240)
     assert entry["status"]["status_str"] == "success"
     _check_latent(comfy_server, entry, "10")
+
+
+@pytest.mark.server
+def test_tiny_ltx2_demo_runs(comfy_server):
+    """The LTX-2 audio+video test graph as it is: four passes on two ranks, video and audio saved."""
+    import torch
+
+    if not has_ltx2_av():
+        pytest.skip(f"{NEEDS_029} the tiny LTX-2 demo uses LTX-2 audio+video nodes")
+    entry = comfy_server.run(load_api("tiny_ltx2_demo"), timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    saved = {nid: comfy_server.saved_latent(entry, node_id=nid) for nid in entry["outputs"]}
+    shapes = sorted(tuple(t.shape) for t in saved.values())
+    assert shapes == [(1, 8, 9, 16), (1, 128, 2, 2, 2)], shapes  # audio [B,8,T,16], video [B,128,F,H,W]
+    assert all(torch.isfinite(t).all() and t.abs().max() > 0 for t in saved.values())
 
 
 @pytest.mark.server

@@ -264,5 +264,53 @@ def tiny_demo() -> Graph:
     return g
 
 
+TINY_LTX2_NOTE = """
+TINY LTX-2 AUDIO+VIDEO DEMO (runs on a CPU, ComfyUI 0.29 or later)
+
+The LTX-2 counterpart of the tiny demo, for tests: the four LTX-2 guidance passes of every step on two worker ranks, through the LTX2 Sampler, on a 3-block LTX-2 audio+video model.
+
+It needs what the project's test suite provides: models/diffusion_models/tiny_ltxav.safetensors (tests/support/tiny_ltx2.py), input/tiny_audio.latent (an empty audio latent of the tiny clip's length) and the test-only node CFGP Test Conditioning. In a normal ComfyUI those show up as missing.
+
+Settings
+- CFGPolicy Builder: ltx2_multimodal at the official scales, STG on block 1 of the tiny model: cond, negative, perturbed and modality-isolated passes.
+- LTX2 Sampler: one_stage, parallel_size 2, devices empty (two GPUs, or two CPU ranks with gloo).
+- 3 steps, euler, simple schedule, seed 42; 64x64, 9 frames.
+- Output: the video and the audio latent (SaveLatent) under output/latents/.
+"""
+
+
+def tiny_ltx2_demo() -> Graph:
+    g = Graph("tiny_ltx2_demo", "Tiny LTX-2 audio+video demo (CPU, test models)", example=False)
+    g.column(0).group(None)
+    g.note(TINY_LTX2_NOTE, w=400, h=640)
+
+    g.column(1).group("Tiny model, random prompts", BLUE)
+    unet = g.node("UNETLoader", title="Tiny LTX-2 model", w=320, unet_name="tiny_ltxav.safetensors",
+                  weight_dtype="default")
+    pos = g.node("CFGPTestConditioning", title="Positive (random)", w=320, seed=1, tokens=8, channels=64, nonce=0)
+    neg = g.node("CFGPTestConditioning", title="Negative (random)", w=320, seed=2, tokens=8, channels=64, nonce=0)
+    g.group("Audio+video latent", GREY)
+    video = g.node("EmptyLTXVLatentVideo", w=320, width=64, height=64, length=9, batch_size=1)
+    audio = g.node("LoadLatent", title="Empty audio latent", w=320, latent="tiny_audio.latent")
+    av = g.node("LTXVConcatAVLatent", w=320, video_latent=video.out(), audio_latent=audio.out())
+
+    g.column(2).group(GUIDANCE, GREEN)
+    policy = g.node("CFGPolicyBuilder", w=340, **policy_values(
+        "ltx2_multimodal", cfg=3.0, video_stg_blocks="1", audio_stg_blocks="1"))
+    sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
+    sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=3, denoise=1.0)
+    sample = g.node("LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+                    policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(), sigmas=sigmas.out(),
+                    noise_seed=42, mode="one_stage", parallel_size=2, devices="", stage2_sigmas=STAGE2_SIGMAS)
+
+    g.column(3).group("Save", BROWN)
+    split = g.node("LTXVSeparateAVLatent", w=300, av_latent=sample.out("latent"))
+    g.node("SaveLatent", title="Save video latent", w=300, samples=split.out("video_latent"),
+           filename_prefix="latents/cfg_parallel_ltx2_video")
+    g.node("SaveLatent", title="Save audio latent", w=300, samples=split.out("audio_latent"),
+           filename_prefix="latents/cfg_parallel_ltx2_audio")
+    return g
+
+
 def all_graphs() -> list[Graph]:
-    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo()]
+    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo(), tiny_ltx2_demo()]

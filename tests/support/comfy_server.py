@@ -185,6 +185,12 @@ class ComfyServer:
             link.unlink()
         link.symlink_to(target, target_is_directory=Path(target).is_dir())
 
+    def pin_frontend_settings(self, settings: dict) -> None:
+        """Merge these into the default user's frontend settings (read when a page loads)."""
+        path = self.base_dir / "user" / "default" / "comfy.settings.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**current, **settings}))
+
     def add_model(self, folder: str, name: str, src, copy=False) -> Path:
         """Put ``src`` into models/<folder>/<name> (symlink unless copy). Works while running:
         ComfyUI re-lists a model folder when its mtime changes."""
