@@ -233,10 +233,10 @@ def prompt_matches_api(from_page: dict, api: dict, object_info: dict, skip_types
 def too_small(ui: dict, nodes: list[dict]) -> list[str]:
     """Nodes of a known type whose size in the file is below what the frontend needs
     (their widgets would be clipped)."""
-    sizes = {n["id"]: n["size"] for n in ui["nodes"]}
-    return [f"node {n['id']} ({n['type']}) is {sizes[n['id']]}, the frontend needs {n['min_size']}"
+    sizes = {str(n["id"]): n["size"] for n in ui["nodes"]}  # frontend 1.47 gives string ids
+    return [f"node {n['id']} ({n['type']}) is {sizes[str(n['id'])]}, the frontend needs {n['min_size']}"
             for n in nodes if n["registered"] and n["type"] not in build.VIRTUAL_TYPES
-            and (sizes[n["id"]][0] + 0.5 < n["min_size"][0] or sizes[n["id"]][1] + 0.5 < n["min_size"][1])]
+            and (sizes[str(n["id"])][0] + 0.5 < n["min_size"][0] or sizes[str(n["id"])][1] + 0.5 < n["min_size"][1])]
 
 
 def _same(a, b):
@@ -266,9 +266,9 @@ def test_node_search_finds_pack_nodes(frontend):
     page = frontend.page
     frontend.close_dialogs()
     page.evaluate("() => { app.graph.clear(); app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]; }")
-    for node_type, display in PACK_NODES.items():
+    for i, (node_type, display) in enumerate(PACK_NODES.items()):
         page.evaluate("() => app.extensionManager.command.execute('Workspace.SearchBox.Toggle')")
-        box = page.get_by_role("search").get_by_role("combobox")
+        box = page.get_by_role("search").locator("input[role=combobox]")  # not the node preview's widgets
         expect(box).to_be_visible(timeout=15_000)
         box.fill(display)
         option = page.get_by_role("option").filter(has_text=display).first
@@ -277,6 +277,11 @@ def test_node_search_finds_pack_nodes(frontend):
         option.click()
         page.wait_for_function("(t) => app.graph.nodes.some(n => n.type === t)", arg=node_type, timeout=15_000)
         expect(box).to_be_hidden(timeout=15_000)
+        # Frontend 1.47 attaches the picked node to the pointer until a click on the canvas
+        # places it (opening the next search would drop it); in 1.32 this click only deselects.
+        spot = {"x": 300 + 450 * i, "y": 650}
+        page.mouse.move(**spot)
+        page.mouse.click(**spot)
     types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
     assert sorted(types) == sorted(PACK_NODES)
     frontend.screenshot("node_search_result")

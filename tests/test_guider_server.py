@@ -157,4 +157,15 @@ def test_progress_advances_per_step_at_size2(comfy_server):
                 break
     finally:
         ws.close()
-    assert steps == [(i, 5) for i in range(1, 6)], steps
+    if _throttles_progress(comfy_server):
+        # 0.29 sends the first and the last step always and drops an update that comes
+        # sooner than its minimum interval after the last one (comfy.utils.ProgressBar).
+        assert steps[0] == (1, 5) and steps[-1] == (5, 5), steps
+        assert [v for v, _ in steps] == sorted(set(v for v, _ in steps)), steps
+    else:
+        assert steps == [(i, 5) for i in range(1, 6)], steps
+
+
+def _throttles_progress(server) -> bool:
+    """Whether that ComfyUI's ProgressBar throttles its updates (0.29 does, 0.3.75 does not)."""
+    return "PROGRESS_THROTTLE_MIN_INTERVAL" in (server.comfyui_dir / "comfy" / "utils.py").read_text()

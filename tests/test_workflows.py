@@ -284,7 +284,7 @@ def test_files_are_generated_from_the_description():
 
 
 def test_every_workflow_has_api_and_ui_versions():
-    assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo"}
+    assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo", "tiny_ltx2_demo"}
     assert NAMES == sorted(p.stem for p in (WORKFLOWS / "ui").glob("*.json"))
     # ComfyUI would list JSON files lying directly in workflows/ as templates of the pack.
     assert not list(WORKFLOWS.glob("*.json"))

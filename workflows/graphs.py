@@ -80,7 +80,7 @@ def plain_cfg() -> Graph:
     guider = g.node("MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
                     keep_model_loaded=True, step_timeout_s=600.0)
-    g.node("PreviewAny", title="Branches of the policy", w=340, h=120, source=policy.out("branches"))
+    g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
 
     g.column(3).group("Sampling", PURPLE)
     sampler = g.node("KSamplerSelect", w=320, sampler_name="euler")
