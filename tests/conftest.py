@@ -41,8 +41,16 @@ TINY_AUDIO_NAME = "tiny_audio.latent"
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny_models")
+def tiny_model_dir() -> Path:
+    """The session's tiny models. Not under pytest's basetemp: a concurrent pytest run (of
+    another checkout) prunes old basetemp folders, which would pull the files from under the
+    server's models/ symlinks."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cfgp_tiny_models_"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
