@@ -64,12 +64,14 @@ def step_index(timestep: torch.Tensor, model_options: dict) -> int:
 
 def branch_options(model_options: dict, branch: CFGBranch) -> dict:
     """The per-call model_options of a branch: STG on the video and audio self-attention
-    of their own blocks (one forward), and/or the modality-isolated pass."""
+    of their own blocks (one forward), the modality-isolated pass, and the stream of a
+    modality that skips this step switched off."""
     if branch.is_plain:
         return model_options
     return branch_model_options(model_options, perturb_blocks=branch.perturb_blocks,
                                 perturb_audio_blocks=branch.perturb_audio_blocks,
-                                isolate_modalities=branch.isolate_modalities)
+                                isolate_modalities=branch.isolate_modalities,
+                                run_video=branch.run_video, run_audio=branch.run_audio)
 
 
 def check_policy_fits_model(policy: CFGPolicy, model) -> None:

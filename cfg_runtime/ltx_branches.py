@@ -94,10 +94,12 @@ class LTXBranch:
     perturb_blocks: tuple[int, ...] = ()        # video self-attention
     perturb_audio_blocks: tuple[int, ...] = ()  # audio self-attention
     isolate_modalities: bool = False
+    run_video: bool = True
+    run_audio: bool = True
 
     @property
     def is_plain(self) -> bool:
-        return not self.perturb_blocks and not self.perturb_audio_blocks and not self.isolate_modalities
+        return self == LTXBranch()
 
 
 def _block_index(b) -> int:
@@ -135,6 +137,8 @@ def branch_model_options(
     perturb_blocks: Iterable[int] = (),
     perturb_audio_blocks: Iterable[int] = (),
     isolate_modalities: bool = False,
+    run_video: bool = True,
+    run_audio: bool = True,
 ) -> dict:
     """A new ``model_options`` whose next forward runs the perturbed and/or the
     modality-isolated pass.
@@ -143,7 +147,9 @@ def branch_model_options(
     passthrough; ``perturb_audio_blocks``: the same for the *audio* self-attention
     (LTX-2 only; an LTX-Video model has no audio stream). Validate both against the
     model with :func:`check_blocks`. ``isolate_modalities``: audio<->video
-    cross-attention off (LTX-2 AV only — see :func:`check_branch`).
+    cross-attention off (LTX-2 AV only — see :func:`check_branch`). ``run_video`` /
+    ``run_audio`` False: that stream of an LTX-2 block is not computed (ComfyUI's per-call
+    ``run_vx`` / ``run_ax``; what ltx-pipelines does for a modality that skips the step).
 
     The input is never mutated: the dicts on the way to what changes
     (``transformer_options``, ``patches_replace``, ``patches_replace["dit"]``) are
@@ -154,7 +160,7 @@ def branch_model_options(
     audio = _normalise_blocks(perturb_audio_blocks)
     isolate = bool(isolate_modalities)
     out = dict(model_options or {})
-    if not video and not audio and not isolate:
+    if not video and not audio and not isolate and run_video and run_audio:
         return out
 
     to = dict(out.get("transformer_options") or {})
@@ -175,6 +181,10 @@ def branch_model_options(
     if isolate:
         to["a2v_cross_attn"] = False
         to["v2a_cross_attn"] = False
+    if not run_video:
+        to["run_vx"] = False
+    if not run_audio:
+        to["run_ax"] = False
 
     before = to.get(BRANCH_KEY)
     before = before if isinstance(before, LTXBranch) else LTXBranch()
@@ -182,6 +192,8 @@ def branch_model_options(
         perturb_blocks=tuple(sorted(set(before.perturb_blocks) | set(video))),
         perturb_audio_blocks=tuple(sorted(set(before.perturb_audio_blocks) | set(audio))),
         isolate_modalities=before.isolate_modalities or isolate,
+        run_video=before.run_video and bool(run_video),
+        run_audio=before.run_audio and bool(run_audio),
     )
     out["transformer_options"] = to
     return out

@@ -178,7 +178,8 @@ def guide_modality(
     """Guided x0 prediction of one modality from its pass predictions (ltx-core's formula).
 
     Computed in float32 and cast back to ``cond.dtype``. A pass the params need
-    must be given (ValueError otherwise); a pass given but not needed is ignored.
+    must be given (ValueError otherwise); a pass given but not needed is ignored and
+    counts as 0, as in ltx-pipelines (which passes 0.0 for a pass it did not run).
     The operation order is ltx-core's, so float32 results match it bit for bit.
     When no term and no rescale applies the result may be ``cond`` itself (no copy).
     """
@@ -190,13 +191,17 @@ def guide_modality(
     c = cond.float()
     pred = c
     for name, branch, needed, weight in terms:
-        if branch is None:
-            if needed:
+        if branch is None or not needed:
+            if branch is None and needed:
                 raise ValueError(
                     f"guide_modality: the '{name}' prediction is None but the guidance needs it "
                     f"(cfg={params.cfg}, stg={params.stg}, modality={params.modality}); run that pass "
                     "or set its scale to neutral (cfg 1, stg 0, modality 1)."
                 )
+            if weight != 0.0:
+                # a scale within math.isclose of neutral runs no pass, but ltx-pipelines still adds
+                # weight * (c - 0.0) for it: so do we, for the same bits
+                pred = pred + weight * c
             continue
         if branch.shape != cond.shape:
             raise ValueError(
