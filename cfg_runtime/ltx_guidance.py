@@ -31,6 +31,7 @@ __all__ = [
     "BRANCHES",
     "ModalityGuidance",
     "guide_modality",
+    "branch_weights",
     "needed_branches",
     "skips_step",
 ]
@@ -160,6 +161,11 @@ def skips_step(params: ModalityGuidance, step: int) -> bool:
     return params.skip_step != 0 and step % (params.skip_step + 1) != 0
 
 
+def branch_weights(params: ModalityGuidance) -> dict[str, float]:
+    """The weight of each non-cond pass in the formula (0 = the term adds nothing)."""
+    return {"negative": params.cfg - 1.0, "perturbed": params.stg, "isolated": params.modality - 1.0}
+
+
 def needed_branches(params: ModalityGuidance, step: int) -> tuple[str, ...]:
     """Passes this modality needs at ``step`` (names from BRANCHES); empty on a skipped step."""
     if skips_step(params, step):
@@ -178,8 +184,9 @@ def guide_modality(
     """Guided x0 prediction of one modality from its pass predictions (ltx-core's formula).
 
     Computed in float32 and cast back to ``cond.dtype``. A pass the params need
-    must be given (ValueError otherwise); a pass given but not needed is ignored and
-    counts as 0, as in ltx-pipelines (which passes 0.0 for a pass it did not run).
+    must be given (ValueError otherwise); a pass given is used with its weight even
+    where the params do not need it (another modality ran it; ltx-pipelines does the
+    same); a pass not given counts as 0.0, as in ltx-pipelines.
     The operation order is ltx-core's, so float32 results match it bit for bit.
     When no term and no rescale applies the result may be ``cond`` itself (no copy).
     """
@@ -191,8 +198,8 @@ def guide_modality(
     c = cond.float()
     pred = c
     for name, branch, needed, weight in terms:
-        if branch is None or not needed:
-            if branch is None and needed:
+        if branch is None:
+            if needed:
                 raise ValueError(
                     f"guide_modality: the '{name}' prediction is None but the guidance needs it "
                     f"(cfg={params.cfg}, stg={params.stg}, modality={params.modality}); run that pass "
@@ -200,7 +207,7 @@ def guide_modality(
                 )
             if weight != 0.0:
                 # a scale within math.isclose of neutral runs no pass, but ltx-pipelines still adds
-                # weight * (c - 0.0) for it: so do we, for the same bits
+                # weight * (c - 0.0) for it (it passes 0.0 for a pass it did not run): same bits
                 pred = pred + weight * c
             continue
         if branch.shape != cond.shape:

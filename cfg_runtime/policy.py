@@ -14,7 +14,7 @@ from typing import Any, Mapping, Union
 import torch
 
 from .errors import PolicyError
-from .ltx_guidance import ModalityGuidance, guide_modality, needed_branches, skips_step
+from .ltx_guidance import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
 
 CONDS = ("positive", "negative")
 
@@ -170,14 +170,23 @@ class LTXMultimodal:
         return (self.video,) if n_parts == 1 else (self.video, self.audio)
 
     def active(self, names: tuple[str, ...], step: int, modalities: int = 2) -> tuple[str, ...]:
-        """The passes some present modality guided at this step needs (ltx-pipelines: a step that
-        every modality skips runs no forward). ``modalities``: 1 for a video-only latent (the audio
-        parameters then ask for nothing), 2 for audio+video. A pass that only a skipping modality
-        needs would be thrown away and does not run (the guided ones give it weight 0)."""
-        needed = set()
-        for p in self._params(modalities):
-            needed.update(needed_branches(p, step))
-        return tuple(n for n in names if n in needed)
+        """The passes this step runs. ``modalities``: 1 for a video-only latent (the audio
+        parameters then ask for nothing), 2 for audio+video.
+
+        As ltx-pipelines: a step that every present modality skips runs no forward, and a pass
+        runs only where some present modality needs it. Beyond it, nothing thrown away: a pass
+        runs only where a modality guided at this step gives it a non-zero weight (a pass that
+        only a skipping modality needs would be discarded; the bits do not change)."""
+        present = self._params(modalities)
+        guided = [p for p in present if not skips_step(p, step)]
+        if not guided:
+            return ()
+        wanted = {"cond"}
+        for name in BRANCHES[1:]:
+            if any(name in needed_branches(p, 0) for p in present) and any(branch_weights(p)[name] != 0
+                                                                           for p in guided):
+                wanted.add(name)
+        return tuple(n for n in names if n in wanted)
 
     def streams(self, step: int, modalities: int = 2) -> tuple[bool, bool]:
         """(run video, run audio) for this step's forwards: on an audio+video latent a modality
@@ -200,17 +209,17 @@ class LTXMultimodal:
             guided = guide_modality(
                 p,
                 parts["cond"][i],
-                negative=_part(parts, "negative", i, p.needs_negative),
-                perturbed=_part(parts, "perturbed", i, p.needs_perturbed),
-                isolated=_part(parts, "isolated", i, p.needs_isolated),
+                negative=_part(parts, "negative", i),
+                perturbed=_part(parts, "perturbed", i),
+                isolated=_part(parts, "isolated", i),
             )
             ctx.memory[key] = guided
             out.append(guided)
         return _pack(out, ctx.x if "cond" not in preds else preds["cond"])
 
 
-def _part(parts: dict, name: str, index: int, needed: bool):
-    return parts[name][index] if needed and name in parts else None
+def _part(parts: dict, name: str, index: int):
+    return parts[name][index] if name in parts else None
 
 
 def _unpack(t: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
