@@ -194,12 +194,15 @@ class HandGuider(comfy.samplers.CFGGuider if ltxav_available() else object):
         guided = [p.skip_step == 0 or step % (p.skip_step + 1) == 0 for p in self.params]
         preds = {}
         if any(guided):
-            video = self.params[0]
+            video, audio = self.params
+            # ltx-pipelines: a modality that skips this step is disabled in every pass of the step
+            base = lb.branch_model_options(model_options, run_video=guided[0], run_audio=guided[1])
             opts = {
-                "cond": ("positive", model_options),
-                "negative": ("negative", model_options),
-                "perturbed": ("positive", lb.branch_model_options(model_options, perturb_blocks=video.stg_blocks)),
-                "isolated": ("positive", lb.branch_model_options(model_options, isolate_modalities=True)),
+                "cond": ("positive", base),
+                "negative": ("negative", base),
+                "perturbed": ("positive", lb.branch_model_options(base, perturb_blocks=video.stg_blocks,
+                                                                  perturb_audio_blocks=audio.stg_blocks)),
+                "isolated": ("positive", lb.branch_model_options(base, isolate_modalities=True)),
             }
             for name, (which, mo) in opts.items():
                 out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[which]], x, timestep, mo)[0]
