@@ -283,12 +283,16 @@ def test_size1_equals_official_reference(model, conds, latents, video, audio, av
     assert sum(run["forwards"].values()) <= ref_forwards
 
 
+PARALLEL_CASES = [(0, True), (1, True), (2, False)]  # (settings seed, audio+video latent)
+_serial: dict = {}
+
+
 @pytest.mark.parametrize("size", [2, 3, 4], ids=lambda n: f"{n}ranks")
 def test_sizes_2_to_4_equal_size_1(model, conds, latents, size):
-    for seed in range(3):
+    for seed, av in PARALLEL_CASES:
         video, audio = random_settings(seed)
-        for av in (True, False):
-            serial, _ = run_pack(model, video, audio, latents[av], conds)
-            parallel, run = run_pack(model, video, audio, latents[av], conds, size=size)
-            assert equal(parallel, serial), (size, video, audio, av)
-            assert len(run["per_rank"]) == size
+        if (seed, av) not in _serial:
+            _serial[(seed, av)] = run_pack(model, video, audio, latents[av], conds)[0]
+        parallel, run = run_pack(model, video, audio, latents[av], conds, size=size)
+        assert equal(parallel, _serial[(seed, av)]), (size, video, audio, av)
+        assert len(run["per_rank"]) == size

@@ -67,6 +67,23 @@ TINY_UPSCALER_CONFIG = {
     "_class_name": "LatentUpsampler", "in_channels": 128, "mid_channels": 32, "num_blocks_per_stage": 1,
     "dims": 3, "spatial_upsample": True, "temporal_upsample": False,
 }
+# LTX audio VAE (ComfyUI's AudioVAE: CausalAudioAutoencoder + Vocoder), tiny widths. The
+# latent must fit the transformer: 8 channels x 16 frequency bins (mel_bins 64 / 4), and
+# 25 latents per second (16 kHz, hop 160, 4x down) as the real one; the vocoder upsamples
+# by 5*4*2*2*2 = 160 (one hop) to 16 kHz stereo.
+TINY_AUDIO_VAE_CONFIG = {
+    "audio_vae": {
+        "model": {"params": {"sampling_rate": 16000, "ddconfig": {
+            "double_z": True, "mel_bins": 64, "z_channels": AUDIO_CHANNELS, "resolution": 256,
+            "downsample_time": False, "in_channels": 2, "out_ch": 2, "ch": 8, "ch_mult": [1, 2, 4],
+            "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0, "mid_block_add_attention": False,
+            "norm_type": "pixel", "causality_axis": "height"}}},
+        "preprocessing": {"stft": {"filter_length": 1024, "hop_length": 160}},
+    },
+    "vocoder": {"resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [5, 4, 2, 2, 2],
+                "upsample_kernel_sizes": [10, 8, 4, 4, 4], "upsample_initial_channel": 32, "stereo": True,
+                "resblock": "1"},
+}
 TINY_WAN_CONFIG = {"model_type": "t2v", "dim": 128, "ffn_dim": 32, "num_heads": 1, "num_layers": 1,
                    "in_dim": 16, "out_dim": 16}
 
@@ -219,6 +236,42 @@ def load_latent_upscaler(path):
     from comfy_extras.nodes_hunyuan import LatentUpscaleModelLoader
 
     return _node_out(LatentUpscaleModelLoader.execute(path.name))
+
+
+# --- the LTX audio VAE ---------------------------------------------------------------------------
+
+def build_tiny_ltx_audio_vae(path, seed: int = 0, std: float = 0.05) -> Path:
+    """A tiny LTX audio VAE + vocoder checkpoint for core LTXVAudioVAELoader (``checkpoints``
+    folder): keys ``audio_vae.*`` and ``vocoder.*``, metadata ``config`` = {audio_vae, vocoder}."""
+    import_comfy()
+    from comfy.ldm.lightricks.vae.audio_vae import AudioVAE
+
+    vae = AudioVAE(metadata={"config": json.dumps(TINY_AUDIO_VAE_CONFIG)})
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, t in sorted(vae.state_dict().items()):
+        if key.endswith("std-of-means"):
+            t = 0.5 + torch.rand(t.shape, generator=gen)
+        elif key.endswith("mean-of-means"):
+            t = torch.randn(t.shape, generator=gen) * 0.1
+        elif t.is_floating_point():
+            t = torch.randn(t.shape, generator=gen) * std
+        prefix, rest = key.split(".", 1)
+        sd[("audio_vae." if prefix == "autoencoder" else prefix + ".") + rest] = t
+    return _save(sd, path, {"config": TINY_AUDIO_VAE_CONFIG})
+
+
+def load_ltx_audio_vae(path):
+    """Load the audio VAE through core LTXVAudioVAELoader itself."""
+    import_comfy()
+    import comfy.sd  # noqa: F401  (the node module uses it without importing it)
+    import folder_paths
+
+    path = Path(path)
+    folder_paths.add_model_folder_path("checkpoints", str(path.parent))
+    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
+
+    return _node_out(LTXVAudioVAELoader.execute(path.name))
 
 
 # --- a model that is not LTX ---------------------------------------------------------------------
