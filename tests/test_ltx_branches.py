@@ -45,7 +45,7 @@ COMFY_DIR = Path(COMFY_029 or os.environ.get("COMFYUI_DIR")
 
 needs_029 = pytest.mark.skipif(
     not COMFY_029,
-    reason="LTX-2 audio+video tests need ComfyUI 0.29 (comfy/ldm/lightricks/av_model.py): "
+    reason="[needs ComfyUI 0.29] LTX-2 audio+video tests need ComfyUI 0.29 (comfy/ldm/lightricks/av_model.py): "
            "set COMFYUI_029_DIR to its folder and run with a Python that can import it",
 )
 
