@@ -347,6 +347,10 @@ def test_node_errors_in_process(model, conds, latent, files):
         run_node(model, conds, latent, mode="two_stage")
     with pytest.raises(PolicyError, match="out of range"):
         run_node(model, conds, latent, pol=policy(0, 0, blocks=(3,)))
+    with pytest.raises(PolicyError, match=r"^Branch 'perturbed' \(audio_stg_blocks\): STG block 3 is out of range: "
+                                          r"this model has 3 transformer blocks \(0-2\)$"):
+        run_node(model, conds, latent, pol=ltx2_multimodal(ModalityGuidance(cfg=3.0, stg=1.0, stg_blocks=(1,)),
+                                                           ModalityGuidance(cfg=7.0, stg=1.0, stg_blocks=(3,))))
     with pytest.raises(PolicyError, match="video only"):
         run_node(model, conds, t2.tiny_video_latent())
     wan = t2.load_model(files["wan"])

@@ -13,7 +13,11 @@ needs ComfyUI 0.29 and is skipped unless ``COMFYUI_029_DIR`` names its folder; t
 file runs.) Two ComfyUIs cannot live in one process: if another ComfyUI is already
 imported the ComfyUI tests skip and say so. Reference results are computed by hand, IN THE TESTS
 ONLY, by replacing the chosen blocks' self-attention module of a copy of the model
-with a module that returns ``to_out(to_v(x))``.
+with a module that returns ``to_out(to_v(x))``, in the intended stream only (video
+``attn1``, audio ``audio_attn1``). Both routes of the hook are checked: the direct route
+(what runs: hook hits per block, module and projection show that the perturbed
+self-attention computes ``to_v`` and ``to_out`` only) and the override route (the module
+runs, its attention call answered by V), which must give the same bits.
 """
 from __future__ import annotations
 
