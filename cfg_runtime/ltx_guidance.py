@@ -13,7 +13,9 @@ and the denoise loop of ltx-pipelines (``ltx_pipelines/utils/denoisers.py``):
   with Bessel's correction (``torch.Tensor.std()`` with no arguments).
 * ``skip_step = N > 0``: only steps whose 0-based index is a multiple of ``N + 1``
   are guided; on the others the modality's previous guided result is reused
-  unchanged and none of its passes is needed (not even cond).
+  unchanged, none of its passes is needed (not even cond), and where the other
+  modality is guided its stream is switched off in that step's forwards (ltx-pipelines
+  runs it with ``enabled=False``; policy.LTXMultimodal.streams).
 * the perturbed (STG) pass replaces the self-attention of the ``stg_blocks``
   (0-based ``transformer_blocks`` indices) by its value projection, video
   self-attention with the video blocks and audio self-attention with the audio
