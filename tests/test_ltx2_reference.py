@@ -283,7 +283,7 @@ def test_size1_equals_official_reference(model, conds, latents, video, audio, av
     assert sum(run["forwards"].values()) <= ref_forwards
 
 
-PARALLEL_CASES = [(0, True), (1, True), (2, False)]  # (settings seed, audio+video latent)
+PARALLEL_CASES = [(0, True), (2, False)]  # (settings seed, audio+video latent)
 _serial: dict = {}
 
 
