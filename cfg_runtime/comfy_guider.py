@@ -63,14 +63,15 @@ def step_index(timestep: torch.Tensor, model_options: dict) -> int:
 
 
 def branch_options(model_options: dict, branch: CFGBranch) -> dict:
+    """The per-call model_options of a branch: STG on the video and audio self-attention
+    of their own blocks (one forward), the modality-isolated pass, and the stream of a
+    modality that skips this step switched off."""
     if branch.is_plain:
         return model_options
-    video, audio = set(branch.perturb_blocks), set(branch.perturb_audio_blocks)
-    if video and audio and video != audio:
-        raise PolicyError(f"Branch '{branch.name}': different STG blocks for video {sorted(video)} and audio "
-                          f"{sorted(audio)} are not supported yet; use the same blocks for both.")
-    return branch_model_options(model_options, perturb_blocks=tuple(sorted(video | audio)),
-                                isolate_modalities=branch.isolate_modalities)
+    return branch_model_options(model_options, perturb_blocks=branch.perturb_blocks,
+                                perturb_audio_blocks=branch.perturb_audio_blocks,
+                                isolate_modalities=branch.isolate_modalities,
+                                run_video=branch.run_video, run_audio=branch.run_audio)
 
 
 def check_policy_fits_model(policy: CFGPolicy, model) -> None:
@@ -79,13 +80,17 @@ def check_policy_fits_model(policy: CFGPolicy, model) -> None:
     if policy.rule.kind == "ltx_multimodal" and family == "other":  # the only rule with STG/modality branches
         raise PolicyError(f"The ltx2_multimodal policy needs an LTX model; this model is {type(model.model).__name__}. "
                           f"Use the standard_cfg preset.")
+    lists = [("video_stg_blocks", "perturb_blocks")]
+    if family == "ltxav":  # an LTX-Video model has no audio stream: its audio blocks perturb nothing
+        lists.append(("audio_stg_blocks", "perturb_audio_blocks"))
     for branch in policy.branches:
-        blocks = tuple(sorted(set(branch.perturb_blocks) | set(branch.perturb_audio_blocks)))
-        if blocks:
-            try:
-                check_blocks(model, blocks)
-            except ValueError as exc:
-                raise PolicyError(f"Branch '{branch.name}': {exc}") from None
+        for label, field in lists:
+            blocks = getattr(branch, field)
+            if blocks:
+                try:
+                    check_blocks(model, blocks)
+                except ValueError as exc:
+                    raise PolicyError(f"Branch '{branch.name}' ({label}): {exc}") from None
         if branch.isolate_modalities and family != "ltxav":
             raise PolicyError(f"Branch '{branch.name}' is the modality-isolated pass, which needs an LTX-2 audio+video "
                               f"model; this model is {family!r}. Set the modality scales to 1 for this model.")

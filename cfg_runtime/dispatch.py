@@ -68,7 +68,8 @@ class BranchDispatcher:
 
     def __call__(self, evaluate: Evaluate, x: torch.Tensor, step: int,
                  latent_shapes: tuple[tuple[int, ...], ...] | None = None) -> torch.Tensor:
-        branches = self.policy.active_branches(step)
+        branches = self.policy.active_branches(step, len(latent_shapes) if latent_shapes else 1)
+        by_name = {b.name: b for b in branches}
         plan = self.plan_for(branches)
         mine = plan.assignment[self.exchange.rank]
         self.stats.evaluations += 1
@@ -80,7 +81,7 @@ class BranchDispatcher:
         t0 = time.perf_counter()
         for name in mine:
             try:
-                pred = evaluate(self.policy.branch(name))
+                pred = evaluate(by_name[name])
                 pred = _checked(name, pred, x)
             except BaseException as exc:  # the peers must still get this step's exchange
                 error = exc

@@ -5,11 +5,13 @@ The LTX guidance branches that are not plain conditionings are made by
 time (several threads, or several worker processes that receive the options by
 pickle) without any shared state being changed:
 
-* **perturbed pass (STG)**: in the chosen transformer blocks the *self*-attention
-  returns its values instead of attending (attention output = V, so the module
-  computes ``to_out(to_v(x))``; LTX-2 blocks: both the video and the audio
-  self-attention). Text cross-attention and the audio<->video cross-attention
-  are untouched.
+* **perturbed pass (STG)**: in the chosen transformer blocks the *self*-attention of
+  the chosen stream returns its values instead of attending (attention output = V,
+  so the module computes ``to_out(to_v(x))``, with its per-head gate where it has one).
+  Video and audio have separate block lists (``perturb_blocks`` for the video
+  self-attention ``attn1``, ``perturb_audio_blocks`` for the audio self-attention
+  ``audio_attn1``); both apply in the same forward. Text cross-attention and the
+  audio<->video cross-attention are untouched.
 * **modality-isolated pass** (LTX-2 audio+video only): the audio->video and
   video->audio cross-attention are switched off through the per-call keys
   ``a2v_cross_attn`` / ``v2a_cross_attn`` that ComfyUI's ``BasicAVTransformerBlock``
@@ -19,47 +21,51 @@ How the perturbed pass is hooked (same in ComfyUI 0.3.75 and 0.29)
 ------------------------------------------------------------------
 The lightricks models never set ``transformer_options["block_index"]`` and read no
 ``attn1_replace``/``attn1_patch`` patches, but both versions honour
+``transformer_options["patches_replace"]["dit"][("double_block", i)]``: a callable
+that runs in place of block ``i`` and gets ``original_block`` (ComfyUI's wrapper that
+calls block ``i`` with the patch's arguments). :class:`PerturbedBlock` is that
+callable. It runs block ``i`` one of two ways:
 
-1. ``transformer_options["patches_replace"]["dit"][("double_block", i)]``: a callable
-   that runs in place of block ``i`` and gets ``original_block``. It gives the exact
-   block, per call. :class:`PerturbedBlock` is that callable; it runs the original
-   block with a *copied* ``transformer_options`` that carries
-2. ``transformer_options["optimized_attention_override"]``: every ComfyUI attention
-   backend (``wrap_attn``) hands its call to it. The override lives for one block
-   call only (a fresh :class:`_BlockAttention` per call, never shared), so nothing
-   leaks to other blocks, other calls or other threads.
+1. **Direct route** (used whenever it applies): ``original_block`` is a closure over
+   the block module. The patch calls that same function over a per-call *view* of the
+   block (a new module object sharing every parameter and sub-module of the block,
+   except that the perturbed self-attention modules are :class:`_ValuePassthrough`),
+   so ComfyUI's own argument mapping is kept. The passthrough computes only
+   ``to_v`` (and the gate) and ``to_out``: no queries, no keys, no attention. The view
+   lives for one call; the model itself is never changed.
+2. **Override route** (when ``original_block`` is not such a closure, e.g. another
+   node's patch wraps it): the block runs as is with a per-call
+   ``transformer_options["optimized_attention_override"]`` that returns V for the
+   perturbed self-attention calls (queries and keys are computed and not used). The
+   override sees ``q, k, v`` but not which module called it: self-attention is told
+   apart by the block's fixed call order (LTX-Video: ``attn1``, ``attn2``; LTX-2:
+   video self, video text, audio self, audio text, audio->video, video->audio, each
+   only when the block runs it), checked against the stream's token count and width;
+   a self-attention split into query slices that share ``k``/``v`` (0.29's guide
+   mask) gets the matching rows of ``v``.
 
-The override sees ``q, k, v`` but not which module called it. Self-attention is told
-apart from cross-attention by the block's fixed call order, checked against the
-token counts of the block's own input:
+Both routes give the same bits. Either way, when the block returns, every perturbed
+self-attention of a stream that ran must have been replaced, otherwise a
+``RuntimeError`` says that this ComfyUI's LTX block does not look as expected: a
+perturbed pass is never silently computed as an unperturbed one. An
+``optimized_attention_override`` already in the options (e.g. a sage-attention node)
+still handles every attention call that is not replaced, and a ``dit`` replace patch
+already on a block is called in turn.
 
-* LTX-Video block: the first attention call is the self-attention (``attn1``), the
-  next one the text cross-attention (``attn2``).
-* LTX-2 block: video self-attention, video text cross-attention, audio
-  self-attention, audio text cross-attention, audio->video, video->audio (each
-  part only when the block runs it: ``run_vx``/``run_ax``/empty audio).
-* A self-attention may be split into several calls over slices of the queries that
-  share the same ``k``/``v`` tensors (0.29's guide-attention mask); those calls are
-  recognised by tensor identity and get the matching rows of ``v``.
-
-Each call taken for a self-attention must have keys and values of exactly the
-stream's token count and width; and when the block returns, every expected
-self-attention must have been replaced. Otherwise a ``RuntimeError`` says that this
-ComfyUI's LTX block does not look as expected: a perturbed pass is never silently
-computed as an unperturbed one. An ``optimized_attention_override`` that was already
-in the options (e.g. a sage-attention node) still handles every call that is not
-replaced, and a ``dit`` replace patch already on a block is called in turn.
-
-ComfyUI is imported lazily (nothing here needs it at import time).
+Nothing here imports ComfyUI.
 """
 from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any, Iterable
+import types
+from typing import Any, Callable, Iterable, Optional
+
+import torch
 
 __all__ = [
     "BRANCH_KEY",
+    "STREAMS",
     "LTXBranch",
     "PerturbedBlock",
     "branch_model_options",
@@ -76,17 +82,24 @@ BRANCH_KEY = "cfg_parallel_ltx_branch"
 
 _DIT_KEY = "double_block"
 
+STREAMS = ("video", "audio")
+# the self-attention module of each stream in ComfyUI's LTX blocks
+_SELF_ATTENTION = {"video": "attn1", "audio": "audio_attn1"}
+
 
 @dataclasses.dataclass(frozen=True)
 class LTXBranch:
     """What :func:`branch_model_options` switched on (stored under ``BRANCH_KEY``)."""
 
-    perturb_blocks: tuple[int, ...] = ()
+    perturb_blocks: tuple[int, ...] = ()        # video self-attention
+    perturb_audio_blocks: tuple[int, ...] = ()  # audio self-attention
     isolate_modalities: bool = False
+    run_video: bool = True
+    run_audio: bool = True
 
     @property
     def is_plain(self) -> bool:
-        return not self.perturb_blocks and not self.isolate_modalities
+        return self == LTXBranch()
 
 
 def _block_index(b) -> int:
@@ -122,49 +135,65 @@ def branch_model_options(
     model_options: dict,
     *,
     perturb_blocks: Iterable[int] = (),
+    perturb_audio_blocks: Iterable[int] = (),
     isolate_modalities: bool = False,
+    run_video: bool = True,
+    run_audio: bool = True,
 ) -> dict:
     """A new ``model_options`` whose next forward runs the perturbed and/or the
     modality-isolated pass.
 
-    ``perturb_blocks``: transformer blocks whose self-attention becomes value
-    passthrough (validate them against the model with :func:`check_blocks`).
-    ``isolate_modalities``: audio<->video cross-attention off (LTX-2 AV only; an
-    LTX-Video model ignores the keys — see :func:`check_branch`).
+    ``perturb_blocks``: transformer blocks whose *video* self-attention becomes value
+    passthrough; ``perturb_audio_blocks``: the same for the *audio* self-attention
+    (LTX-2 only; an LTX-Video model has no audio stream). Validate both against the
+    model with :func:`check_blocks`. ``isolate_modalities``: audio<->video
+    cross-attention off (LTX-2 AV only — see :func:`check_branch`). ``run_video`` /
+    ``run_audio`` False: that stream of an LTX-2 block is not computed (ComfyUI's per-call
+    ``run_vx`` / ``run_ax``; what ltx-pipelines does for a modality that skips the step).
 
     The input is never mutated: the dicts on the way to what changes
     (``transformer_options``, ``patches_replace``, ``patches_replace["dit"]``) are
-    copied; everything else is shared. With no blocks and ``isolate_modalities``
-    False the result is a shallow copy equal to the input. Everything added is
-    picklable plain data.
+    copied; everything else is shared. With nothing switched on the result is a
+    shallow copy equal to the input. Everything added is picklable plain data.
     """
-    blocks = _normalise_blocks(perturb_blocks)
+    video = _normalise_blocks(perturb_blocks)
+    audio = _normalise_blocks(perturb_audio_blocks)
     isolate = bool(isolate_modalities)
     out = dict(model_options or {})
-    if not blocks and not isolate:
+    if not video and not audio and not isolate and run_video and run_audio:
         return out
 
     to = dict(out.get("transformer_options") or {})
-    if blocks:
+    if video or audio:
         patches_replace = dict(to.get("patches_replace") or {})
         dit = dict(patches_replace.get("dit") or {})
-        for b in blocks:
+        for b in sorted(set(video) | set(audio)):
+            streams = tuple(s for s, blocks in zip(STREAMS, (video, audio)) if b in blocks)
             key = (_DIT_KEY, b)
             previous = dit.get(key)
-            if isinstance(previous, PerturbedBlock):
-                continue  # already perturbed: wrapping twice would misread the calls
-            dit[key] = PerturbedBlock(block=b, inner=previous)
+            if isinstance(previous, PerturbedBlock):  # merge: wrapping twice would misread the calls
+                streams = tuple(s for s in STREAMS if s in streams or s in previous.streams)
+                dit[key] = dataclasses.replace(previous, streams=streams)
+            else:
+                dit[key] = PerturbedBlock(block=b, streams=streams, inner=previous)
         patches_replace["dit"] = dit
         to["patches_replace"] = patches_replace
     if isolate:
         to["a2v_cross_attn"] = False
         to["v2a_cross_attn"] = False
+    if not run_video:
+        to["run_vx"] = False
+    if not run_audio:
+        to["run_ax"] = False
 
     before = to.get(BRANCH_KEY)
     before = before if isinstance(before, LTXBranch) else LTXBranch()
     to[BRANCH_KEY] = LTXBranch(
-        perturb_blocks=tuple(sorted(set(before.perturb_blocks) | set(blocks))),
+        perturb_blocks=tuple(sorted(set(before.perturb_blocks) | set(video))),
+        perturb_audio_blocks=tuple(sorted(set(before.perturb_audio_blocks) | set(audio))),
         isolate_modalities=before.isolate_modalities or isolate,
+        run_video=before.run_video and bool(run_video),
+        run_audio=before.run_audio and bool(run_audio),
     )
     out["transformer_options"] = to
     return out
@@ -176,29 +205,142 @@ def branch_model_options(
 
 @dataclasses.dataclass(frozen=True)
 class PerturbedBlock:
-    """``patches_replace["dit"][("double_block", block)]``: runs the block with its
-    self-attention replaced by value passthrough. Plain data, picklable; ``inner`` is
-    a replace patch that was on this block before (called in turn) or None."""
+    """``patches_replace["dit"][("double_block", block)]``: runs the block with the
+    self-attention of each stream in ``streams`` ("video", "audio") replaced by value
+    passthrough. Plain data, picklable; ``inner`` is a replace patch that was on this
+    block before (called in turn) or None. ``via_override`` forces the override route
+    (queries and keys computed and dropped; for comparisons and measurements)."""
 
     block: int
+    streams: tuple[str, ...] = STREAMS
     inner: Any = None
+    via_override: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.streams if s not in STREAMS]
+        if bad or not self.streams:
+            raise ValueError(f"PerturbedBlock streams must be a non-empty subset of {STREAMS}, got {self.streams!r}")
 
     def __call__(self, args: dict, extra: dict) -> dict:
         to = args.get("transformer_options")
         to = to if to is not None else {}
-        hook = _BlockAttention(self.block, _self_attention_plan(args["img"], to),
-                               to.get("optimized_attention_override"))
-        new_to = dict(to)
-        new_to["optimized_attention_override"] = hook
-        new_args = dict(args)
-        new_args["transformer_options"] = new_to
-        if self.inner is not None:
-            out = self.inner(new_args, extra)
+        slots = _self_attention_plan(args["img"], to, self.streams)
+        original = extra["original_block"]
+        direct = None if self.via_override else _DirectRoute.of(original, self.block, self.streams)
+        if direct is not None:
+            run, new_args, hook = direct, args, None
         else:
-            out = extra["original_block"](new_args)
-        hook.finish()
+            hook = _BlockAttention(self.block, slots, to.get("optimized_attention_override"))
+            new_to = dict(to)
+            new_to["optimized_attention_override"] = hook
+            run, new_args = original, dict(args, transformer_options=new_to)
+        if self.inner is not None:
+            out = self.inner(new_args, dict(extra, original_block=run))
+        else:
+            out = run(new_args)
+        if hook is not None:
+            hook.finish()
+        else:
+            direct.finish({s.stream for s in slots if s is not _OTHER})
         return out
 
+
+# --- direct route: a per-call view of the block with passthrough self-attention -----------
+
+class _ValuePassthrough:
+    """Stands in for one self-attention module for one block call: attention output = V,
+    so the result is ``to_out(gate * to_v(x))``; ``to_q``/``to_k`` never run."""
+
+    def __init__(self, attn, fail: Callable[[str], None], stream: str) -> None:
+        self.attn = attn
+        self.fail = fail
+        self.stream = stream
+        self.calls = 0
+
+    def __call__(self, x, context=None, mask=None, pe=None, k_pe=None, transformer_options=None):
+        if context is not None or k_pe is not None:
+            self.fail(f"the {self.stream} self-attention module was called with a context (a cross-attention)")
+        self.calls += 1
+        a = self.attn
+        out = a.to_v(x)
+        gate = getattr(a, "to_gate_logits", None)
+        if gate is not None:  # LTX-2.3 per-head output gate, applied to the attention output
+            b, t, _ = out.shape
+            gates = 2.0 * torch.sigmoid(gate(x))
+            out = (out.view(b, t, a.heads, a.dim_head) * gates.unsqueeze(-1)).view(b, t, a.heads * a.dim_head)
+        return a.to_out(out)
+
+
+class _DirectRoute:
+    """``original_block`` rebound to a per-call view of the block (see the module doc)."""
+
+    def __init__(self, fn: Callable, passthrough: list[_ValuePassthrough], fail: Callable[[str], None]) -> None:
+        self.fn = fn
+        self.passthrough = passthrough
+        self.fail = fail
+
+    def __call__(self, args: dict) -> dict:
+        return self.fn(args)
+
+    @classmethod
+    def of(cls, original: Callable, block: int, streams: tuple[str, ...]) -> Optional["_DirectRoute"]:
+        """The direct route for ``original``, or None when it is not a closure over one LTX block."""
+        code = getattr(original, "__code__", None)
+        cells = getattr(original, "__closure__", None)
+        if code is None or not cells:
+            return None
+        found = [i for i, c in enumerate(cells) if _is_ltx_block(_cell_contents(c))]
+        if len(found) != 1:
+            return None
+        module = cells[found[0]].cell_contents
+        fail = _failer(block)
+        replaced = {}
+        for stream in streams:
+            name = _SELF_ATTENTION[stream]
+            attn = module._modules.get(name)
+            if attn is None:
+                if stream == "video":
+                    return None  # a block without attn1: leave it to the override route's checks
+                continue  # an LTX-Video block has no audio stream: nothing to perturb there
+            if not all(hasattr(attn, a) for a in ("to_v", "to_out", "heads", "dim_head")):
+                return None
+            replaced[name] = _ValuePassthrough(attn, fail, stream)
+        view = object.__new__(type(module))
+        view.__dict__.update(module.__dict__)
+        view.__dict__["_modules"] = {**module._modules, **replaced}
+        new_cells = tuple(types.CellType(view) if i == found[0] else c for i, c in enumerate(cells))
+        fn = types.FunctionType(code, original.__globals__, original.__name__, original.__defaults__, new_cells)
+        fn.__kwdefaults__ = original.__kwdefaults__
+        return cls(fn, list(replaced.values()), fail)
+
+    def finish(self, expected: set[str]) -> None:
+        missing = [p.stream for p in self.passthrough if p.stream in expected and p.calls == 0]
+        if missing:
+            self.fail("the " + " and ".join(missing) + " self-attention was never called")
+
+
+def _cell_contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
+
+
+def _is_ltx_block(obj) -> bool:
+    return (isinstance(obj, torch.nn.Module) and type(obj).__module__.startswith("comfy.ldm.lightricks")
+            and "attn1" in obj._modules)
+
+
+def _failer(block: int) -> Callable[[str], None]:
+    def fail(what: str) -> None:
+        raise RuntimeError(
+            f"STG (perturbed pass) on transformer block {block}: {what}. This ComfyUI's LTX transformer block "
+            "does not call its attention in the expected way (self-attention first), so the perturbed pass "
+            "cannot be applied safely; please report the ComfyUI version.")
+    return fail
+
+
+# --- override route --------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class _SelfSlot:
@@ -210,21 +352,23 @@ class _SelfSlot:
 _OTHER = None  # an attention call of the block that is left alone
 
 
-def _self_attention_plan(img, to: dict) -> list:
-    """The block's attention calls in order, up to its last self-attention:
-    a _SelfSlot where a self-attention starts, _OTHER for a call that is not one."""
+def _self_attention_plan(img, to: dict, streams: tuple[str, ...] = STREAMS) -> list:
+    """The block's attention calls in order, up to its last perturbed self-attention:
+    a _SelfSlot where a perturbed self-attention starts, _OTHER for a call left alone."""
     if isinstance(img, (tuple, list)):  # LTX-2 BasicAVTransformerBlock: (vx, ax)
         vx, ax = img[0], img[1]
         run_vx = bool(to.get("run_vx", True))
         run_ax = bool(to.get("run_ax", True)) and ax.numel() > 0
         plan: list = []
-        if run_vx:
-            plan += [_SelfSlot("video", vx.shape[1], vx.shape[-1]), _OTHER]  # attn1, attn2
-        if run_ax:
+        if run_vx:  # attn1 (self), attn2 (text)
+            plan += [_SelfSlot("video", vx.shape[1], vx.shape[-1]) if "video" in streams else _OTHER, _OTHER]
+        if run_ax and "audio" in streams:
             plan += [_SelfSlot("audio", ax.shape[1], ax.shape[-1])]  # audio_attn1
+        while plan and plan[-1] is _OTHER:
+            plan.pop()
         return plan
-    # LTX-Video BasicTransformerBlock: attn1 (self) then attn2 (text)
-    return [_SelfSlot("video", img.shape[1], img.shape[-1])]
+    # LTX-Video BasicTransformerBlock: attn1 (self) then attn2 (text); no audio stream
+    return [_SelfSlot("video", img.shape[1], img.shape[-1])] if "video" in streams else []
 
 
 class _BlockAttention:
@@ -239,14 +383,7 @@ class _BlockAttention:
         self.replaced: list[str] = []
         self._group = None      # (slot, k, v) of the self-attention being replaced
         self._rows = 0          # query rows of that self-attention covered so far
-
-    # -- helpers -------------------------------------------------------------------
-    def _fail(self, what: str):
-        raise RuntimeError(
-            f"STG (perturbed pass) on transformer block {self.block}: {what}. This "
-            "ComfyUI's LTX transformer block does not call its attention in the "
-            "expected order (self-attention first), so the perturbed pass cannot be "
-            "applied safely; please report the ComfyUI version.")
+        self._fail = _failer(block)
 
     def _close_group(self):
         if self._group is not None:
@@ -261,7 +398,6 @@ class _BlockAttention:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
 
-    # -- the override ----------------------------------------------------------------
     def __call__(self, func, *args, **kwargs):
         self.calls += 1
         q, k, v = _qkv(args, kwargs)
@@ -395,11 +531,16 @@ def check_blocks(model, blocks: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def check_branch(model, *, perturb_blocks: Iterable[int] = (),
+def check_branch(model, *, perturb_blocks: Iterable[int] = (), perturb_audio_blocks: Iterable[int] = (),
                  isolate_modalities: bool = False) -> None:
-    """Validate a branch for a model before sampling (ValueError with the reason)."""
+    """Validate a branch for a model before sampling (ValueError with the reason).
+
+    Audio blocks are checked on an LTX-2 audio+video model only: an LTX-Video model has
+    no audio stream, so they perturb nothing there."""
     if perturb_blocks:
         check_blocks(model, perturb_blocks)
+    if perturb_audio_blocks and model_family(model) == "ltxav":
+        check_blocks(model, perturb_audio_blocks)
     if isolate_modalities and model_family(model) != "ltxav":
         raise ValueError(
             "the modality-isolated pass needs an LTX-2 audio+video model; this model is "

@@ -13,7 +13,9 @@ and the denoise loop of ltx-pipelines (``ltx_pipelines/utils/denoisers.py``):
   with Bessel's correction (``torch.Tensor.std()`` with no arguments).
 * ``skip_step = N > 0``: only steps whose 0-based index is a multiple of ``N + 1``
   are guided; on the others the modality's previous guided result is reused
-  unchanged and none of its passes is needed (not even cond).
+  unchanged, none of its passes is needed (not even cond), and where the other
+  modality is guided its stream is switched off in that step's forwards (ltx-pipelines
+  runs it with ``enabled=False``; policy.LTXMultimodal.streams).
 * the perturbed (STG) pass replaces the self-attention of the ``stg_blocks``
   (0-based ``transformer_blocks`` indices) by its value projection, video
   self-attention with the video blocks and audio self-attention with the audio
@@ -31,6 +33,7 @@ __all__ = [
     "BRANCHES",
     "ModalityGuidance",
     "guide_modality",
+    "branch_weights",
     "needed_branches",
     "skips_step",
 ]
@@ -160,6 +163,11 @@ def skips_step(params: ModalityGuidance, step: int) -> bool:
     return params.skip_step != 0 and step % (params.skip_step + 1) != 0
 
 
+def branch_weights(params: ModalityGuidance) -> dict[str, float]:
+    """The weight of each non-cond pass in the formula (0 = the term adds nothing)."""
+    return {"negative": params.cfg - 1.0, "perturbed": params.stg, "isolated": params.modality - 1.0}
+
+
 def needed_branches(params: ModalityGuidance, step: int) -> tuple[str, ...]:
     """Passes this modality needs at ``step`` (names from BRANCHES); empty on a skipped step."""
     if skips_step(params, step):
@@ -178,7 +186,9 @@ def guide_modality(
     """Guided x0 prediction of one modality from its pass predictions (ltx-core's formula).
 
     Computed in float32 and cast back to ``cond.dtype``. A pass the params need
-    must be given (ValueError otherwise); a pass given but not needed is ignored.
+    must be given (ValueError otherwise); a pass given is used with its weight even
+    where the params do not need it (another modality ran it; ltx-pipelines does the
+    same); a pass not given counts as 0.0, as in ltx-pipelines.
     The operation order is ltx-core's, so float32 results match it bit for bit.
     When no term and no rescale applies the result may be ``cond`` itself (no copy).
     """
@@ -197,6 +207,10 @@ def guide_modality(
                     f"(cfg={params.cfg}, stg={params.stg}, modality={params.modality}); run that pass "
                     "or set its scale to neutral (cfg 1, stg 0, modality 1)."
                 )
+            if weight != 0.0:
+                # a scale within math.isclose of neutral runs no pass, but ltx-pipelines still adds
+                # weight * (c - 0.0) for it (it passes 0.0 for a pass it did not run): same bits
+                pred = pred + weight * c
             continue
         if branch.shape != cond.shape:
             raise ValueError(

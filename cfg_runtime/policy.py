@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Union
 
 import torch
 
 from .errors import PolicyError
-from .ltx_guidance import ModalityGuidance, guide_modality, skips_step
+from .ltx_guidance import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
 
 CONDS = ("positive", "negative")
 
 
 @dataclass(frozen=True)
 class CFGBranch:
-    """One model evaluation per step: which conditioning it sees and how the forward is altered."""
+    """One model evaluation per step: which conditioning it sees and how the forward is altered.
+
+    ``perturb_blocks`` / ``perturb_audio_blocks``: blocks whose video / audio self-attention
+    the perturbed (STG) pass replaces. ``run_video`` / ``run_audio`` False: that stream of
+    an LTX-2 audio+video model is not computed in this forward (set per step by the
+    LTX-2 rule on steps where only the other modality is guided, as ltx-pipelines does).
+    """
 
     name: str
     conds: str = "positive"
@@ -29,6 +35,8 @@ class CFGBranch:
     perturb_audio_blocks: tuple[int, ...] = ()
     isolate_modalities: bool = False
     cost: float = 1.0
+    run_video: bool = True
+    run_audio: bool = True
 
     def validate(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -44,7 +52,8 @@ class CFGBranch:
     @property
     def is_plain(self) -> bool:
         """True when the forward is unaltered (only the conditioning differs)."""
-        return not (self.perturb_blocks or self.perturb_audio_blocks or self.isolate_modalities)
+        return not (self.perturb_blocks or self.perturb_audio_blocks or self.isolate_modalities
+                    or not self.run_video or not self.run_audio)
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,11 @@ class StandardCFG:
             raise PolicyError(f"zero_init_steps must be >= 0, got {self.zero_init_steps}.")
         _require(names, ("cond",) + (("negative",) if self.scale != 1.0 else ()), "standard CFG")
 
-    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
+    def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
         return names
+
+    def streams(self, step: int, modalities: int = 1) -> tuple[bool, bool]:
+        return True, True
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         cond = preds["cond"]
@@ -123,8 +135,11 @@ class WeightedBranches:
             if not math.isfinite(weight):
                 raise PolicyError(f"Weight of branch '{name}' must be finite, got {weight}.")
 
-    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
+    def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
         return names
+
+    def streams(self, step: int, modalities: int = 1) -> tuple[bool, bool]:
+        return True, True
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         cond = preds["cond"]
@@ -154,11 +169,31 @@ class LTXMultimodal:
     def _params(self, n_parts: int) -> tuple[ModalityGuidance, ...]:
         return (self.video,) if n_parts == 1 else (self.video, self.audio)
 
-    def active(self, names: tuple[str, ...], step: int) -> tuple[str, ...]:
-        # ltx-pipelines: when every modality skips this step, no forward runs at all (step 0 never skips)
-        if step > 0 and all(skips_step(p, step) for p in (self.video, self.audio)):
+    def active(self, names: tuple[str, ...], step: int, modalities: int = 2) -> tuple[str, ...]:
+        """The passes this step runs. ``modalities``: 1 for a video-only latent (the audio
+        parameters then ask for nothing), 2 for audio+video.
+
+        As ltx-pipelines: a step that every present modality skips runs no forward, and a pass
+        runs only where some present modality needs it. Beyond it, nothing thrown away: a pass
+        runs only where a modality guided at this step gives it a non-zero weight (a pass that
+        only a skipping modality needs would be discarded; the bits do not change)."""
+        present = self._params(modalities)
+        guided = [p for p in present if not skips_step(p, step)]
+        if not guided:
             return ()
-        return names
+        wanted = {"cond"}
+        for name in BRANCHES[1:]:
+            if any(name in needed_branches(p, 0) for p in present) and any(branch_weights(p)[name] != 0
+                                                                           for p in guided):
+                wanted.add(name)
+        return tuple(n for n in names if n in wanted)
+
+    def streams(self, step: int, modalities: int = 2) -> tuple[bool, bool]:
+        """(run video, run audio) for this step's forwards: on an audio+video latent a modality
+        that skips this step is not computed (ltx-pipelines disables it in the forward)."""
+        if modalities < 2:
+            return True, True
+        return not skips_step(self.video, step), not skips_step(self.audio, step)
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         shapes = ctx.latent_shapes or (tuple(ctx.x.shape),)
@@ -174,17 +209,17 @@ class LTXMultimodal:
             guided = guide_modality(
                 p,
                 parts["cond"][i],
-                negative=_part(parts, "negative", i, p.needs_negative),
-                perturbed=_part(parts, "perturbed", i, p.needs_perturbed),
-                isolated=_part(parts, "isolated", i, p.needs_isolated),
+                negative=_part(parts, "negative", i),
+                perturbed=_part(parts, "perturbed", i),
+                isolated=_part(parts, "isolated", i),
             )
             ctx.memory[key] = guided
             out.append(guided)
         return _pack(out, ctx.x if "cond" not in preds else preds["cond"])
 
 
-def _part(parts: dict, name: str, index: int, needed: bool):
-    return parts[name][index] if needed and name in parts else None
+def _part(parts: dict, name: str, index: int):
+    return parts[name][index] if name in parts else None
 
 
 def _unpack(t: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
@@ -251,10 +286,18 @@ class CFGPolicy:
                 return b
         raise KeyError(name)
 
-    def active_branches(self, step: int) -> tuple[CFGBranch, ...]:
-        """The branches evaluated at this step (all, except on LTX skip steps)."""
-        active = set(self.rule.active(self.names, step))
-        return tuple(b for b in self.branches if b.name in active)
+    def active_branches(self, step: int, modalities: int | None = None) -> tuple[CFGBranch, ...]:
+        """The branches evaluated at this step, as they run at this step (LTX-2: without the
+        passes no guided modality needs, and without the stream of a modality that skips).
+        ``modalities``: parts of the latent (1 plain, 2 LTX-2 audio+video); None: the rule's default."""
+        kw = {} if modalities is None else {"modalities": modalities}
+        active = set(self.rule.active(self.names, step, **kw))
+        run_video, run_audio = self.rule.streams(step, **kw)
+        out = []
+        for b in self.branches:
+            if b.name in active:
+                out.append(b if (run_video and run_audio) else replace(b, run_video=run_video, run_audio=run_audio))
+        return tuple(out)
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         return self.rule.combine(preds, ctx)

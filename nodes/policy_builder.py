@@ -1,6 +1,8 @@
 """CFGPolicy Builder: widgets -> CFG_POLICY (which branches exist and how they combine)."""
 from __future__ import annotations
 
+import math
+
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.ltx_guidance import ModalityGuidance
 from cfg_runtime.presets import PRESET_NAMES, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
@@ -14,30 +16,49 @@ def _float(default, lo, hi, step, tip):
 
 
 def _modality_inputs(prefix: str, d: ModalityGuidance, label: str) -> dict:
+    other = "audio" if label == "video" else "video"
     return {
-        f"{prefix}_cfg": _float(d.cfg, 0.0, 100.0, 0.1, f"LTX-2 {label} CFG scale (1 = no negative pass for {label})."),
-        f"{prefix}_stg": _float(d.stg, 0.0, 100.0, 0.1, f"LTX-2 {label} STG scale (0 = no perturbed pass)."),
-        f"{prefix}_stg_blocks": ("STRING", {"default": ",".join(str(b) for b in d.stg_blocks),
-                                            "tooltip": "Comma-separated transformer block indices whose self-attention "
-                                                       "the perturbed pass replaces (LTX-2: 29, LTX-2.3: 28)."}),
+        f"{prefix}_cfg": _float(d.cfg, 0.0, 100.0, 0.1,
+                                f"LTX-2 {label} CFG scale: {label} += (cfg - 1)·(cond − negative-prompt pass). "
+                                f"1 = no negative term for {label} (the negative pass runs only if some modality "
+                                f"needs it)."),
+        f"{prefix}_stg": _float(d.stg, 0.0, 100.0, 0.1,
+                                f"LTX-2 {label} STG scale: {label} += stg·(cond − perturbed pass), where the perturbed "
+                                f"pass replaces the {label} self-attention of {prefix}_stg_blocks by its values. "
+                                f"0 = no STG for {label} (no perturbed pass unless {other} STG is on)."),
+        f"{prefix}_stg_blocks": ("STRING", {"default": ",".join(str(b) for b in d.stg_blocks), "tooltip":
+                                 f"Transformer blocks (0-based, comma-separated) whose {label} self-attention the "
+                                 f"perturbed pass replaces; the {other} stream keeps its own list. LTX-2: 29, "
+                                 f"LTX-2.3: 28 (both models have 48 blocks, 0-47). Needed when {prefix}_stg is not 0; "
+                                 f"ignored when it is 0, so the defaults can stay filled in."}),
         f"{prefix}_modality": _float(d.modality, 0.0, 100.0, 0.1,
-                                     f"LTX-2 {label} modality scale (1 = no modality-isolated pass)."),
-        f"{prefix}_rescale": _float(d.rescale, 0.0, 1.0, 0.01, f"LTX-2 {label} guidance rescale (0 = off)."),
-        f"{prefix}_skip_step": ("INT", {"default": d.skip_step, "min": 0, "max": 100,
-                                        "tooltip": f"Guide {label} only every (skip_step + 1)-th step and reuse the "
-                                                   f"previous guided result in between (0 = every step)."}),
+                                     f"LTX-2 {label} modality scale: {label} += (modality - 1)·(cond − modality-isolated "
+                                     f"pass), the pass without audio↔video cross-attention. 1 = no modality term."),
+        f"{prefix}_rescale": _float(d.rescale, 0.0, 1.0, 0.01,
+                                    f"LTX-2 {label} guidance rescale: the guided {label} is multiplied by "
+                                    f"rescale·std(cond)/std(guided) + (1 − rescale). 0 = off, 1 = full std matching."),
+        f"{prefix}_skip_step": ("INT", {"default": d.skip_step, "min": 0, "max": 100, "tooltip":
+                                        f"Guide {label} on every (skip_step + 1)-th step only (0, N+1, 2(N+1), …) and "
+                                        f"reuse its last guided result in between; on those steps the {label} stream "
+                                        f"is not computed, and a step that every modality skips runs no forward. "
+                                        f"0 = every step."}),
     }
 
 
 def parse_blocks(text: str, label: str) -> tuple[int, ...]:
-    blocks = []
+    """'29' / '28, 29' -> (28, 29); PolicyError that says what to write for anything else."""
+    blocks: list[int] = []
     for part in str(text).replace(";", ",").split(","):
         part = part.strip()
         if not part:
             continue
-        if not part.lstrip("-").isdigit() or int(part) < 0:
-            raise PolicyError(f"{label}: '{part}' is not a block index; write non-negative integers like '29' or '28,29'.")
-        blocks.append(int(part))
+        if not part.isdigit():
+            raise PolicyError(f"{label}: '{part}' is not a block index. Write block numbers counting from 0, separated "
+                              f"by commas, e.g. '29' (LTX-2) or '28' (LTX-2.3) or '28,29'.")
+        block = int(part)
+        if block in blocks:
+            raise PolicyError(f"{label}: block {block} is listed twice in '{text}'; list each block once.")
+        blocks.append(block)
     return tuple(blocks)
 
 
@@ -87,16 +108,22 @@ class CFGPolicyBuilder:
 
     @staticmethod
     def _modality(values: dict, prefix: str) -> ModalityGuidance:
+        """One modality's parameters, refused here (before sampling) when they cannot run.
+
+        Blocks with stg 0 are accepted and dropped: no perturbed pass for this modality, and
+        the default block stays in the widget for when STG is switched on. A block beyond the
+        model's depth is refused at sampling, where the model is known."""
+        blocks = parse_blocks(values[f"{prefix}_stg_blocks"], f"{prefix}_stg_blocks")
+        stg = float(values[f"{prefix}_stg"])
+        if not math.isclose(stg, 0.0) and not blocks:
+            raise PolicyError(f"{prefix}_stg is {stg} but {prefix}_stg_blocks is empty: write the blocks to "
+                              f"perturb, e.g. '29' (LTX-2) or '28' (LTX-2.3), or set {prefix}_stg to 0.")
         try:
             params = ModalityGuidance(
-                cfg=float(values[f"{prefix}_cfg"]), stg=float(values[f"{prefix}_stg"]),
-                stg_blocks=parse_blocks(values[f"{prefix}_stg_blocks"], f"{prefix}_stg_blocks"),
+                cfg=float(values[f"{prefix}_cfg"]), stg=stg, stg_blocks=blocks if not math.isclose(stg, 0.0) else (),
                 modality=float(values[f"{prefix}_modality"]), rescale=float(values[f"{prefix}_rescale"]),
                 skip_step=int(values[f"{prefix}_skip_step"]))
             params.validate()
         except ValueError as exc:
             raise PolicyError(f"LTX-2 {prefix} guidance: {exc}") from None
-        if params.needs_perturbed and not params.stg_blocks:
-            raise PolicyError(f"{prefix}_stg is {params.stg} but {prefix}_stg_blocks is empty: list the blocks to "
-                              f"perturb (LTX-2: 29, LTX-2.3: 28) or set {prefix}_stg to 0.")
         return params

@@ -66,8 +66,8 @@ if ltxav_available():
 
 STEPS = 6
 SEED = 7
-MODEL, WAN, VAE, UPSCALER, AUDIO = ("tiny_ltxav.safetensors", "tiny_wan.safetensors", "tiny_ltx_vae.safetensors",
-                                    "tiny_ltx_upscaler.safetensors", "tiny_audio.latent")
+MODEL, WAN, VAE, UPSCALER, AUDIO_VAE = ("tiny_ltxav.safetensors", "tiny_wan.safetensors", "tiny_ltx_vae.safetensors",
+                                        "tiny_ltx_upscaler.safetensors", "tiny_ltx_audio_vae.safetensors")
 
 
 def policy(skip_video=1, skip_audio=2, blocks=(1,)):
@@ -90,7 +90,7 @@ def files(tmp_path_factory):
         "wan": t2.build_tiny_wan(d / WAN),
         "vae": t2.build_tiny_ltx_vae(d / VAE),
         "upscaler": t2.build_tiny_latent_upscaler(d / UPSCALER),
-        "audio": t2.write_audio_latent(d / AUDIO),
+        "audio_vae": t2.build_tiny_ltx_audio_vae(d / AUDIO_VAE),
     }
 
 
@@ -105,8 +105,13 @@ def conds():
 
 
 @pytest.fixture(scope="module")
-def latent():
-    return t2.tiny_av_latent()
+def audio_vae(files):
+    return t2.load_ltx_audio_vae(files["audio_vae"])  # core LTXVAudioVAELoader
+
+
+@pytest.fixture(scope="module")
+def latent(audio_vae):
+    return t2.tiny_av_latent(audio_vae=audio_vae)  # EmptyLTXVLatentVideo + LTXVEmptyLatentAudio, joined
 
 
 @pytest.fixture
@@ -194,12 +199,15 @@ class HandGuider(comfy.samplers.CFGGuider if ltxav_available() else object):
         guided = [p.skip_step == 0 or step % (p.skip_step + 1) == 0 for p in self.params]
         preds = {}
         if any(guided):
-            video = self.params[0]
+            video, audio = self.params
+            # ltx-pipelines: a modality that skips this step is disabled in every pass of the step
+            base = lb.branch_model_options(model_options, run_video=guided[0], run_audio=guided[1])
             opts = {
-                "cond": ("positive", model_options),
-                "negative": ("negative", model_options),
-                "perturbed": ("positive", lb.branch_model_options(model_options, perturb_blocks=video.stg_blocks)),
-                "isolated": ("positive", lb.branch_model_options(model_options, isolate_modalities=True)),
+                "cond": ("positive", base),
+                "negative": ("negative", base),
+                "perturbed": ("positive", lb.branch_model_options(base, perturb_blocks=video.stg_blocks,
+                                                                  perturb_audio_blocks=audio.stg_blocks)),
+                "isolated": ("positive", lb.branch_model_options(base, isolate_modalities=True)),
             }
             for name, (which, mo) in opts.items():
                 out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[which]], x, timestep, mo)[0]
@@ -339,6 +347,10 @@ def test_node_errors_in_process(model, conds, latent, files):
         run_node(model, conds, latent, mode="two_stage")
     with pytest.raises(PolicyError, match="out of range"):
         run_node(model, conds, latent, pol=policy(0, 0, blocks=(3,)))
+    with pytest.raises(PolicyError, match=r"^Branch 'perturbed' \(audio_stg_blocks\): STG block 3 is out of range: "
+                                          r"this model has 3 transformer blocks \(0-2\)$"):
+        run_node(model, conds, latent, pol=ltx2_multimodal(ModalityGuidance(cfg=3.0, stg=1.0, stg_blocks=(1,)),
+                                                           ModalityGuidance(cfg=7.0, stg=1.0, stg_blocks=(3,))))
     with pytest.raises(PolicyError, match="video only"):
         run_node(model, conds, t2.tiny_video_latent())
     wan = t2.load_model(files["wan"])
@@ -398,7 +410,7 @@ def server(files):
     srv.add_model("diffusion_models", WAN, files["wan"])
     srv.add_model("vae", VAE, files["vae"])
     srv.add_model("latent_upscale_models", UPSCALER, files["upscaler"])
-    (srv.input_dir / AUDIO).write_bytes(Path(files["audio"]).read_bytes())
+    srv.add_model("checkpoints", AUDIO_VAE, files["audio_vae"])
     try:
         srv.start()
         yield srv
@@ -408,29 +420,59 @@ def server(files):
 
 
 def graph(**kw):
-    kw.setdefault("audio_latent", AUDIO)
+    kw.setdefault("audio_vae", AUDIO_VAE)
     return t2.ltx2_sampler_graph(MODEL, **kw)
 
 
 def outputs(server, g, timeout=600):
+    """Saved latents by SaveLatent node id; with decode, also "frames" (uint8 RGB frames from
+    SaveImage) and "audio" (the waveform SaveAudio wrote, read back with av) and its rate."""
     entry = server.run(g, timeout=timeout)
-    return {nid: server.saved_latent(entry, node_id=nid) for nid in ("10", "11", "12") if nid in g}
+    out = {nid: server.saved_latent(entry, node_id=nid) for nid in ("10", "11", "12") if nid in g}
+    if "33" in g:
+        import numpy as np
+        from PIL import Image
+
+        files = [server.output_dir / i.get("subfolder", "") / i["filename"] for i in entry["outputs"]["33"]["images"]]
+        out["frames"] = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+        (item,) = entry["outputs"]["35"]["audio"]
+        out["audio"], out["rate"] = _read_audio(server.output_dir / item.get("subfolder", "") / item["filename"])
+    return out
+
+
+def _read_audio(path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as f:
+        stream = f.streams.audio[0]
+        chunks = [frame.to_ndarray() for frame in f.decode(stream)]
+        rate, channels = stream.rate, stream.channels
+    data = np.concatenate(chunks, axis=-1)
+    return torch.from_numpy(data.reshape(channels, -1) if data.shape[0] != channels else data), rate
 
 
 
 
 @pytest.mark.server
 def test_server_one_stage_size1_equals_size2(server):
+    """From empty latents (EmptyLTXVLatentVideo, LTXVEmptyLatentAudio of the audio VAE) to decoded
+    frames (VAEDecode, SaveImage) and audio (LTXVAudioVAEDecode, SaveAudio); different STG blocks
+    per modality and video skip_step 1."""
+    kw = dict(video_skip_step=1, video_stg_blocks="1", audio_stg_blocks="0,2", decode=True, vae=VAE)
     t0 = time.monotonic()
-    serial = outputs(server, graph(size=1, nonce=1, video_skip_step=1))
+    serial = outputs(server, graph(size=1, nonce=1, **kw))
     t1 = time.monotonic()
-    parallel = outputs(server, graph(size=2, nonce=2, video_skip_step=1))
+    parallel = outputs(server, graph(size=2, nonce=2, **kw))
     t2_ = time.monotonic()
-    again = outputs(server, graph(size=2, nonce=3, video_skip_step=1))
+    again = outputs(server, graph(size=2, nonce=3, **kw))
     t3 = time.monotonic()
     assert tuple(serial["10"].shape) == (1, 128, 2, 2, 2) and tuple(serial["11"].shape) == (1, 8, 9, 16)
     assert torch.isfinite(serial["10"]).all() and torch.isfinite(serial["11"]).all()
-    for nid in serial:
+    assert tuple(serial["frames"].shape) == (2, 2, 2, 3) and serial["frames"].float().std() > 0  # frames, H, W, RGB
+    assert serial["rate"] == 16000 and serial["audio"].shape[0] == 2 and serial["audio"].shape[1] > 4000
+    assert serial["audio"].abs().max() > 0
+    for nid in ("10", "11", "12", "frames", "audio"):
         assert torch.equal(parallel[nid], serial[nid]), nid
         assert torch.equal(again[nid], serial[nid]), nid
     print(f"\nserver one-stage: size 1 {t1 - t0:.1f} s, size 2 first {t2_ - t1:.1f} s, again {t3 - t2_:.2f} s")
@@ -438,19 +480,20 @@ def test_server_one_stage_size1_equals_size2(server):
 
 @pytest.mark.server
 def test_server_two_stage_size1_equals_size2(server):
-    kw = dict(mode="two_stage", upscaler=UPSCALER, vae=VAE)
+    kw = dict(mode="two_stage", upscaler=UPSCALER, vae=VAE, decode=True)
     serial = outputs(server, graph(size=1, nonce=4, **kw))
     parallel = outputs(server, graph(size=2, nonce=5, **kw))
     one_stage = outputs(server, graph(size=1, nonce=6))
     assert tuple(serial["10"].shape) == (1, 128, 2, 4, 4) and tuple(serial["11"].shape) == (1, 8, 9, 16)
-    for nid in serial:
+    assert tuple(serial["frames"].shape) == (2, 4, 4, 3) and serial["rate"] == 16000  # the upsampled video, decoded
+    for nid in ("10", "11", "12", "frames", "audio"):
         assert torch.equal(parallel[nid], serial[nid]), nid
     assert torch.equal(serial["12"], one_stage["10"])  # stage 1 of the two-stage job == the one-stage job
 
 
 @pytest.mark.server
 def test_server_bad_inputs_become_node_errors(server):
-    msg = server.run_failing(t2.ltx2_sampler_graph(WAN, audio_latent=AUDIO, nonce=7))
+    msg = server.run_failing(t2.ltx2_sampler_graph(WAN, audio_vae=AUDIO_VAE, nonce=7))
     assert msg.startswith("LTX2Sampler: The LTX2 Sampler needs an LTX model") and "WAN21" in msg
     msg = server.run_failing(graph(nonce=8, video_stg_blocks="7", audio_stg_blocks="7"))
     assert "out of range" in msg and "3 transformer blocks" in msg

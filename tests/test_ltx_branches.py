@@ -13,12 +13,17 @@ needs ComfyUI 0.29 and is skipped unless ``COMFYUI_029_DIR`` names its folder; t
 file runs.) Two ComfyUIs cannot live in one process: if another ComfyUI is already
 imported the ComfyUI tests skip and say so. Reference results are computed by hand, IN THE TESTS
 ONLY, by replacing the chosen blocks' self-attention module of a copy of the model
-with a module that returns ``to_out(to_v(x))``.
+with a module that returns ``to_out(to_v(x))``, in the intended stream only (video
+``attn1``, audio ``audio_attn1``). Both routes of the hook are checked: the direct route
+(what runs: hook hits per block, module and projection show that the perturbed
+self-attention computes ``to_v`` and ``to_out`` only) and the override route (the module
+runs, its attention call answered by V), which must give the same bits.
 """
 from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -44,7 +49,7 @@ COMFY_DIR = Path(COMFY_029 or os.environ.get("COMFYUI_DIR")
 
 needs_029 = pytest.mark.skipif(
     not COMFY_029,
-    reason="LTX-2 audio+video tests need ComfyUI 0.29 (comfy/ldm/lightricks/av_model.py): "
+    reason="[needs ComfyUI 0.29] LTX-2 audio+video tests need ComfyUI 0.29 (comfy/ldm/lightricks/av_model.py): "
            "set COMFYUI_029_DIR to its folder and run with a Python that can import it",
 )
 
@@ -143,18 +148,31 @@ def reference_model(dm, blocks, names=("attn1",)):
 
 
 class AttnRecorder:
-    """TEST ONLY: forward hooks on every attention module of the blocks. Counts calls
-    per (block, module) and which calls returned exactly to_out(to_v(source))."""
+    """TEST ONLY: forward hooks on every attention module of the blocks and on its
+    projections. ``calls`` counts module calls per (block, module); ``passthrough`` the
+    calls that returned exactly to_out(to_v(source)) (override route: the module runs);
+    ``proj`` counts projection calls per (block, module, "to_q"/"to_k"/"to_v"/"to_out")
+    (also what the direct route runs: it never calls the module, nor to_q / to_k)."""
+
+    PROJ = ("to_q", "to_k", "to_v", "to_out")
 
     def __init__(self, dm):
         self.calls = collections.Counter()
         self.passthrough = collections.Counter()
+        self.proj = collections.Counter()
         self.handles = []
         for i, block in enumerate(dm.transformer_blocks):
             for name, mod in block.named_children():
                 if type(mod).__name__ == "CrossAttention":
                     self.handles.append(mod.register_forward_hook(
                         self._hook(i, name), with_kwargs=True))
+                    for p in self.PROJ:
+                        self.handles.append(getattr(mod, p).register_forward_hook(self._count(i, name, p)))
+
+    def _count(self, i, name, p):
+        def hook(mod, args, output):
+            self.proj[(i, name, p)] += 1
+        return hook
 
     def _hook(self, i, name):
         def hook(mod, args, kwargs, output):
@@ -170,12 +188,27 @@ class AttnRecorder:
                 self.passthrough[(i, name)] += 1
         return hook
 
+    def replaced(self):
+        """(block, module) whose queries and keys were not computed but whose values were."""
+        return {(i, n) for (i, n, p), c in self.proj.items() if p == "to_v" and c
+                and not self.proj[(i, n, "to_q")] and not self.proj[(i, n, "to_k")]}
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
+
+
+def via_override(model_options):
+    """The same options with every PerturbedBlock forced onto the override route."""
+    to = dict(model_options["transformer_options"])
+    to["patches_replace"] = dict(to["patches_replace"])
+    to["patches_replace"]["dit"] = {
+        key: dataclasses.replace(patch, via_override=True) if isinstance(patch, lb.PerturbedBlock) else patch
+        for key, patch in to["patches_replace"]["dit"].items()}
+    return dict(model_options, transformer_options=to)
 
 
 class CountingOverride:
@@ -228,8 +261,8 @@ def test_input_is_never_mutated():
     assert new_to is not to and new_to["patches_replace"] is not patches_replace
     assert new_to["patches_replace"]["other"] is patches_replace["other"]  # untouched: shared
     new_dit = new_to["patches_replace"]["dit"]
-    assert new_dit[("double_block", 0)] == lb.PerturbedBlock(0, inner=prev_dit)
-    assert new_dit[("double_block", 2)] == lb.PerturbedBlock(2)
+    assert new_dit[("double_block", 0)] == lb.PerturbedBlock(0, ("video",), inner=prev_dit)
+    assert new_dit[("double_block", 2)] == lb.PerturbedBlock(2, ("video",))
     assert new_to["a2v_cross_attn"] is False and new_to["v2a_cross_attn"] is False
     assert new_to["optimized_attention_override"] is prev_override
     assert out["keep"] is mo["keep"]
@@ -239,9 +272,19 @@ def test_branches_compose_and_are_not_wrapped_twice():
     a = lb.branch_model_options({}, perturb_blocks=(1,))
     b = lb.branch_model_options(a, perturb_blocks=(1, 2), isolate_modalities=True)
     dit = b["transformer_options"]["patches_replace"]["dit"]
-    assert dit[("double_block", 1)] == lb.PerturbedBlock(1)  # not PerturbedBlock(1, inner=...)
+    assert dit[("double_block", 1)] == lb.PerturbedBlock(1, ("video",))  # not PerturbedBlock(1, inner=...)
     assert lb.branch_of(b) == lb.LTXBranch(perturb_blocks=(1, 2), isolate_modalities=True)
     assert lb.branch_of(a) == lb.LTXBranch(perturb_blocks=(1,))
+    c = lb.branch_model_options(a, perturb_audio_blocks=(1, 3))  # audio on a video block: one patch, both streams
+    dit = c["transformer_options"]["patches_replace"]["dit"]
+    assert dit == {("double_block", 1): lb.PerturbedBlock(1, ("video", "audio")),
+                   ("double_block", 3): lb.PerturbedBlock(3, ("audio",))}
+    assert lb.branch_of(c) == lb.LTXBranch(perturb_blocks=(1,), perturb_audio_blocks=(1, 3))
+    d = lb.branch_model_options({}, perturb_blocks=(0, 2), perturb_audio_blocks=(2, 1))
+    assert {k[1]: v.streams for k, v in d["transformer_options"]["patches_replace"]["dit"].items()} == \
+        {0: ("video",), 1: ("audio",), 2: ("video", "audio")}
+    with pytest.raises(ValueError, match="streams"):
+        lb.PerturbedBlock(0, ("text",))
 
 
 def test_options_pickle_round_trip():
@@ -257,6 +300,8 @@ def test_options_pickle_round_trip():
 def test_bad_block_values(bad):
     with pytest.raises(ValueError):
         lb.branch_model_options({}, perturb_blocks=bad)
+    with pytest.raises(ValueError):
+        lb.branch_model_options({}, perturb_audio_blocks=bad)
 
 
 def test_numpy_like_integers_are_accepted():
@@ -306,13 +351,25 @@ def test_perturbed_pass_replaces_only_that_blocks_self_attention(comfy, ltxv, lt
     assert not rec.passthrough
 
     counter.calls = 0
+    mo = lb.branch_model_options(base, perturb_blocks=(1,))
     with AttnRecorder(ltxv) as rec:
-        ptb = run_ltxv(ltxv, ltxv_inputs, lb.branch_model_options(base, perturb_blocks=(1,)))
+        ptb = run_ltxv(ltxv, ltxv_inputs, mo)
     assert not torch.equal(cond, ptb)
     assert (cond - ptb).abs().max() > 1e-6
-    assert rec.passthrough == {(1, "attn1"): 1}  # self-attention of block 1, nothing else
-    assert all(n == 1 for n in rec.calls.values()) and len(rec.calls) == 6
+    # direct route: the self-attention of block 1 computes V (and to_out) only, nothing else changes
+    assert rec.replaced() == {(1, "attn1")}
+    assert rec.proj[(1, "attn1", "to_v")] == rec.proj[(1, "attn1", "to_out")] == 1
+    assert set(rec.calls) == {(i, n) for i in range(3) for n in ("attn1", "attn2")} - {(1, "attn1")}
+    assert all(n == 1 for n in rec.calls.values()) and not rec.passthrough
     assert counter.calls == 5  # every other attention call still reaches the old override
+
+    counter.calls = 0
+    with AttnRecorder(ltxv) as rec:  # override route: same bits, q and k computed and dropped
+        ptb_override = run_ltxv(ltxv, ltxv_inputs, via_override(mo))
+    assert torch.equal(ptb_override, ptb)
+    assert rec.passthrough == {(1, "attn1"): 1} and not rec.replaced()
+    assert all(n == 1 for n in rec.calls.values()) and len(rec.calls) == 6
+    assert counter.calls == 5
 
 
 def test_empty_blocks_equal_cond_bit_for_bit(comfy, ltxv, ltxv_inputs):
@@ -323,9 +380,14 @@ def test_empty_blocks_equal_cond_bit_for_bit(comfy, ltxv, ltxv_inputs):
 
 @pytest.mark.parametrize("blocks", [(0,), (1,), (2,), (0, 2)])
 def test_perturbed_pass_equals_hand_reference(comfy, ltxv, ltxv_inputs, blocks):
-    ptb = run_ltxv(ltxv, ltxv_inputs, lb.branch_model_options({}, perturb_blocks=blocks))
+    mo = lb.branch_model_options({}, perturb_blocks=blocks)
+    ptb = run_ltxv(ltxv, ltxv_inputs, mo)
     ref = run_ltxv(reference_model(ltxv, blocks), ltxv_inputs)
     assert torch.equal(ptb, ref)
+    assert torch.equal(run_ltxv(ltxv, ltxv_inputs, via_override(mo)), ref)
+    # audio blocks on a video-only model perturb nothing
+    assert torch.equal(run_ltxv(ltxv, ltxv_inputs, lb.branch_model_options({}, perturb_audio_blocks=blocks)),
+                       run_ltxv(ltxv, ltxv_inputs))
 
 
 def test_pickled_options_still_work(comfy, ltxv, ltxv_inputs):
@@ -477,9 +539,11 @@ def test_guide_mask_split_self_attention(comfy, ltxv):
     counter = CountingOverride()
     cond = run(ltxv, {"transformer_options": {"optimized_attention_override": counter}})
     assert counter.calls == 3 * 3  # attn1 split in 2 (noisy, guides) + attn2, per block
-    ptb = run(ltxv, lb.branch_model_options({}, perturb_blocks=(1,)))
+    mo = lb.branch_model_options({}, perturb_blocks=(1,))
+    ptb = run(ltxv, mo)
     assert not torch.equal(cond, ptb)
     assert torch.equal(ptb, run(reference_model(ltxv, (1,))))
+    assert torch.equal(run(ltxv, via_override(mo)), ptb)  # slices of one self-attention: rows of v
 
 
 @pytest.fixture(scope="module")
@@ -541,41 +605,81 @@ def test_ltxav_isolated_pass(comfy, ltxav, ltxav_inputs):
     assert _equal(run_ltxav(ltxav, ltxav_inputs), cond)  # nothing leaked
 
 
+def _self_attn(video=(), audio=()):
+    return {(b, "attn1") for b in video} | {(b, "audio_attn1") for b in audio}
+
+
+def _ref_ltxav(dm, video=(), audio=()):
+    """TEST ONLY: a copy of the model whose chosen self-attention modules are passthrough,
+    only in the intended stream."""
+    ref = reference_model(dm, video, names=("attn1",))
+    return reference_model(ref, audio, names=("audio_attn1",))
+
+
+# (video blocks, audio blocks): video only, audio only, both same, both different (and overlapping)
+STREAM_CASES = [((1,), ()), ((), (1,)), ((1,), (1,)), ((0,), (2,)), ((0, 2), (2, 1))]
+
+
 @needs_029
-def test_ltxav_perturbed_pass_hits_video_and_audio_self_attention(comfy, ltxav, ltxav_inputs):
+@pytest.mark.parametrize("video,audio", STREAM_CASES, ids=lambda c: "-".join(map(str, c)) or "none")
+def test_ltxav_perturbs_exactly_the_listed_blocks_of_each_stream(comfy, ltxav, ltxav_inputs, video, audio):
     counter = CountingOverride()
     base = {"transformer_options": {"optimized_attention_override": counter}}
     cond = run_ltxav(ltxav, ltxav_inputs, base)
     assert counter.calls == 18
     counter.calls = 0
+    mo = lb.branch_model_options(base, perturb_blocks=video, perturb_audio_blocks=audio)
     with AttnRecorder(ltxav) as rec:
-        ptb = run_ltxav(ltxav, ltxav_inputs, lb.branch_model_options(base, perturb_blocks=(1,)))
-    assert rec.passthrough == {(1, "attn1"): 1, (1, "audio_attn1"): 1}
-    assert len(rec.calls) == 18 and all(n == 1 for n in rec.calls.values())
-    assert counter.calls == 16
+        ptb = run_ltxav(ltxav, ltxav_inputs, mo)
+    want = _self_attn(video, audio)
+    # hook hits per block and per stream: the perturbed self-attentions computed V and to_out only
+    assert rec.replaced() == want
+    for i, name in want:
+        assert [rec.proj[(i, name, p)] for p in AttnRecorder.PROJ] == [0, 0, 1, 1]
+    every = {(i, n) for i in range(3) for n in ("attn1", "attn2", "audio_attn1", "audio_attn2") + AV_CROSS}
+    assert set(rec.calls) == every - want and all(n == 1 for n in rec.calls.values())
+    assert counter.calls == 18 - len(want)
+    # the reference perturbs only the intended stream, bit for bit
+    assert _equal(ptb, run_ltxav(_ref_ltxav(ltxav, video, audio), ltxav_inputs))
+    # and it is not the both-streams perturbation (the bug of issue 13)
+    both = sorted(set(video) | set(audio))
+    if (tuple(video), tuple(audio)) != (tuple(both), tuple(both)):
+        assert not _equal(ptb, run_ltxav(_ref_ltxav(ltxav, both, both), ltxav_inputs))
+    # a stream perturbed (directly or through audio<->video cross-attention) differs from cond
     assert not torch.equal(cond[0], ptb[0]) and not torch.equal(cond[1], ptb[1])
+    # the override route gives the same bits and perturbs the same modules
+    counter.calls = 0
+    with AttnRecorder(ltxav) as rec:
+        over = run_ltxav(ltxav, ltxav_inputs, via_override(mo))
+    assert _equal(over, ptb)
+    assert set(rec.passthrough) == want and not rec.replaced() and len(rec.calls) == 18
+    assert counter.calls == 18 - len(want)
 
 
 @needs_029
-@pytest.mark.parametrize("blocks,isolate", [((1,), False), ((0, 2), False), ((2,), True)])
-def test_ltxav_matches_hand_reference(comfy, ltxav, ltxav_inputs, blocks, isolate):
-    mo = lb.branch_model_options({}, perturb_blocks=blocks, isolate_modalities=isolate)
+@pytest.mark.parametrize("video,audio,isolate", [((1,), (1,), False), ((0, 2), (), False), ((), (0,), True),
+                                                 ((2,), (0,), True)])
+def test_ltxav_matches_hand_reference(comfy, ltxav, ltxav_inputs, video, audio, isolate):
+    mo = lb.branch_model_options({}, perturb_blocks=video, perturb_audio_blocks=audio, isolate_modalities=isolate)
     got = run_ltxav(ltxav, ltxav_inputs, pickle.loads(pickle.dumps(mo)))
-    ref_dm = reference_model(ltxav, blocks, names=("attn1", "audio_attn1"))
     ref_opts = lb.branch_model_options({}, isolate_modalities=isolate)
-    assert _equal(got, run_ltxav(ref_dm, ltxav_inputs, ref_opts))
+    assert _equal(got, run_ltxav(_ref_ltxav(ltxav, video, audio), ltxav_inputs, ref_opts))
 
 
 @needs_029
 def test_ltxav_without_audio(comfy, ltxav, ltxav_inputs):
     """An AV model run on video only (empty audio): only the video self-attention."""
-    mo = lb.branch_model_options({}, perturb_blocks=(1,))
+    mo = lb.branch_model_options({}, perturb_blocks=(1,), perturb_audio_blocks=(1, 2))
     with AttnRecorder(ltxav) as rec:
         got = run_ltxav(ltxav, ltxav_inputs, mo, audio=False)
-    assert rec.passthrough == {(1, "attn1"): 1}
-    ref = run_ltxav(reference_model(ltxav, (1,), names=("attn1", "audio_attn1")), ltxav_inputs,
-                    audio=False)
+    assert rec.replaced() == {(1, "attn1")}
+    assert not any(name.startswith("audio") for _, name in rec.calls)
+    ref = run_ltxav(_ref_ltxav(ltxav, (1,)), ltxav_inputs, audio=False)
     assert _equal(got, ref)
+    assert _equal(run_ltxav(ltxav, ltxav_inputs, via_override(mo), audio=False), ref)
+    # audio blocks alone perturb nothing on a video-only latent
+    assert _equal(run_ltxav(ltxav, ltxav_inputs, lb.branch_model_options({}, perturb_audio_blocks=(1,)), audio=False),
+                  run_ltxav(ltxav, ltxav_inputs, audio=False))
 
 
 @pytest.fixture(scope="module")
@@ -591,14 +695,16 @@ def ltxav23(comfy):
 
 
 @needs_029
-def test_ltx23_style_blocks_match_hand_reference(comfy, ltxav23, ltxav_inputs):
+@pytest.mark.parametrize("video,audio", [((2,), (2,)), ((2,), (0,)), ((), (1,))])
+def test_ltx23_style_blocks_match_hand_reference(comfy, ltxav23, ltxav_inputs, video, audio):
     assert ltxav23.transformer_blocks[0].attn1.to_gate_logits is not None
-    mo = lb.branch_model_options({}, perturb_blocks=(2,))
+    mo = lb.branch_model_options({}, perturb_blocks=video, perturb_audio_blocks=audio)
     with AttnRecorder(ltxav23) as rec:
         got = run_ltxav(ltxav23, ltxav_inputs, mo)
-    assert rec.passthrough == {(2, "attn1"): 1, (2, "audio_attn1"): 1}
-    ref = run_ltxav(reference_model(ltxav23, (2,), names=("attn1", "audio_attn1")), ltxav_inputs)
+    assert rec.replaced() == _self_attn(video, audio)
+    ref = run_ltxav(_ref_ltxav(ltxav23, video, audio), ltxav_inputs)
     assert _equal(got, ref)
+    assert _equal(run_ltxav(ltxav23, ltxav_inputs, via_override(mo)), ref)  # the module's own gate code
     assert not _equal(got, run_ltxav(ltxav23, ltxav_inputs))
 
 
@@ -606,10 +712,19 @@ def test_ltx23_style_blocks_match_hand_reference(comfy, ltxav23, ltxav_inputs):
 def test_ltxav_video_stream_off(comfy, ltxav, ltxav_inputs):
     """run_vx=False (a per-call key of the AV block): only the audio self-attention."""
     base = {"transformer_options": {"run_vx": False}}
-    mo = lb.branch_model_options(base, perturb_blocks=(1,))
+    mo = lb.branch_model_options(base, perturb_blocks=(1,), perturb_audio_blocks=(1,))
     with AttnRecorder(ltxav) as rec:
         got = run_ltxav(ltxav, ltxav_inputs, mo)
-    assert rec.passthrough == {(1, "audio_attn1"): 1}
+    assert rec.replaced() == {(1, "audio_attn1")}
     assert not any(name in ("attn1", "attn2") for _, name in rec.calls)
-    ref = run_ltxav(reference_model(ltxav, (1,), names=("audio_attn1",)), ltxav_inputs, base)
+    ref = run_ltxav(_ref_ltxav(ltxav, (), (1,)), ltxav_inputs, base)
     assert _equal(got, ref)
+    assert _equal(run_ltxav(ltxav, ltxav_inputs, via_override(mo)), ref)
+
+
+@needs_029
+def test_ltxav_check_branch_per_stream(comfy, ltxav, ltxv):
+    lb.check_branch(ltxav, perturb_blocks=(0,), perturb_audio_blocks=(2,))
+    with pytest.raises(ValueError, match=r"^STG block 3 is out of range"):
+        lb.check_branch(ltxav, perturb_audio_blocks=(3,))
+    lb.check_branch(ltxv, perturb_audio_blocks=(29,))  # no audio stream: nothing to check

@@ -265,3 +265,68 @@ def test_shape_mismatch_is_named():
     c = torch.randn(1, 8, 3, 16)
     with pytest.raises(ValueError, match="'negative' prediction has shape"):
         guide_modality(ModalityGuidance(cfg=3.0), c, negative=torch.randn(2, 8, 3, 16))
+
+
+# --- which passes a step runs, and with which streams (the LTX-2 rule, issue 13) ---------------
+
+def _ltx_policy(video: ModalityGuidance, audio: ModalityGuidance):
+    from cfg_runtime.presets import ltx2_multimodal
+
+    return ltx2_multimodal(video, audio)
+
+
+def _active(policy, step, modalities):
+    return {b.name: (b.run_video, b.run_audio) for b in policy.active_branches(step, modalities)}
+
+
+ALL = ("cond", "negative", "perturbed", "isolated")
+
+
+def test_video_only_latent_ignores_audio_parameters():
+    """On a video-only latent the audio parameters ask for nothing: a step the video skips runs
+    no forward, and a pass only audio would need does not run."""
+    v = ModalityGuidance(cfg=3.0, stg=0.0, modality=1.0, skip_step=1)
+    a = ModalityGuidance(cfg=7.0, stg=1.0, stg_blocks=(1,), modality=3.0, skip_step=0)
+    pol = _ltx_policy(v, a)
+    assert pol.names == ALL
+    assert [tuple(_active(pol, s, 1)) for s in range(4)] == [("cond", "negative"), (), ("cond", "negative"), ()]
+    assert all(flags == (True, True) for s in range(4) for flags in _active(pol, s, 1).values())
+    # audio+video: step 1 still runs (audio is guided), without the video stream
+    assert _active(pol, 1, 2) == {n: (False, True) for n in ALL}
+    assert _active(pol, 0, 2) == {n: (True, True) for n in ALL}
+
+
+def test_pass_only_a_skipping_modality_needs_does_not_run():
+    v = ModalityGuidance(cfg=1.0, stg=1.0, stg_blocks=(2,), modality=1.0, skip_step=0)
+    a = ModalityGuidance(cfg=7.0, stg=0.0, modality=3.0, skip_step=1)
+    pol = _ltx_policy(v, a)
+    assert _active(pol, 0, 2) == {n: (True, True) for n in ALL}
+    assert _active(pol, 1, 2) == {"cond": (True, False), "perturbed": (True, False)}  # audio off, its passes too
+    assert _active(pol, 2, 2) == {n: (True, True) for n in ALL}
+    # both skip on odd steps: nothing runs
+    both = _ltx_policy(dataclasses.replace(v, skip_step=1), a)
+    assert _active(both, 1, 2) == {} and _active(both, 3, 2) == {}
+
+
+def test_near_neutral_scale_keeps_the_pass_another_modality_runs():
+    """cfg within math.isclose of 1 needs no pass, but when the other modality runs it, ltx-pipelines
+    uses it with the tiny weight: so the rule keeps it even where only that modality is guided."""
+    v = ModalityGuidance(cfg=1.0 + 1e-12)
+    a = ModalityGuidance(cfg=7.0, skip_step=1)
+    pol = _ltx_policy(v, a)
+    assert not v.needs_negative and pol.names == ("cond", "negative")
+    assert _active(pol, 1, 2) == {"cond": (True, False), "negative": (True, False)}
+    alone = _ltx_policy(v, ModalityGuidance())
+    assert alone.names == ("cond",) and _active(alone, 1, 2) == {"cond": (True, True)}
+
+
+def test_combine_uses_a_pass_run_for_the_other_modality_like_the_oracle():
+    guiders = pytest.importorskip("ltx_core.components.guiders", reason="ltx-core is the oracle")
+    p = ModalityGuidance(cfg=1.0 + 1e-12, rescale=0.5)
+    c, n, _, _ = _branches((1, 8, 5, 16), torch.float32, seed=3)
+    oracle = guiders.MultiModalGuider(guiders.MultiModalGuiderParams(cfg_scale=p.cfg, rescale_scale=p.rescale))
+    assert torch.equal(guide_modality(p, c, negative=n), oracle.calculate(c, n, 0.0, 0.0))
+    assert torch.equal(guide_modality(p, c), oracle.calculate(c, 0.0, 0.0, 0.0))
+    big = ModalityGuidance(cfg=1.0 + 1e-12, rescale=0.5)  # (the tiny weight is below fp32 resolution here)
+    c2 = c * 1e-30
+    assert torch.equal(guide_modality(big, c2, negative=n * 1e-30), oracle.calculate(c2, n * 1e-30, 0.0, 0.0))

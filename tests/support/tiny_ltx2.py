@@ -14,15 +14,19 @@ Needs a ComfyUI with LTX-2 (``comfy/ldm/lightricks/av_model.py``, e.g. 0.29); ch
   attention). ``CFGPTestConditioning`` with ``channels=64`` makes the same on a server.
 * :func:`tiny_av_latent` - the packed audio+video LATENT that core ``LTXVConcatAVLatent``
   makes: ``NestedTensor(video [B,128,F,H,W], audio [B,8,T,16])``. The audio half is a zero
-  latent of the shape ``LTXVEmptyLatentAudio`` gives; that node needs an LTX audio VAE
-  (autoencoder + vocoder config in metadata), which is not worth faking here.
-  :func:`write_audio_latent` writes such a latent as a ``.latent`` file for core
-  ``LoadLatent`` (server graphs).
+  latent made by core ``LTXVEmptyLatentAudio`` from the tiny audio VAE (or zeros of its shape).
+* :func:`build_tiny_ltx_audio_vae` - an LTX audio VAE (ComfyUI's ``AudioVAE``: causal audio
+  autoencoder 8 channels wide + a 5-stage vocoder, ~0.2 M parameters) that core
+  ``LTXVAudioVAELoader`` loads from ``checkpoints`` (keys ``audio_vae.*`` / ``vocoder.*``,
+  metadata ``config`` = ``{"audio_vae": ..., "vocoder": ...}``); ``LTXVEmptyLatentAudio`` gives
+  the real LTX-2 audio latent shape ([B, 8, 25 per second, 16]) and ``LTXVAudioVAEDecode``
+  a 16 kHz stereo waveform.
 * :func:`build_tiny_ltx_vae` - an LTX video VAE (``VideoVAE``, one res block of 32 channels,
   128 latent channels) that core ``VAELoader`` loads (detected by
   ``decoder.up_blocks.0.res_blocks.0.conv1.conv.weight``, shaped by metadata
-  ``{"vae": {...}}``). ``LTXVLatentUpsampler`` only reads its ``per_channel_statistics``
-  (random, positive std) - it is not meant to decode anything.
+  ``{"vae": {...}}``). ``LTXVLatentUpsampler`` reads its ``per_channel_statistics``
+  (random, positive std); ``VAEDecode`` decodes with it (no spatial/temporal upsampling at
+  this size: one RGB frame per latent frame, one pixel per latent pixel).
 * :func:`build_tiny_latent_upscaler` - an LTX spatial ``LatentUpsampler`` (x2, 32 mid
   channels) that core ``LatentUpscaleModelLoader`` loads (key
   ``post_upsample_res_blocks.0.conv2.bias``, metadata ``config``).
@@ -66,6 +70,23 @@ TINY_LTX_VAE_CONFIG = {
 TINY_UPSCALER_CONFIG = {
     "_class_name": "LatentUpsampler", "in_channels": 128, "mid_channels": 32, "num_blocks_per_stage": 1,
     "dims": 3, "spatial_upsample": True, "temporal_upsample": False,
+}
+# LTX audio VAE (ComfyUI's AudioVAE: CausalAudioAutoencoder + Vocoder), tiny widths. The
+# latent must fit the transformer: 8 channels x 16 frequency bins (mel_bins 64 / 4), and
+# 25 latents per second (16 kHz, hop 160, 4x down) as the real one; the vocoder upsamples
+# by 5*4*2*2*2 = 160 (one hop) to 16 kHz stereo.
+TINY_AUDIO_VAE_CONFIG = {
+    "audio_vae": {
+        "model": {"params": {"sampling_rate": 16000, "ddconfig": {
+            "double_z": True, "mel_bins": 64, "z_channels": AUDIO_CHANNELS, "resolution": 256,
+            "downsample_time": False, "in_channels": 2, "out_ch": 2, "ch": 8, "ch_mult": [1, 2, 4],
+            "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0, "mid_block_add_attention": False,
+            "norm_type": "pixel", "causality_axis": "height"}}},
+        "preprocessing": {"stft": {"filter_length": 1024, "hop_length": 160}},
+    },
+    "vocoder": {"resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [5, 4, 2, 2, 2],
+                "upsample_kernel_sizes": [10, 8, 4, 4, 4], "upsample_initial_channel": 32, "stereo": True,
+                "resblock": "1"},
 }
 TINY_WAN_CONFIG = {"model_type": "t2v", "dim": 128, "ffn_dim": 32, "num_heads": 1, "num_layers": 1,
                    "in_dim": 16, "out_dim": 16}
@@ -129,15 +150,21 @@ def audio_latent_frames(video_frames: int = 9, frame_rate: float = 25.0) -> int:
 
 
 def tiny_av_latent(width: int = 64, height: int = 64, length: int = 9, audio_frames: int | None = None,
-                   batch: int = 1) -> dict:
+                   batch: int = 1, audio_vae=None) -> dict:
     """LATENT {samples: NestedTensor(video, audio)} made by the core LTXV nodes: EmptyLTXVLatentVideo,
-    a zero audio latent, and LTXVConcatAVLatent."""
+    LTXVEmptyLatentAudio with ``audio_vae`` (a zero audio latent of its shape without one), and
+    LTXVConcatAVLatent."""
     import_comfy()
     from comfy_extras.nodes_lt import EmptyLTXVLatentVideo, LTXVConcatAVLatent
 
     video = _node_out(EmptyLTXVLatentVideo.execute(width, height, length, batch))
-    t = audio_latent_frames(length) if audio_frames is None else audio_frames
-    audio = {"samples": torch.zeros(batch, AUDIO_CHANNELS, t, AUDIO_FREQ_BINS), "type": "audio"}
+    if audio_vae is not None and audio_frames is None:
+        from comfy_extras.nodes_lt_audio import LTXVEmptyLatentAudio
+
+        audio = _node_out(LTXVEmptyLatentAudio.execute(length, 25.0, batch, audio_vae))
+    else:
+        t = audio_latent_frames(length) if audio_frames is None else audio_frames
+        audio = {"samples": torch.zeros(batch, AUDIO_CHANNELS, t, AUDIO_FREQ_BINS), "type": "audio"}
     return _node_out(LTXVConcatAVLatent.execute(video, audio))
 
 
@@ -146,18 +173,6 @@ def tiny_video_latent(width: int = 64, height: int = 64, length: int = 9, batch:
     from comfy_extras.nodes_lt import EmptyLTXVLatentVideo
 
     return _node_out(EmptyLTXVLatentVideo.execute(width, height, length, batch))
-
-
-def write_audio_latent(path, frames: int | None = None, batch: int = 1) -> Path:
-    """A zero audio latent as a ``.latent`` file that core LoadLatent reads back unscaled."""
-    t = audio_latent_frames() if frames is None else frames
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file({"latent_tensor": torch.zeros(batch, AUDIO_CHANNELS, t, AUDIO_FREQ_BINS),
-               "latent_format_version_0": torch.tensor([])}, str(path))
-    return path
 
 
 def _node_out(out):
@@ -221,6 +236,42 @@ def load_latent_upscaler(path):
     return _node_out(LatentUpscaleModelLoader.execute(path.name))
 
 
+# --- the LTX audio VAE ---------------------------------------------------------------------------
+
+def build_tiny_ltx_audio_vae(path, seed: int = 0, std: float = 0.05) -> Path:
+    """A tiny LTX audio VAE + vocoder checkpoint for core LTXVAudioVAELoader (``checkpoints``
+    folder): keys ``audio_vae.*`` and ``vocoder.*``, metadata ``config`` = {audio_vae, vocoder}."""
+    import_comfy()
+    from comfy.ldm.lightricks.vae.audio_vae import AudioVAE
+
+    vae = AudioVAE(metadata={"config": json.dumps(TINY_AUDIO_VAE_CONFIG)})
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, t in sorted(vae.state_dict().items()):
+        if key.endswith("std-of-means"):
+            t = 0.5 + torch.rand(t.shape, generator=gen)
+        elif key.endswith("mean-of-means"):
+            t = torch.randn(t.shape, generator=gen) * 0.1
+        elif t.is_floating_point():
+            t = torch.randn(t.shape, generator=gen) * std
+        prefix, rest = key.split(".", 1)
+        sd[("audio_vae." if prefix == "autoencoder" else prefix + ".") + rest] = t
+    return _save(sd, path, {"config": TINY_AUDIO_VAE_CONFIG})
+
+
+def load_ltx_audio_vae(path):
+    """Load the audio VAE through core LTXVAudioVAELoader itself."""
+    import_comfy()
+    import comfy.sd  # noqa: F401  (the node module uses it without importing it)
+    import folder_paths
+
+    path = Path(path)
+    folder_paths.add_model_folder_path("checkpoints", str(path.parent))
+    from comfy_extras.nodes_lt_audio import LTXVAudioVAELoader
+
+    return _node_out(LTXVAudioVAELoader.execute(path.name))
+
+
 # --- a model that is not LTX ---------------------------------------------------------------------
 
 def build_tiny_wan(path, seed: int = 0) -> Path:
@@ -244,17 +295,20 @@ POLICY_DEFAULTS = {
 }
 
 
-def ltx2_sampler_graph(model_name: str, *, size: int = 1, mode: str = "one_stage", audio_latent: str | None = None,
-                       channels: int = AV_CONTEXT_CHANNELS, seed: int = 42, steps: int = 3, width: int = 64,
-                       height: int = 64, length: int = 9, upscaler: str | None = None, vae: str | None = None,
-                       stage2_sigmas: str = "0.909375, 0.725, 0.421875, 0.0", prefix: str = "latents/ltx2",
-                       nonce: int = 0, **policy) -> dict:
+def ltx2_sampler_graph(model_name: str, *, size: int = 1, mode: str = "one_stage", audio_vae: str | None = None,
+                       decode: bool = False, channels: int = AV_CONTEXT_CHANNELS, seed: int = 42, steps: int = 3,
+                       width: int = 64, height: int = 64, length: int = 9, upscaler: str | None = None,
+                       vae: str | None = None, stage2_sigmas: str = "0.909375, 0.725, 0.421875, 0.0",
+                       prefix: str = "latents/ltx2", nonce: int = 0, **policy) -> dict:
     """UNETLoader -> LTX2 Sampler (policy from CFGPolicy Builder) -> SaveLatent.
 
-    With ``audio_latent`` (a file in the server's input folder, see write_audio_latent) the
-    latent is LTXVConcatAVLatent(EmptyLTXVLatentVideo, LoadLatent) and the result is split
-    again with LTXVSeparateAVLatent: SaveLatent "10" holds the video, "11" the audio, "12"
-    the stage-1 video. Without it the latent is video only (SaveLatent "10" and "12")."""
+    With ``audio_vae`` (an LTX audio VAE in the server's ``checkpoints`` folder, see
+    build_tiny_ltx_audio_vae) the latent is LTXVConcatAVLatent(EmptyLTXVLatentVideo,
+    LTXVEmptyLatentAudio(LTXVAudioVAELoader)) and the result is split again with
+    LTXVSeparateAVLatent: SaveLatent "10" holds the video, "11" the audio, "12" the stage-1
+    video. Without it the latent is video only (SaveLatent "10" and "12"). ``decode`` (needs
+    ``vae`` and ``audio_vae``) adds VAEDecode -> SaveImage "33" for the video frames and
+    LTXVAudioVAEDecode -> SaveAudio "35" for the audio."""
     g = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": model_name, "weight_dtype": "default"}},
         "2": {"class_type": "CFGPTestConditioning", "inputs": {"seed": 1, "tokens": 8, "channels": channels,
@@ -272,8 +326,10 @@ def ltx2_sampler_graph(model_name: str, *, size: int = 1, mode: str = "one_stage
             "latent": ["4", 0], "sampler": ["6", 0], "sigmas": ["8", 0], "noise_seed": seed, "mode": mode,
             "parallel_size": size, "devices": "cpu", "stage2_sigmas": stage2_sigmas}},
     }
-    if audio_latent is not None:
-        g["5"] = {"class_type": "LoadLatent", "inputs": {"latent": audio_latent}}
+    if audio_vae is not None:
+        g["30"] = {"class_type": "LTXVAudioVAELoader", "inputs": {"ckpt_name": audio_vae}}
+        g["5"] = {"class_type": "LTXVEmptyLatentAudio", "inputs": {"frames_number": length, "frame_rate": 25.0,
+                                                                   "batch_size": 1, "audio_vae": ["30", 0]}}
         g["13"] = {"class_type": "LTXVConcatAVLatent", "inputs": {"video_latent": ["4", 0], "audio_latent": ["5", 0]}}
         g["9"]["inputs"]["latent"] = ["13", 0]
         g["14"] = {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": ["9", 0]}}
@@ -281,13 +337,22 @@ def ltx2_sampler_graph(model_name: str, *, size: int = 1, mode: str = "one_stage
         g["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["14", 0], "filename_prefix": prefix + "_video"}}
         g["11"] = {"class_type": "SaveLatent", "inputs": {"samples": ["14", 1], "filename_prefix": prefix + "_audio"}}
         g["12"] = {"class_type": "SaveLatent", "inputs": {"samples": ["15", 0], "filename_prefix": prefix + "_s1"}}
+        video_out = ["14", 0]
     else:
         g["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": prefix + "_video"}}
         g["12"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 1], "filename_prefix": prefix + "_s1"}}
+        video_out = ["9", 0]
     if upscaler is not None:
         g["16"] = {"class_type": "LatentUpscaleModelLoader", "inputs": {"model_name": upscaler}}
         g["9"]["inputs"]["upscale_model"] = ["16", 0]
     if vae is not None:
         g["17"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae}}
         g["9"]["inputs"]["vae"] = ["17", 0]
+    if decode:
+        if vae is None or audio_vae is None:
+            raise ValueError("decode=True needs vae and audio_vae")
+        g["32"] = {"class_type": "VAEDecode", "inputs": {"samples": video_out, "vae": ["17", 0]}}
+        g["33"] = {"class_type": "SaveImage", "inputs": {"images": ["32", 0], "filename_prefix": prefix + "_frames"}}
+        g["34"] = {"class_type": "LTXVAudioVAEDecode", "inputs": {"samples": ["14", 1], "audio_vae": ["30", 0]}}
+        g["35"] = {"class_type": "SaveAudio", "inputs": {"audio": ["34", 0], "filename_prefix": prefix + "_audio"}}
     return g
