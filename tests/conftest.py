@@ -37,7 +37,7 @@ if comfyui_available():
 TINY_LTXV_NAME = "tiny_ltxv.safetensors"
 TINY_LORA_NAME = "tiny_lora.safetensors"
 TINY_LTXAV_NAME = "tiny_ltxav.safetensors"
-TINY_AUDIO_NAME = "tiny_audio.latent"
+TINY_AUDIO_VAE_NAME = "tiny_ltx_audio_vae.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -170,13 +170,14 @@ def comfy_server(tiny_ltxv_path, tiny_lora_path):
             server.start(wait=False)
         server.add_model("diffusion_models", TINY_LTXV_NAME, tiny_ltxv_path)
         server.add_model("loras", TINY_LORA_NAME, tiny_lora_path)
-        if has_ltx2_av():  # workflows/*/tiny_ltx2_demo.json: the tiny LTX-2 model and an empty audio latent
+        if has_ltx2_av():  # workflows/*/tiny_ltx2_demo.json: the tiny LTX-2 model and audio VAE
             from support import tiny_ltx2
 
             folder = tiny_lora_path.parent
             server.add_model("diffusion_models", TINY_LTXAV_NAME,
                              tiny_ltx2.build_tiny_ltxav(folder / TINY_LTXAV_NAME, seed=0))
-            tiny_ltx2.write_audio_latent(server.input_dir / TINY_AUDIO_NAME)
+            server.add_model("checkpoints", TINY_AUDIO_VAE_NAME,
+                             tiny_ltx2.build_tiny_ltx_audio_vae(folder / TINY_AUDIO_VAE_NAME))
         server.wait_ready()
     except ComfyUIMissing as e:
         pytest.skip(str(e))

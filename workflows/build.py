@@ -126,7 +126,6 @@ SCHEMAS: dict[str, Schema] = {
     "SaveVideo": _s("video:VIDEO filename_prefix:STRING format:COMBO codec:COMBO"),
     "SaveImage": _s("images:IMAGE filename_prefix:STRING"),
     "SaveLatent": _s("samples:LATENT filename_prefix:STRING"),
-    "LoadLatent": _s("latent:COMBO", ("LATENT", "LATENT")),
     "PreviewAny": _s("source:*"),
     # core, LTX-2 era only (LTX2_CORE_TYPES)
     "LTXAVTextEncoderLoader": _s("text_encoder:COMBO ckpt_name:COMBO device:COMBO", ("CLIP", "CLIP")),

@@ -269,7 +269,7 @@ TINY LTX-2 AUDIO+VIDEO DEMO (runs on a CPU, ComfyUI 0.29 or later)
 
 The LTX-2 counterpart of the tiny demo, for tests: the four LTX-2 guidance passes of every step on two worker ranks, through the LTX2 Sampler, on a 3-block LTX-2 audio+video model.
 
-It needs what the project's test suite provides: models/diffusion_models/tiny_ltxav.safetensors (tests/support/tiny_ltx2.py), input/tiny_audio.latent (an empty audio latent of the tiny clip's length) and the test-only node CFGP Test Conditioning. In a normal ComfyUI those show up as missing.
+It needs what the project's test suite provides: models/diffusion_models/tiny_ltxav.safetensors and models/checkpoints/tiny_ltx_audio_vae.safetensors (tests/support/tiny_ltx2.py) and the test-only node CFGP Test Conditioning. In a normal ComfyUI those show up as missing.
 
 Settings
 - CFGPolicy Builder: ltx2_multimodal at the official scales, STG on block 1 of the tiny model: cond, negative, perturbed and modality-isolated passes.
@@ -291,7 +291,9 @@ def tiny_ltx2_demo() -> Graph:
     neg = g.node("CFGPTestConditioning", title="Negative (random)", w=320, seed=2, tokens=8, channels=64, nonce=0)
     g.group("Audio+video latent", GREY)
     video = g.node("EmptyLTXVLatentVideo", w=320, width=64, height=64, length=9, batch_size=1)
-    audio = g.node("LoadLatent", title="Empty audio latent", w=320, latent="tiny_audio.latent")
+    audio_vae = g.node("LTXVAudioVAELoader", title="Tiny audio VAE", w=320, ckpt_name="tiny_ltx_audio_vae.safetensors")
+    audio = g.node("LTXVEmptyLatentAudio", w=320, frames_number=9, frame_rate=25, batch_size=1,
+                   audio_vae=audio_vae.out())
     av = g.node("LTXVConcatAVLatent", w=320, video_latent=video.out(), audio_latent=audio.out())
 
     g.column(2).group(GUIDANCE, GREEN)
