@@ -91,6 +91,11 @@ def check_policy_fits_model(policy: CFGPolicy, model) -> None:
                               f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
 
 
+def _uncond_branch(policy: CFGPolicy) -> CFGBranch | None:
+    """The policy's unaltered pass on the negative conditioning (core's uncond), if any."""
+    return next((b for b in policy.branches if b.conds == "negative" and b.is_plain), None)
+
+
 class MultiBranchGuider(comfy.samplers.CFGGuider):
     """CFGGuider whose prediction is the policy's combine of its branches."""
 
@@ -122,10 +127,29 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[branch.conds]], x, timestep,
                                                   options)[0]
 
-        out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes)
-        for fn in model_options.get("sampler_post_cfg_function", []):
+        post_cfg = model_options.get("sampler_post_cfg_function", [])
+        uncond = _uncond_branch(self.policy)
+        extra = ()
+        if post_cfg and uncond is None and "negative" in self.conds and model_options.get("disable_cfg1_optimization"):
+            # core's sampling_function evaluates the negative at cfg 1 when this is set (the *_cfg_pp samplers do)
+            uncond = CFGBranch("uncond" if "negative" in self.policy.names else "negative", "negative")
+            extra = (uncond,)
+        dispatcher.last_preds = {}
+        out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes,
+                         extra=extra)
+        if not post_cfg:
+            return out
+        preds = dispatcher.last_preds
+        # What core's cfg_function hands these functions: the branch predictions (a missing
+        # uncond is zeros, as core's calc_cond_batch gives for no conditioning); on a step
+        # where no forward ran (LTX skip_step) only the reused result exists.
+        cond_pred = preds.get("cond", out)
+        uncond_pred = preds[uncond.name] if uncond is not None and uncond.name in preds else (
+            torch.zeros_like(out) if preds else out)
+        for fn in post_cfg:
             out = fn({"denoised": out, "cond": self.conds.get("positive"), "uncond": self.conds.get("negative"),
-                      "cond_scale": 1.0, "model": self.inner_model, "uncond_denoised": out, "cond_denoised": out,
+                      "cond_scale": getattr(self.policy.rule, "scale", 1.0), "model": self.inner_model,
+                      "uncond_denoised": uncond_pred, "cond_denoised": cond_pred,
                       "sigma": timestep, "model_options": model_options, "input": x})
         return out
 
