@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +24,7 @@ from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyErro
 from .group import GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options, check_blocks, model_family
 from .policy import CFGBranch, CFGPolicy
+from .shipping import check_shippable, shippable
 
 log = logging.getLogger("cfg_parallel")
 
@@ -230,7 +230,7 @@ def _to_cpu(value):
 def _check_picklable(job: "ComfySampleJob") -> None:
     for name in ("conds", "sampler"):
         try:
-            pickle.dumps(getattr(job, name))
+            check_shippable(getattr(job, name))
         except Exception as exc:
             what = "conditioning (it carries an object such as a ControlNet or a hook that cannot be sent to the " \
                    "worker processes)" if name == "conds" else "sampler"
@@ -254,11 +254,8 @@ _LOCAL_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dp
 
 
 def shippable_sampler(sampler):
-    try:
-        pickle.dumps(sampler)
+    if shippable(sampler):
         return sampler
-    except Exception:
-        pass
     fn = getattr(sampler, "sampler_function", None)
     name = _LOCAL_SAMPLERS.get(getattr(fn, "__name__", ""))
     if name is not None:

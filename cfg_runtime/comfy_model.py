@@ -10,9 +10,7 @@ model, and the patcher itself while the patches are unchanged.
 """
 from __future__ import annotations
 
-import io
 import logging
-import pickle
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import ShippingError
+from .shipping import check_shippable, fingerprint
 
 log = logging.getLogger("cfg_parallel")
 
@@ -67,7 +66,8 @@ def base_token(model_patcher) -> str:
 
 
 def patches_token(model_patcher) -> str:
-    return f"{model_patcher.patches_uuid}:{len(model_patcher.patches)}:{sorted(model_patcher.object_patches)}"
+    """Changes whenever the weight patches or the object patches (their contents) change."""
+    return f"{model_patcher.patches_uuid}:{len(model_patcher.patches)}:{fingerprint(model_patcher.object_patches)}"
 
 
 def check_model_options(model_options: dict) -> None:
@@ -81,16 +81,17 @@ def check_model_options(model_options: dict) -> None:
 
 
 def _unpicklable_keys(obj: Any, prefix: str) -> list[str]:
+    """Keys (dotted paths) of `obj` that the worker pickler cannot carry."""
     bad = []
     items = obj.items() if isinstance(obj, dict) else []
     for key, value in items:
         try:
-            pickle.dump(value, io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
+            check_shippable(value)
+        except Exception as exc:
             if isinstance(value, dict):
                 bad.extend(_unpicklable_keys(value, f"{prefix}{key}."))
             else:
-                bad.append(f"{prefix}{key} ({type(value).__name__})")
+                bad.append(f"{prefix}{key} ({type(value).__name__}: {type(exc).__name__}: {exc})")
     return bad
 
 
@@ -149,7 +150,9 @@ class ModelCache:
         key = (shipment.base_token, shipment.patches_token)
         entry = self.store.get("patcher")
         if entry is not None and entry[0] == key:
-            return entry[1], False
+            patcher = entry[1]  # options (transformer patches, ...) are cheap: always this job's
+            patcher.model_options = comfy.model_patcher.create_model_options_clone(shipment.model_options)
+            return patcher, False
         if entry is not None and entry[0][0] != shipment.base_token:
             self.drop()
             entry = None
