@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 
-from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options
+from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options, plan_base
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
@@ -29,6 +30,7 @@ from .shipping import check_shippable, shippable
 log = logging.getLogger("cfg_parallel")
 
 WORKER_INIT = "cfg_runtime.comfy_model:init_worker"
+BACKEND_ENV = "CFG_PARALLEL_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,20 @@ class ParallelSettings:
     keep_model_loaded: bool = True
     step_timeout_s: float = 600.0
     start_timeout_s: float = 180.0
+    # "" = NCCL for GPUs, gloo for CPUs. gloo on GPUs is the way to put two ranks on one GPU
+    # (NCCL refuses a GPU listed twice); the environment variable CFG_PARALLEL_BACKEND sets it.
+    backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV, "").strip().lower())
 
     def group_spec(self) -> GroupSpec:
+        if self.backend not in ("", "nccl", "gloo"):
+            raise GroupConfigError(f"Unknown backend {self.backend!r} (from {BACKEND_ENV}?): use 'nccl', 'gloo' or "
+                                   f"leave it empty.")
         if not (math.isfinite(self.step_timeout_s) and self.step_timeout_s > 0):
             raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
         devices = parse_devices(self.devices, self.size)
         # CPU kernels can round differently with another thread count: CPU ranks use this
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
-        return GroupSpec(devices=devices, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
+        return GroupSpec(devices=devices, backend=self.backend, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
                          collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT,
                          threads_per_rank=torch.get_num_threads())
 
@@ -176,8 +184,9 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
 
     def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         spec = self.parallel.group_spec()
+        plan = plan_base(self.model_patcher)  # refuses what cannot travel before any rank starts
         job = ComfySampleJob(
-            shipment=capture(self.model_patcher, with_base=False),
+            shipment=capture(self.model_patcher, with_base=False, plan=plan),
             policy=self.policy,
             conds=self.original_conds,
             noise=noise, latent_image=latent_image, sampler=shippable_sampler(sampler), sigmas=sigmas,
@@ -188,7 +197,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
         group = get_group(spec)
         token = job.shipment.base_token
         if group.facts.get("base_token") != token:  # the ranks don't hold this model yet
-            job = replace(job, shipment=capture(self.model_patcher, with_base=True))
+            job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
 
         def on_progress(payload: dict) -> None:
             if callback is not None and "step" in payload:
@@ -204,7 +213,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             except JobFailedError as exc:
                 if getattr(exc, "remote_type", "") != ModelNotCached.__name__:
                     raise
-                job = replace(job, shipment=capture(self.model_patcher, with_base=True))
+                job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
                 result = run(job)
         except JobInterrupted:
             raise comfy.model_management.InterruptProcessingException()

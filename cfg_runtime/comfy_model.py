@@ -1,16 +1,28 @@
 """Ship a ComfyUI model to the worker ranks, one host copy of the base weights.
 
-Parent side: `capture()` makes sure the base weights are unpatched and on the CPU,
-then describes the model as (base model object, patches, object patches, options).
-Pickled through torch.multiprocessing, the base weights move into shared memory once
-and every rank maps the same pages. Patches (LoRA, ...) travel as tensors and each
-rank applies them on its device the way ComfyUI does.
-Worker side: `ModelCache.patcher_for()` rebuilds a ModelPatcher, reusing the base
-model, and the patcher itself while the patches are unchanged.
+Parent side: `capture()` describes the model as (base model, patches, object patches,
+options). The base model is a plain, unpatched, CPU-resident torch module; pickled
+through torch.multiprocessing its weights move into shared memory once and every rank
+maps the same pages. Which module that is:
+
+* the model ComfyUI holds, when it is a plain module (ComfyUI 0.3.75; 0.29 without
+  dynamic VRAM): its weights become the shared copy, ComfyUI keeps using them;
+* otherwise (0.29's dynamic VRAM: the model carries comfy-aimdo ctypes state and its
+  weights alias aimdo's memory-mapped file), a pristine non-dynamic copy built with the
+  loader's own recipe (`cached_patcher_init` with disable_dynamic=True), once per recipe.
+
+The base identity (token) is the recipe and the file's size and mtime when ComfyUI
+recorded one: the same file loaded again with the same options is the same model to the
+ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
+applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
+in the options, quantized weight tensors) is refused here, before a rank starts.
+Worker side: `ModelCache.patcher_for()` rebuilds a ModelPatcher, reusing the base model,
+and the patcher itself while the patches are unchanged.
 """
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -55,14 +67,117 @@ def init_worker(device: str) -> None:
     comfy.cli_args.args.disable_smart_memory = False
 
 
+def _recipe(model_patcher) -> tuple | None:
+    """ComfyUI 0.29's loader recipe for this model: (loader, args[, index]) or None."""
+    recipe = getattr(model_patcher, "cached_patcher_init", None)
+    return recipe if isinstance(recipe, tuple) and len(recipe) >= 2 and callable(recipe[0]) else None
+
+
+def _file_stamps(args: tuple) -> tuple:
+    return tuple((a, st.st_size, st.st_mtime_ns) for a in args if isinstance(a, str) and os.path.isfile(a)
+                 for st in [os.stat(a)])
+
+
+def recipe_token(model_patcher) -> str | None:
+    """Token of the loader recipe (loader, file, options, file size and mtime), or None."""
+    recipe = _recipe(model_patcher)
+    if recipe is None:
+        return None
+    try:
+        return "recipe:" + fingerprint((recipe, _file_stamps(recipe[1])))
+    except Exception:  # options that cannot be pickled (custom operations): identity of the object instead
+        return None
+
+
 def base_token(model_patcher) -> str:
-    """A stable identity for the base model object ComfyUI holds (new load = new token)."""
+    """A stable identity for the base model: its loader recipe, else the model object ComfyUI holds."""
+    token = recipe_token(model_patcher)
+    if token is not None:
+        return token
     model = model_patcher.model
     token = getattr(model, "_cfgp_token", None)
     if token is None:
         token = uuid.uuid4().hex
         model._cfgp_token = token
     return token
+
+
+def _quantized_weight(model) -> str | None:
+    """Name and type of the first weight that is a tensor subclass (comfy-kitchen QuantizedTensor, ...)."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        data = t.data if isinstance(t, torch.nn.Parameter) else t
+        if type(data) is not torch.Tensor:
+            return f"{name} ({type(data).__name__})"
+    return None
+
+
+def _mapped_from_file(model) -> bool:
+    """Weights that alias a memory-mapped file (0.29's aimdo loader) cannot move to shared memory."""
+    return any(hasattr(p.untyped_storage(), "_comfy_tensor_mmap_refs") for p in model.parameters())
+
+
+def _own_model_obstacle(model_patcher) -> str | None:
+    """Why the model ComfyUI holds cannot itself be the shared copy (None: it can)."""
+    if getattr(model_patcher, "is_dynamic", lambda: False)():
+        return "it is managed by ComfyUI's dynamic VRAM (ModelPatcherDynamic)"
+    if _mapped_from_file(model_patcher.model):
+        return "its weights are mapped from the model file by comfy-aimdo"
+    try:
+        check_shippable(model_patcher.model)
+    except Exception as exc:
+        return f"it carries state that cannot be pickled ({type(exc).__name__}: {exc})"
+    return None
+
+
+@dataclass(frozen=True)
+class BasePlan:
+    """Where the ranks' base model comes from: the model ComfyUI holds, or the loader recipe."""
+
+    token: str
+    from_recipe: bool
+
+
+def plan_base(model_patcher) -> BasePlan:
+    """Decide how the base weights travel; raises ShippingError (before any rank starts) if they cannot."""
+    quantized = _quantized_weight(model_patcher.model)
+    if quantized is not None:
+        raise ShippingError(
+            f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint), which "
+            f"cannot be shared with the worker processes yet. Use a checkpoint with plain weights (bf16/fp16, or "
+            f"weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
+    obstacle = _own_model_obstacle(model_patcher)
+    if obstacle is None:
+        return BasePlan(base_token(model_patcher), from_recipe=False)
+    token = recipe_token(model_patcher)
+    if token is None:
+        raise ShippingError(
+            f"The model cannot be sent to the worker processes: {obstacle}, and its loader left no recipe to load "
+            f"it again (cached_patcher_init). Load it with a core loader (UNETLoader, CheckpointLoaderSimple), "
+            f"start ComfyUI with --disable-dynamic-vram, or run at parallel size 1.")
+    return BasePlan(token, from_recipe=True)
+
+
+_DELEGATE: dict = {}  # token -> pristine non-dynamic model built from the recipe (one entry)
+
+
+def _recipe_model(model_patcher, token: str):
+    """The pristine plain copy of the base model, loaded with ComfyUI's own recipe once per token."""
+    model = _DELEGATE.get(token)
+    if model is None:
+        _DELEGATE.clear()
+        recipe = _recipe(model_patcher)
+        loaded = recipe[0](*recipe[1], disable_dynamic=True)
+        patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
+        model = patcher.model
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model.to("cpu")
+        quantized = _quantized_weight(model)
+        if quantized is not None:
+            raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run at "
+                                f"parallel size 1.")
+        _DELEGATE[token] = model
+        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe", type(model).__name__)
+    return model
 
 
 def patches_token(model_patcher) -> str:
@@ -95,8 +210,8 @@ def _unpicklable_keys(obj: Any, prefix: str) -> list[str]:
     return bad
 
 
-def _release_from_comfy(model_patcher) -> None:
-    """Unload the model from ComfyUI's own memory management (unpatches its weights)."""
+def _release_from_comfy(model_patcher, unpatch: bool = True) -> None:
+    """Unload the model from ComfyUI's own memory management (and unpatch its weights)."""
     import comfy.model_management as mm
 
     for loaded in list(mm.current_loaded_models):
@@ -104,12 +219,12 @@ def _release_from_comfy(model_patcher) -> None:
         if patcher is not None and patcher.model is model_patcher.model:
             loaded.model_unload()
             mm.current_loaded_models.remove(loaded)
-    if model_patcher.backup or model_patcher.object_patches_backup:
+    if unpatch and (model_patcher.backup or model_patcher.object_patches_backup):
         model_patcher.unpatch_model(model_patcher.offload_device)
     mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
-def capture(model_patcher, with_base: bool = True) -> ModelShipment:
+def capture(model_patcher, with_base: bool = True, plan: BasePlan | None = None) -> ModelShipment:
     """Describe the model for the ranks; raises ShippingError naming what cannot travel.
 
     with_base=False leaves the base weights out, for ranks that already hold them.
@@ -122,14 +237,19 @@ def capture(model_patcher, with_base: bool = True) -> ModelShipment:
         raise ShippingError(
             "These model settings cannot be sent to the worker processes (they are Python closures or objects "
             f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
-    model = model_patcher.model
+    plan = plan or plan_base(model_patcher)
+    base = None
     if with_base:
-        _release_from_comfy(model_patcher)
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            model.to("cpu")  # the single host copy that every rank maps
+        _release_from_comfy(model_patcher, unpatch=not plan.from_recipe)
+        if plan.from_recipe:
+            base = _recipe_model(model_patcher, plan.token)
+        else:
+            base = model_patcher.model
+            if any(p.device.type != "cpu" for p in base.parameters()):
+                base.to("cpu")  # the single host copy that every rank maps
     return ModelShipment(
-        base_token=base_token(model_patcher),
-        base_model=model if with_base else None,
+        base_token=plan.token,
+        base_model=base,
         patches_token=patches_token(model_patcher),
         patches=model_patcher.patches,
         object_patches=model_patcher.object_patches,
