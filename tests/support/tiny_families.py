@@ -98,3 +98,56 @@ def detected(path, prefix: str = "") -> tuple[str, dict]:
     sd, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
     config = comfy.model_detection.model_config_from_unet(sd, prefix, metadata=metadata)
     return (type(config).__name__ if config is not None else "None"), (config.unet_config if config else {})
+
+
+# An LTX video VAE whose encoder compresses like the real one (8x in time, 32x in space:
+# patch 4 and three compress_all blocks), so core nodes that encode images (LTXVImgToVideo,
+# LTXVImgToVideoInplace, LTXVAddGuide) get latents of the right shape. Detection needs a
+# decoder res block; the decoder is never run (and has no upsampling). 0.3.75 ignores the
+# *_base_channels keys (128 channels): ~2.7 M parameters there, ~0.1 M on 0.29.
+TINY_LTX_VAE_32X_CONFIG = {
+    "dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128, "patch_size": 4,
+    "encoder_blocks": [["res_x", 1], ["compress_all", 1], ["compress_all", 1], ["compress_all", 1]],
+    "decoder_blocks": [["res_x", 1]], "encoder_base_channels": 8, "decoder_base_channels": 8,
+    "norm_layer": "pixel_norm", "latent_log_var": "uniform", "causal_decoder": False,
+}
+
+
+def build_tiny_ltx_vae_32x(path, seed: int = 0) -> Path:
+    """The encoding tiny LTX VAE above (core VAELoader; metadata ``{"vae": config}``)."""
+    import_comfy()
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+
+    vae = VideoVAE(config=TINY_LTX_VAE_32X_CONFIG)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, t in sorted(vae.state_dict().items()):
+        if key.endswith("std-of-means"):
+            t = 0.5 + torch.rand(t.shape, generator=gen)
+        elif key.endswith("mean-of-means"):
+            t = torch.randn(t.shape, generator=gen) * 0.1
+        elif t.is_floating_point():
+            t = torch.randn(t.shape, generator=gen) * 0.05
+        sd[key] = t
+    return _save(sd, path, {"config": {"vae": TINY_LTX_VAE_32X_CONFIG}})
+
+
+def write_test_image(path, width: int = 64, height: int = 64, seed: int = 0) -> Path:
+    """A random RGB PNG for core LoadImage."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def build_tiny_ltxav_checkpoint(path, seed: int = 0) -> Path:
+    """The tiny LTX-2 audio+video model of ``support.tiny_ltx2`` as a CheckpointLoaderSimple
+    checkpoint (``model.diffusion_model.`` prefix, metadata config), as the LTX-2.3 blueprints load it."""
+    from .tiny_ltx2 import TINY_LTXAV_CONFIG, tiny_ltxav_module
+
+    sd = {"model.diffusion_model." + k: v for k, v in tiny_ltxav_module(seed).state_dict().items()}
+    return _save(sd, path, {"config": {"transformer": TINY_LTXAV_CONFIG}})
