@@ -19,7 +19,8 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 
-from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options, plan_base
+from .comfy_model import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, ModelShipment, capture,
+                          check_model_options, parent_runs_dynamic_vram, plan_base)
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
@@ -184,7 +185,9 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
 
     def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         spec = self.parallel.group_spec()
-        plan = plan_base(self.model_patcher)  # refuses what cannot travel before any rank starts
+        plan = plan_base(self.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+        if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
+            os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
         job = ComfySampleJob(
             shipment=capture(self.model_patcher, with_base=False, plan=plan),
             policy=self.policy,

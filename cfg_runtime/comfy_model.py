@@ -57,14 +57,51 @@ class ModelShipment:
     object_patches: dict
     model_options: dict
     weight_inplace_update: bool = False
+    recipe: tuple | None = None  # with base_model None: the rank loads the base itself with this
+
+
+RANK_DYNAMIC_VRAM_ENV = "CFG_PARALLEL_RANK_DYNAMIC_VRAM"  # set by a ComfyUI process that runs dynamic VRAM
 
 
 def init_worker(device: str) -> None:
-    """Configure ComfyUI in a worker before anything imports comfy.model_management."""
+    """Configure ComfyUI in a worker before anything imports comfy.model_management.
+
+    When the ComfyUI process runs 0.29's dynamic VRAM, a GPU rank turns it on too (comfy-aimdo
+    for its device, ModelPatcherDynamic as the core patcher): the rank then loads the model
+    from its file the way ComfyUI does, with the same numerics."""
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
     comfy.cli_args.args.disable_smart_memory = False
+    if device.startswith("cuda") and os.environ.get(RANK_DYNAMIC_VRAM_ENV) == "1":
+        _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0)
+
+
+def _enable_dynamic_vram(index: int) -> None:
+    import comfy_aimdo.control
+
+    if not comfy_aimdo.control.init():
+        raise RuntimeError("comfy-aimdo did not load in the worker, but the ComfyUI process runs dynamic VRAM")
+    import comfy.memory_management
+    import comfy.model_patcher
+
+    try:
+        ok = comfy_aimdo.control.init_devices([(index, 0)])
+    except TypeError:  # older comfy-aimdo: plain device indices
+        ok = comfy_aimdo.control.init_devices([index])
+    if not ok:
+        raise RuntimeError(f"comfy-aimdo could not initialise cuda:{index} in the worker")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
+
+
+def parent_runs_dynamic_vram() -> bool:
+    try:
+        import comfy.memory_management
+
+        return bool(getattr(comfy.memory_management, "aimdo_enabled", False))
+    except ImportError:
+        return False
 
 
 def _recipe(model_patcher) -> tuple | None:
@@ -129,15 +166,24 @@ def _own_model_obstacle(model_patcher) -> str | None:
     return None
 
 
+def _stored_dtype_differs(model) -> bool:
+    """Weights held in another dtype than the model computes in (dynamic VRAM keeps the file's)."""
+    dtype = model.get_dtype() if hasattr(model, "get_dtype") else None
+    return dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point())
+
+
 @dataclass(frozen=True)
 class BasePlan:
-    """Where the ranks' base model comes from: the model ComfyUI holds, or the loader recipe."""
+    """Where the ranks' base model comes from: the model ComfyUI holds, a copy built from the
+    loader recipe in this process (shared memory), or the recipe itself, which each rank runs
+    (a dynamic-VRAM model for dynamic-VRAM GPU ranks: they map the same file)."""
 
     token: str
     from_recipe: bool
+    ranks_load: bool = False
 
 
-def plan_base(model_patcher) -> BasePlan:
+def plan_base(model_patcher, devices: tuple[str, ...] = ()) -> BasePlan:
     """Decide how the base weights travel; raises ShippingError (before any rank starts) if they cannot."""
     quantized = _quantized_weight(model_patcher.model)
     if quantized is not None:
@@ -145,10 +191,17 @@ def plan_base(model_patcher) -> BasePlan:
             f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint), which "
             f"cannot be shared with the worker processes yet. Use a checkpoint with plain weights (bf16/fp16, or "
             f"weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
+    dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
+    token = recipe_token(model_patcher)
+    if dynamic and token is not None and devices and all(d.startswith("cuda") for d in devices) \
+            and parent_runs_dynamic_vram() and _stored_dtype_differs(model_patcher.model):
+        # The dynamic loader keeps the file's precision for some weights where the plain one
+        # rounds every weight to the model dtype (fp8 weight_dtype from a bf16 file): only a
+        # dynamic-VRAM rank computes what ComfyUI computes. Each such rank stages its own host copy.
+        return BasePlan(token, from_recipe=True, ranks_load=True)
     obstacle = _own_model_obstacle(model_patcher)
     if obstacle is None:
         return BasePlan(base_token(model_patcher), from_recipe=False)
-    token = recipe_token(model_patcher)
     if token is None:
         raise ShippingError(
             f"The model cannot be sent to the worker processes: {obstacle}, and its loader left no recipe to load "
@@ -238,10 +291,16 @@ def capture(model_patcher, with_base: bool = True, plan: BasePlan | None = None)
             "These model settings cannot be sent to the worker processes (they are Python closures or objects "
             f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
     plan = plan or plan_base(model_patcher)
-    base = None
+    base = recipe = None
     if with_base:
         _release_from_comfy(model_patcher, unpatch=not plan.from_recipe)
-        if plan.from_recipe:
+        if not plan.from_recipe or plan.ranks_load:
+            _DELEGATE.clear()  # another model now: release the previous copy's shared memory
+        if plan.ranks_load:
+            recipe = _recipe(model_patcher)
+            log.info("cfg-parallel: the ranks load the model from its file themselves (dynamic VRAM): %s",
+                     next((a for a in recipe[1] if isinstance(a, str)), "?"))
+        elif plan.from_recipe:
             base = _recipe_model(model_patcher, plan.token)
         else:
             base = model_patcher.model
@@ -255,6 +314,7 @@ def capture(model_patcher, with_base: bool = True, plan: BasePlan | None = None)
         object_patches=model_patcher.object_patches,
         model_options=model_patcher.model_options,
         weight_inplace_update=model_patcher.weight_inplace_update,
+        recipe=recipe,
     )
 
 
@@ -276,16 +336,22 @@ class ModelCache:
         if entry is not None and entry[0][0] != shipment.base_token:
             self.drop()
             entry = None
-        base = shipment.base_model
-        if base is None:
+        base, patcher_class = shipment.base_model, comfy.model_patcher.ModelPatcher
+        if base is None and shipment.recipe is not None:  # load it here, as ComfyUI does (dynamic VRAM)
+            recipe = shipment.recipe
+            loaded = recipe[0](*recipe[1])
+            base = (loaded[recipe[2]] if len(recipe) > 2 else loaded).model
+            patcher_class = comfy.model_patcher.CoreModelPatcher
+        elif base is None:
             if entry is None:
                 raise ModelNotCached(shipment.base_token)
             base = entry[1].model
+            patcher_class = type(entry[1])
         if device.type == "cpu" and shipment.patches and shipment.weight_inplace_update:
             raise ShippingError("In-place weight patches cannot share one host copy of the weights; "
                                 "turn off in-place weight updates for this model.")
-        patcher = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"),
-                                                   weight_inplace_update=False)
+        patcher = patcher_class(base, load_device=device, offload_device=torch.device("cpu"),
+                                weight_inplace_update=False)
         patcher.patches = {k: list(v) for k, v in shipment.patches.items()}
         patcher.object_patches = dict(shipment.object_patches)
         patcher.model_options = comfy.model_patcher.create_model_options_clone(shipment.model_options)

@@ -67,7 +67,8 @@ def _smaps(pid: int) -> dict:
             out[key] = int(value.split()[0]) * 1024
     except OSError:
         pass
-    return {k: out.get(k) for k in ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty")}
+    return {k: out.get(k) for k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty",
+                                    "Private_Clean", "Private_Dirty")}
 
 
 @pytest.fixture(scope="module")
