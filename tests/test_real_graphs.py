@@ -23,7 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.blueprints import Blueprint, find_blueprint
+from support.blueprints import Blueprint, api_node, find_blueprint
 from support.paths import COMFYUI_DIR, comfyui_available
 
 pytestmark = pytest.mark.server
@@ -57,26 +57,44 @@ def _flux_ok() -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(comfy_server, tmp_path_factory, tiny_ltxv_path):
-    """The session server with this module's tiny models and inputs added."""
+def server(tmp_path_factory, tiny_ltxv_path, tiny_lora_path):
+    """A real ComfyUI server for this module, with one intra-op thread (so each rank has one:
+    on a busy 2-core machine two threads per process make these prompts ~30x slower), and the
+    tiny models and inputs of this module."""
     from support import tiny_families as tf
     from support import tiny_ltx2 as t2
+    from support.comfy_server import ComfyServer
+    from support.paths import ComfyUIMissing
     from support.tiny_models import build_tiny_lora
 
-    d = tmp_path_factory.mktemp("real_graphs")
-    s = comfy_server
-    s.add_model("diffusion_models", WAN, t2.build_tiny_wan(d / WAN))
-    s.add_model("checkpoints", SD_CKPT, tf.build_tiny_sd15(d / SD_CKPT, prefix="model.diffusion_model."))
-    s.add_model("vae", LTX_VAE, tf.build_tiny_ltx_vae_32x(d / LTX_VAE))
-    s.add_model("loras", LORA2, build_tiny_lora(d / LORA2, tiny_ltxv_path, seed=3, rank=2, targets=(
-        "transformer_blocks.0.attn1.to_k", "transformer_blocks.1.attn1.to_q", "transformer_blocks.1.ff.net.2")))
-    tf.write_test_image(s.input_dir / IMAGE)
-    if _flux_ok():
-        s.add_model("diffusion_models", FLUX, tf.build_tiny_flux(d / FLUX))
-    if _ltxav():
-        s.add_model("checkpoints", LTXAV_CKPT, tf.build_tiny_ltxav_checkpoint(d / LTXAV_CKPT))
-        t2.write_audio_latent(s.input_dir / AUDIO)
-    return s
+    try:
+        s = ComfyServer(env={"OMP_NUM_THREADS": "1"})
+    except ComfyUIMissing as e:
+        pytest.skip(str(e))
+    s.start(wait=False)  # builds the models below while it starts
+    try:
+        d = tmp_path_factory.mktemp("real_graphs")
+        s.add_model("diffusion_models", "tiny_ltxv.safetensors", tiny_ltxv_path)
+        s.add_model("loras", "tiny_lora.safetensors", tiny_lora_path)
+        s.add_model("diffusion_models", WAN, t2.build_tiny_wan(d / WAN))
+        s.add_model("checkpoints", SD_CKPT, tf.build_tiny_sd15(d / SD_CKPT, prefix="model.diffusion_model."))
+        s.add_model("vae", LTX_VAE, tf.build_tiny_ltx_vae_32x(d / LTX_VAE))
+        s.add_model("loras", LORA2, build_tiny_lora(d / LORA2, tiny_ltxv_path, seed=3, rank=2, targets=(
+            "transformer_blocks.0.attn1.to_k", "transformer_blocks.1.attn1.to_q", "transformer_blocks.1.ff.net.2")))
+        tf.write_test_image(s.input_dir / IMAGE)
+        if _flux_ok():
+            s.add_model("diffusion_models", FLUX, tf.build_tiny_flux(d / FLUX))
+        if _ltxav():
+            s.add_model("checkpoints", LTXAV_CKPT, tf.build_tiny_ltxav_checkpoint(d / LTXAV_CKPT))
+            t2.write_audio_latent(s.input_dir / AUDIO)
+        s.wait_ready()
+    except BaseException:
+        s.stop()
+        raise
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 # --- building prompts ------------------------------------------------------------------------
@@ -85,14 +103,16 @@ def cond(seed: int, channels: int, tokens: int = 8) -> dict:
     return {"class_type": "CFGPTestConditioning", "inputs": {"seed": seed, "tokens": tokens, "channels": channels}}
 
 
-def sampling_pair(g: dict, *, model, positive, negative, latent, sampler: str, sigmas, policy: dict, tag: str = "",
-                  seed: int = 42, post=None) -> dict[int, list[str]]:
+def sampling_pair(g: dict, *, model, positive, negative, latent, sampler: str | dict, sigmas, policy: dict,
+                  tag: str = "", seed: int = 42, post=None) -> dict[int, list[str]]:
     """Add the chain at size 1 and at size 2: policy -> guider -> SamplerCustomAdvanced [-> post] -> SaveLatent.
 
-    ``post(g, samples_ref, prefix) -> [SaveLatent ids]`` replaces the plain SaveLatent (e.g. to
-    separate audio and video). Returns {size: [SaveLatent ids]}."""
+    ``sampler``: a KSamplerSelect name or an API node giving a SAMPLER. ``post(g, samples_ref,
+    prefix) -> [SaveLatent ids]`` replaces the plain SaveLatent (e.g. to separate audio and
+    video). Returns {size: [SaveLatent ids]}."""
     g[f"{tag}noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
-    g[f"{tag}ksel"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+    g[f"{tag}ksel"] = sampler if isinstance(sampler, dict) else {
+        "class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
     g[f"{tag}pol"] = {"class_type": "CFGPolicyBuilder", "inputs": dict(policy)}
     out = {}
     for size in (1, 2):
@@ -275,13 +295,14 @@ def _ltx2_base(g: dict, bp: Blueprint) -> None:
     })
 
 
-def _ltx2_sample(g: dict, bp: Blueprint, video_latent, positive=("c", 0), negative=("c", 1), crop=False,
+def _ltx2_sample(server, g: dict, sampling: dict, video_latent, positive=("c", 0), negative=("c", 1), crop=False,
                  policies=(("x", LTX2),)) -> dict[int, list[str]]:
-    """Concat with the audio latent, sample with the blueprint's stage-1 sampler and sigmas (once per
-    policy), separate, [crop the guides], save video and audio."""
-    stage1 = bp.stage1_sampling()
+    """Concat with the audio latent, sample with a blueprint sampling's sampler node and sigmas
+    (once per policy), separate, [crop the guides], save video and audio."""
+    sampler = sampling["sampler"]
+    sampler = api_node(sampler, server.object_info(sampler["type"])[sampler["type"]])
     g["av"] = {"class_type": "LTXVConcatAVLatent", "inputs": {"video_latent": video_latent, "audio_latent": ["a", 0]}}
-    g["sig"] = {"class_type": "ManualSigmas", "inputs": {"sigmas": stage1["sigmas"]}}
+    g["sig"] = {"class_type": "ManualSigmas", "inputs": {"sigmas": sampling["sigmas"]}}
 
     def post(g, samples, t, prefix):
         g[f"{t}sep"] = {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": samples}}
@@ -298,46 +319,58 @@ def _ltx2_sample(g: dict, bp: Blueprint, video_latent, positive=("c", 0), negati
     pairs = {1: [], 2: []}
     for tag, policy in policies:
         got = sampling_pair(g, model=["1", 0], positive=list(positive), negative=list(negative), latent=["av", 0],
-                            sampler=stage1["sampler"], sigmas=["sig", 0], policy=policy, tag=tag, post=post)
+                            sampler=sampler, sigmas=["sig", 0], policy=policy, tag=tag, post=post)
         for size in (1, 2):
             pairs[size] += got[size]
     return pairs
 
 
+def blueprint_cfg(bp: Blueprint, sampling: dict) -> dict:
+    """Standard CFG at the scale of the blueprint's CFGGuider for that sampling (1 in the LTX-2.3 ones)."""
+    return {**STANDARD, "cfg": float(bp.upstream(sampling["node"], "guider")["widgets_values"][0])}
+
+
 @needs_ltx2
 def test_ltx2_text_to_video_as_in_the_blueprint(server):
+    """Stage 1 of the blueprint: its sampler (euler_ancestral_cfg_pp), sigmas and CFGGuider scale
+    (1: the *_cfg_pp sampler makes the negative run too, so both ranks work)."""
     bp = blueprint("Text to Video (LTX-2.3).json")
+    stage1 = bp.samplings()[0]
     g = {}
     _ltx2_base(g, bp)
-    video, audio = run_and_compare(server, g, _ltx2_sample(g, bp, ["4", 0]))
+    pairs = _ltx2_sample(server, g, stage1, ["4", 0], policies=(("x", blueprint_cfg(bp, stage1)),))
+    video, audio = run_and_compare(server, g, pairs)
     assert video.shape == (1, 128, 2, 2, 2) and audio.shape[:2] == (1, 8)
 
 
 @needs_ltx2
 def test_ltx2_image_to_video_as_in_the_blueprint(server):
-    """LTXVPreprocess + LTXVImgToVideoInplace (noise mask on the first latent frame), with the
-    LTX-2 policy and with the blueprint's own cfg 1 (its *_cfg_pp sampler then needs the negative)."""
+    """LTXVPreprocess + LTXVImgToVideoInplace at the blueprint's stage-1 strength (a partial noise
+    mask on the first latent frame), the LTX-2 four-pass policy, the blueprint's stage-1 sampler and,
+    to keep it short, its 3-step distilled stage-2 sigmas."""
     bp = blueprint("Image to Video (LTX-2.3).json")
-    stage1 = bp.stage1_sampling()
+    stage1, stage2 = bp.samplings()[0], bp.samplings()[-1]
     inplace = bp.upstream_of_type(stage1["node"], "LTXVImgToVideoInplace")
-    preprocess = bp.of_type("LTXVPreprocess")[0]
     assert inplace is not None, "the blueprint's stage 1 no longer goes through LTXVImgToVideoInplace"
     strength, bypass = inplace["widgets_values"][:2]
+    assert 0.0 < float(strength) < 1.0 and not bypass
+    preprocess = bp.of_type("LTXVPreprocess")[0]
     g = {"im": {"class_type": "LoadImage", "inputs": {"image": IMAGE}}}
     _ltx2_base(g, bp)
     g["pp"] = {"class_type": "LTXVPreprocess", "inputs": {"image": ["im", 0],
                                                           "img_compression": preprocess["widgets_values"][0]}}
     g["i2v"] = {"class_type": "LTXVImgToVideoInplace", "inputs": {"vae": ["v", 0], "image": ["pp", 0],
                                                                   "latent": ["4", 0], "strength": float(strength),
-                                                                  "bypass": bool(bypass)}}
-    blueprint_cfg = {**STANDARD, "cfg": float(bp.upstream(stage1["node"], "guider")["widgets_values"][0])}
-    outs = run_and_compare(server, g, _ltx2_sample(g, bp, ["i2v", 0], policies=(("x", LTX2), ("y", blueprint_cfg))))
-    assert outs[0].shape == (1, 128, 2, 2, 2)
-    assert not torch.equal(outs[0], outs[2])  # the two policies differ
+                                                                  "bypass": False}}
+    video, audio = run_and_compare(server, g, _ltx2_sample(server, g, {**stage1, "sigmas": stage2["sigmas"]},
+                                                           ["i2v", 0]))
+    assert video.shape == (1, 128, 2, 2, 2)
 
 
 @needs_ltx2
 def test_ltx2_first_last_frame_keyframes_as_in_the_blueprint(server):
+    """Two LTXVAddGuide keyframes (first and last frame, the blueprint's strengths), its sampler
+    node and sigmas, standard CFG 3 (two branches), LTXVCropGuides after."""
     bp = blueprint("First-Last-Frame to Video (LTX-2.3).json")
     guides = sorted((n["widgets_values"][:2] for n in bp.of_type("LTXVAddGuide")), key=lambda w: w[0] == -1)
     assert len(guides) == 2, guides
@@ -349,5 +382,7 @@ def test_ltx2_first_last_frame_keyframes_as_in_the_blueprint(server):
             "positive": list(pos), "negative": list(neg), "vae": ["v", 0], "latent": list(lat), "image": ["im", 0],
             "frame_idx": int(frame_idx), "strength": float(strength)}}
         pos, neg, lat = (f"g{i}", 0), (f"g{i}", 1), (f"g{i}", 2)
-    video, audio = run_and_compare(server, g, _ltx2_sample(g, bp, list(lat), positive=pos, negative=neg, crop=True))
+    pairs = _ltx2_sample(server, g, bp.samplings()[0], list(lat), positive=pos, negative=neg, crop=True,
+                         policies=(("x", STANDARD),))
+    video, audio = run_and_compare(server, g, pairs)
     assert video.shape == (1, 128, 2, 2, 2)

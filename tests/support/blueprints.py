@@ -54,21 +54,28 @@ class Blueprint:
             frontier = nxt
         return None
 
-    def stage1_sampling(self) -> dict:
-        """The SamplerCustomAdvanced with the longest ManualSigmas schedule (stage 1 of a
-        two-stage LTX blueprint) and its sampler name and sigmas string."""
-        best = None
+    def samplings(self) -> list[dict]:
+        """Every SamplerCustomAdvanced fed by ManualSigmas, longest schedule first (stage 1 of a
+        two-stage LTX blueprint first): {"node", "sampler" (the sampler node), "sigmas" (text)}."""
+        found = []
         for node in self.of_type("SamplerCustomAdvanced"):
             sigmas = self.upstream(node, "sigmas")
             sampler = self.upstream(node, "sampler")
-            if not (sigmas and sampler and sigmas.get("type") == "ManualSigmas"):
-                continue
-            text = str(sigmas["widgets_values"][0])
-            if best is None or len(text.split(",")) > len(best["sigmas"].split(",")):
-                best = {"node": node, "sampler": sampler["widgets_values"][0], "sigmas": text}
-        if best is None:
-            raise LookupError(f"{self.path.name}: no SamplerCustomAdvanced with ManualSigmas and KSamplerSelect")
-        return best
+            if sigmas and sampler and sigmas.get("type") == "ManualSigmas":
+                found.append({"node": node, "sampler": sampler, "sigmas": str(sigmas["widgets_values"][0])})
+        if not found:
+            raise LookupError(f"{self.path.name}: no SamplerCustomAdvanced with ManualSigmas")
+        return sorted(found, key=lambda f: -len(f["sigmas"].split(",")))
+
+
+def api_node(node: dict, object_info: dict) -> dict:
+    """A blueprint node without links as an API-format node: its widget values by input name
+    (in the server's input order; widget inputs only)."""
+    order = object_info.get("input_order") or {k: list(v) for k, v in object_info["input"].items()}
+    names = [n for part in ("required", "optional") for n in order.get(part, [])]
+    linked = {i["name"] for i in node.get("inputs", []) if "widget" not in i}
+    widgets = [n for n in names if n not in linked]
+    return {"class_type": node["type"], "inputs": dict(zip(widgets, node.get("widgets_values") or []))}
 
 
 def find_blueprint(pattern: str, comfyui_dir=None) -> Path | None:
