@@ -9,7 +9,10 @@ maps the same pages. Which module that is:
   dynamic VRAM): its weights become the shared copy, ComfyUI keeps using them;
 * otherwise (0.29's dynamic VRAM: the model carries comfy-aimdo ctypes state and its
   weights alias aimdo's memory-mapped file), a pristine non-dynamic copy built with the
-  loader's own recipe (`cached_patcher_init` with disable_dynamic=True), once per recipe.
+  loader's own recipe (`cached_patcher_init` with disable_dynamic=True), once per recipe;
+* for a dynamic-VRAM model whose stored weights differ in dtype from the model's (fp8
+  weight_dtype on a bf16 file), no module at all: dynamic-VRAM GPU ranks run the recipe
+  themselves, since only ComfyUI's dynamic loader computes ComfyUI's numbers there.
 
 The base identity (token) is the recipe and the file's size and mtime when ComfyUI
 recorded one: the same file loaded again with the same options is the same model to the
