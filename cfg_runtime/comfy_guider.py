@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,16 +19,19 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 
-from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options
+from .comfy_model import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, ModelShipment, capture,
+                          check_model_options, parent_runs_dynamic_vram, plan_base)
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options, check_blocks, model_family
 from .policy import CFGBranch, CFGPolicy
+from .shipping import check_shippable, shippable
 
 log = logging.getLogger("cfg_parallel")
 
 WORKER_INIT = "cfg_runtime.comfy_model:init_worker"
+BACKEND_ENV = "CFG_PARALLEL_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,20 @@ class ParallelSettings:
     keep_model_loaded: bool = True
     step_timeout_s: float = 600.0
     start_timeout_s: float = 180.0
+    # "" = NCCL for GPUs, gloo for CPUs. gloo on GPUs is the way to put two ranks on one GPU
+    # (NCCL refuses a GPU listed twice); the environment variable CFG_PARALLEL_BACKEND sets it.
+    backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV, "").strip().lower())
 
     def group_spec(self) -> GroupSpec:
+        if self.backend not in ("", "nccl", "gloo"):
+            raise GroupConfigError(f"Unknown backend {self.backend!r} (from {BACKEND_ENV}?): use 'nccl', 'gloo' or "
+                                   f"leave it empty.")
         if not (math.isfinite(self.step_timeout_s) and self.step_timeout_s > 0):
             raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
         devices = parse_devices(self.devices, self.size)
         # CPU kernels can round differently with another thread count: CPU ranks use this
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
-        return GroupSpec(devices=devices, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
+        return GroupSpec(devices=devices, backend=self.backend, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
                          collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT,
                          threads_per_rank=torch.get_num_threads())
 
@@ -96,6 +105,11 @@ def check_policy_fits_model(policy: CFGPolicy, model) -> None:
                               f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
 
 
+def _uncond_branch(policy: CFGPolicy) -> CFGBranch | None:
+    """The policy's unaltered pass on the negative conditioning (core's uncond), if any."""
+    return next((b for b in policy.branches if b.conds == "negative" and b.is_plain), None)
+
+
 class MultiBranchGuider(comfy.samplers.CFGGuider):
     """CFGGuider whose prediction is the policy's combine of its branches."""
 
@@ -127,10 +141,29 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[branch.conds]], x, timestep,
                                                   options)[0]
 
-        out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes)
-        for fn in model_options.get("sampler_post_cfg_function", []):
+        post_cfg = model_options.get("sampler_post_cfg_function", [])
+        uncond = _uncond_branch(self.policy)
+        extra = ()
+        if post_cfg and uncond is None and "negative" in self.conds and model_options.get("disable_cfg1_optimization"):
+            # core's sampling_function evaluates the negative at cfg 1 when this is set (the *_cfg_pp samplers do)
+            uncond = CFGBranch("uncond" if "negative" in self.policy.names else "negative", "negative")
+            extra = (uncond,)
+        dispatcher.last_preds = {}
+        out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes,
+                         extra=extra)
+        if not post_cfg:
+            return out
+        preds = dispatcher.last_preds
+        # What core's cfg_function hands these functions: the branch predictions (a missing
+        # uncond is zeros, as core's calc_cond_batch gives for no conditioning); on a step
+        # where no forward ran (LTX skip_step) only the reused result exists.
+        cond_pred = preds.get("cond", out)
+        uncond_pred = preds[uncond.name] if uncond is not None and uncond.name in preds else (
+            torch.zeros_like(out) if preds else out)
+        for fn in post_cfg:
             out = fn({"denoised": out, "cond": self.conds.get("positive"), "uncond": self.conds.get("negative"),
-                      "cond_scale": 1.0, "model": self.inner_model, "uncond_denoised": out, "cond_denoised": out,
+                      "cond_scale": getattr(self.policy.rule, "scale", 1.0), "model": self.inner_model,
+                      "uncond_denoised": uncond_pred, "cond_denoised": cond_pred,
                       "sigma": timestep, "model_options": model_options, "input": x})
         return out
 
@@ -157,8 +190,11 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
 
     def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         spec = self.parallel.group_spec()
+        plan = plan_base(self.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+        if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
+            os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
         job = ComfySampleJob(
-            shipment=capture(self.model_patcher, with_base=False),
+            shipment=capture(self.model_patcher, with_base=False, plan=plan),
             policy=self.policy,
             conds=self.original_conds,
             noise=noise, latent_image=latent_image, sampler=shippable_sampler(sampler), sigmas=sigmas,
@@ -169,7 +205,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
         group = get_group(spec)
         token = job.shipment.base_token
         if group.facts.get("base_token") != token:  # the ranks don't hold this model yet
-            job = replace(job, shipment=capture(self.model_patcher, with_base=True))
+            job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
 
         def on_progress(payload: dict) -> None:
             if callback is not None and "step" in payload:
@@ -185,7 +221,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             except JobFailedError as exc:
                 if getattr(exc, "remote_type", "") != ModelNotCached.__name__:
                     raise
-                job = replace(job, shipment=capture(self.model_patcher, with_base=True))
+                job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
                 result = run(job)
         except JobInterrupted:
             raise comfy.model_management.InterruptProcessingException()
@@ -211,7 +247,7 @@ def _to_cpu(value):
 def _check_picklable(job: "ComfySampleJob") -> None:
     for name in ("conds", "sampler"):
         try:
-            pickle.dumps(getattr(job, name))
+            check_shippable(getattr(job, name))
         except Exception as exc:
             what = "conditioning (it carries an object such as a ControlNet or a hook that cannot be sent to the " \
                    "worker processes)" if name == "conds" else "sampler"
@@ -235,11 +271,8 @@ _LOCAL_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dp
 
 
 def shippable_sampler(sampler):
-    try:
-        pickle.dumps(sampler)
+    if shippable(sampler):
         return sampler
-    except Exception:
-        pass
     fn = getattr(sampler, "sampler_function", None)
     name = _LOCAL_SAMPLERS.get(getattr(fn, "__name__", ""))
     if name is not None:

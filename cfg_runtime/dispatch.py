@@ -54,6 +54,7 @@ class BranchDispatcher:
         self.stop_requested = stop_requested
         self.stats = DispatchStats()
         self.memory: dict = {}
+        self.last_preds: dict[str, torch.Tensor] = {}  # this evaluation's branch predictions (every rank)
         self._plans: dict[tuple[str, ...], BranchPlan] = {}
 
     def plan_for(self, branches: tuple[CFGBranch, ...]) -> BranchPlan:
@@ -67,10 +68,15 @@ class BranchDispatcher:
         return plan
 
     def __call__(self, evaluate: Evaluate, x: torch.Tensor, step: int,
-                 latent_shapes: tuple[tuple[int, ...], ...] | None = None) -> torch.Tensor:
+                 latent_shapes: tuple[tuple[int, ...], ...] | None = None,
+                 extra: tuple[CFGBranch, ...] = ()) -> torch.Tensor:
+        """The combined prediction. ``extra`` branches are evaluated and exchanged like the
+        policy's own (see ``last_preds``) but not combined; none run on a step with no forward."""
         branches = self.policy.active_branches(step, len(latent_shapes) if latent_shapes else 1)
-        by_name = {b.name: b for b in branches}
+        if branches:
+            branches += tuple(b for b in extra if b.name not in self.policy.names)
         plan = self.plan_for(branches)
+        by_name = {b.name: b for b in branches}
         mine = plan.assignment[self.exchange.rank]
         self.stats.evaluations += 1
         if not mine:
@@ -114,8 +120,9 @@ class BranchDispatcher:
                     f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
                     f"(fp16 overflow?) and the guidance scales.")
             preds[b.name] = pred
+        self.last_preds = preds
         ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
-        out = self.policy.combine(preds, ctx)
+        out = self.policy.combine({n: p for n, p in preds.items() if n in self.policy.names}, ctx)
         self.stats.combine_s += time.perf_counter() - t2
         return out
 

@@ -4,12 +4,19 @@ Tensors go through torch.multiprocessing's reductions (CPU storages move to shar
 memory once; every rank maps the same pages). On top, instances of classes defined
 inside a function without methods of their own (ComfyUI builds `model_sampling`
 classes that way: `class ModelSampling(base, kind): pass`) travel as
-(bases, name, state) and are rebuilt from their importable bases.
+(bases, name, state) and are rebuilt from their importable bases; classes and
+functions of modules that ComfyUI loads from a file under a path-like name
+(comfy_extras, custom nodes) travel as (name, file, qualname) and the worker loads
+that file once the same way.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
+import os
 import pickle
+import sys
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -46,10 +53,43 @@ def _answers_any_attribute(cls: type) -> bool:
             and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__)
 
 
+def _file_module_source(obj: Any) -> tuple[str, str, str] | None:
+    """(module name, file, qualname) for a class or function of a module that ComfyUI loaded
+    from a file under a path-like name (comfy_extras and custom nodes: the name is the file's
+    path, which `import` cannot find in another process)."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if not isinstance(module, str) or os.sep not in module or "<locals>" in qualname:
+        return None
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return (module, file, qualname) if file else None
+
+
+def _from_file_module(module: str, file: str, qualname: str) -> Any:
+    """Worker side of _file_module_source: load the module from its file once, as ComfyUI does."""
+    mod = sys.modules.get(module)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(module, file)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[module] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            sys.modules.pop(module, None)
+            raise
+    obj = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class WorkerPickler(ForkingPickler):
     def reducer_override(self, obj):
+        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
+            source = _file_module_source(obj)
+            return (_from_file_module, source) if source else NotImplemented
         cls = type(obj)
-        if isinstance(obj, type) or cls.__module__ == "builtins" or type(getattr(obj, "__dict__", None)) is not dict:
+        if cls.__module__ == "builtins" or type(getattr(obj, "__dict__", None)) is not dict:
             return NotImplemented
         if _is_plain_local_class(cls):
             return _rebuild_local_instance, (cls.__bases__, cls.__name__, obj.__dict__)
@@ -65,6 +105,53 @@ def dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+class _ProbePickler(WorkerPickler):
+    """WorkerPickler that writes a placeholder for every tensor and storage: the probe sees
+    exactly what the real message would carry, without copying data or moving storages
+    into shared memory."""
+
+    def reducer_override(self, obj):
+        import torch
+
+        if isinstance(obj, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage)):
+            return _placeholder, ()
+        return super().reducer_override(obj)
+
+
+def _placeholder(*_: Any) -> None:
+    return None
+
+
+class _FingerprintPickler(WorkerPickler):
+    """WorkerPickler that writes tensors as (dtype, shape, digest of their bytes)."""
+
+    def reducer_override(self, obj):
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            data = t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+            return _placeholder, (str(t.dtype), tuple(t.shape), hashlib.blake2b(data, digest_size=16).hexdigest())
+        if isinstance(obj, (torch.UntypedStorage, torch.TypedStorage)):
+            return _placeholder, ()
+        return super().reducer_override(obj)
+
+
+def fingerprint(obj: Any) -> str:
+    """A digest of what sending `obj` would carry, tensor contents included."""
+    buf = io.BytesIO()
+    _FingerprintPickler(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest()
+
+
 def check_shippable(obj: Any) -> None:
-    """Raise the pickling error, without touching tensors' storage (plain pickle of the structure)."""
-    WorkerPickler(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(obj)
+    """Raise the error that sending `obj` to a worker would raise (tensors are not touched)."""
+    _ProbePickler(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(obj)
+
+
+def shippable(obj: Any) -> bool:
+    try:
+        check_shippable(obj)
+        return True
+    except Exception:
+        return False

@@ -150,7 +150,8 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
         ctx = RankContext(config.rank, config.world_size, device, exchange, cache, emit,
                           stop_requested=stop_event.is_set)
         try:
-            value = job.run(ctx)
+            with torch.inference_mode():  # as ComfyUI runs its nodes (some samplers rely on it)
+                value = job.run(ctx)
             if config.rank == 0:
                 conn.send(("result", {"job": job_id, "value": value, "summary": ctx.summary}))
             else:

@@ -1,0 +1,134 @@
+"""On a real GPU through ComfyUI's own main.py (dynamic VRAM on, its default on NVIDIA):
+an LTX-2 audio+video model at full width and a few blocks, size 2 == size 1 bit for bit,
+with bf16 weights and with weight_dtype fp8_e4m3fn. Skipped without CUDA or LTX-2.
+
+Two ranks share the one GPU (devices "cuda:0,cuda:0"): NCCL refuses a GPU listed twice, so
+the server runs with CFG_PARALLEL_BACKEND=gloo (the documented way to do that).
+
+    CFGP_GPU_BLOCKS=4 CFGP_GPU_REPORT=$OUT/gpu_transport.json python -m pytest -q tests/test_transport_gpu.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from support.comfy_server import ComfyServer
+from support.tiny_ltx2 import audio_latent_frames, ltx2_sampler_graph, ltxav_available, write_audio_latent
+
+pytestmark = [pytest.mark.server, pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+BLOCKS = int(os.environ.get("CFGP_GPU_BLOCKS", "4"))
+CAPTION_CHANNELS = 3840  # LTXAVModel's default: a processed text embedding is 2 x 3840 wide
+WIDTH, HEIGHT, LENGTH, STEPS = 768, 512, 121, 4
+REPORT: dict = {"blocks": BLOCKS, "shape": [WIDTH, HEIGHT, LENGTH], "steps": STEPS, "runs": {}}
+
+
+class GpuComfyServer(ComfyServer):
+    """main.py as a user starts it on a GPU machine (no --cpu: dynamic VRAM is on by default).
+    A folder with an index.html stands in for the frontend package where it is not installed."""
+
+    def command(self) -> list[str]:
+        cmd = [c for c in super().command() if c != "--cpu"]
+        front = self.base_dir / "frontend"
+        front.mkdir(exist_ok=True)
+        (front / "index.html").write_text("<html></html>")
+        return cmd + ["--front-end-root", str(front)]
+
+
+def build_full_width_ltxav(path: Path, blocks: int, seed: int = 0) -> Path:
+    """ComfyUI's LTXAVModel at its default (full) widths, `blocks` blocks, random bf16 weights
+    N(0, 0.02) drawn on the GPU; saved without metadata (detection alone, as a real checkpoint)."""
+    import comfy.ops
+    from comfy.ldm.lightricks.av_model import LTXAVModel
+    from safetensors.torch import save_file
+
+    meta = LTXAVModel(num_layers=blocks, operations=comfy.ops.disable_weight_init, dtype=torch.bfloat16,
+                      device="meta")
+    shapes = [(k, tuple(v.shape)) for k, v in meta.state_dict().items()]
+    del meta
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    sd = {k: torch.randn(s, generator=gen, device="cuda").mul_(0.02).to(torch.bfloat16).cpu() for k, s in shapes}
+    REPORT["params"] = sum(t.numel() for t in sd.values())
+    save_file(sd, str(path))
+    return path
+
+
+def _smaps(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return {k: out.get(k) for k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty",
+                                    "Private_Clean", "Private_Dirty")}
+
+
+@pytest.fixture(scope="module")
+def gpu_server(tmp_path_factory):
+    if not ltxav_available():
+        pytest.skip("this ComfyUI has no LTX-2 audio+video model")
+    root = tmp_path_factory.mktemp("gpu")
+    t0 = time.monotonic()
+    model = build_full_width_ltxav(root / "ltx2_full_width.safetensors", BLOCKS)
+    REPORT["build_s"] = round(time.monotonic() - t0, 1)
+    server = GpuComfyServer(models={"diffusion_models/ltx2_full_width.safetensors": model},
+                            env={"CFG_PARALLEL_BACKEND": "gloo"}, startup_timeout=180)
+    write_audio_latent(server.input_dir / "cfgp_audio.latent", frames=audio_latent_frames(LENGTH))
+    server.start()
+    try:
+        yield server
+    finally:
+        REPORT["dynamic_vram_log"] = [l for l in server.log_text().splitlines() if "DynamicVRAM" in l]
+        REPORT["cfg_parallel_log"] = [l for l in server.log_text().splitlines() if "cfg-parallel" in l][-12:]
+        if os.environ.get("CFGP_GPU_REPORT"):
+            Path(os.environ["CFGP_GPU_REPORT"]).write_text(json.dumps(REPORT, indent=1, default=str))
+        server.stop()
+
+
+def _run(server, size: int, weight_dtype: str, nonce: int) -> dict:
+    g = ltx2_sampler_graph("ltx2_full_width.safetensors", size=size, audio_latent="cfgp_audio.latent",
+                           channels=2 * CAPTION_CHANNELS, steps=STEPS, width=WIDTH, height=HEIGHT, length=LENGTH,
+                           prefix=f"latents/gpu_{weight_dtype}_{size}", nonce=nonce)
+    g["1"]["inputs"]["weight_dtype"] = weight_dtype
+    g["9"]["inputs"]["devices"] = ",".join(["cuda:0"] * size)
+    t0 = time.monotonic()
+    entry = server.run(g, timeout=900)
+    seconds = time.monotonic() - t0
+    out = {"video": server.saved_latent(entry, node_id="10"), "audio": server.saved_latent(entry, node_id="11")}
+    rec = {"seconds": round(seconds, 2), "server": _smaps(server.pid)}
+    if size > 1:
+        status = server.group_status()
+        rec["group"] = {k: status.get(k) for k in ("state", "backend", "devices", "pids")}
+        rec["ranks"] = {str(pid): _smaps(pid) for pid in status.get("pids") or []}
+        rec["last_job"] = status.get("last_job")
+    REPORT["runs"][f"{weight_dtype}/size{size}/{nonce}"] = rec
+    return out
+
+
+def test_server_runs_with_dynamic_vram(gpu_server):
+    assert "DynamicVRAM support detected and enabled" in gpu_server.log_text()
+
+
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_size2_equals_size1_on_one_gpu(gpu_server, weight_dtype):
+    nonce = 1 if weight_dtype == "default" else 3
+    serial = _run(gpu_server, 1, weight_dtype, nonce)
+    parallel = _run(gpu_server, 2, weight_dtype, nonce + 1)
+    again = _run(gpu_server, 2, weight_dtype, nonce + 10)  # warm group, model held by the ranks
+    for part in ("video", "audio"):
+        assert torch.isfinite(serial[part]).all(), part
+        eq = torch.equal(parallel[part], serial[part])
+        REPORT["runs"][f"{weight_dtype}/equal_{part}"] = eq
+        if not eq:
+            REPORT["runs"][f"{weight_dtype}/max_abs_diff_{part}"] = float(
+                (parallel[part].float() - serial[part].float()).abs().max())
+        assert eq, part
+        assert torch.equal(again[part], serial[part]), part
