@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from support.comfy_server import ComfyServer
-from support.tiny_ltx2 import audio_latent_frames, ltx2_sampler_graph, ltxav_available, write_audio_latent
+from support.tiny_ltx2 import build_tiny_ltx_audio_vae, ltx2_sampler_graph, ltxav_available
 
 pytestmark = [pytest.mark.server, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -79,9 +79,10 @@ def gpu_server(tmp_path_factory):
     t0 = time.monotonic()
     model = build_full_width_ltxav(root / "ltx2_full_width.safetensors", BLOCKS)
     REPORT["build_s"] = round(time.monotonic() - t0, 1)
-    server = GpuComfyServer(models={"diffusion_models/ltx2_full_width.safetensors": model},
+    audio_vae = build_tiny_ltx_audio_vae(root / "tiny_ltx_audio_vae.safetensors")
+    server = GpuComfyServer(models={"diffusion_models/ltx2_full_width.safetensors": model,
+                                    "checkpoints/tiny_ltx_audio_vae.safetensors": audio_vae},
                             env={"CFG_PARALLEL_BACKEND": "gloo"}, startup_timeout=180)
-    write_audio_latent(server.input_dir / "cfgp_audio.latent", frames=audio_latent_frames(LENGTH))
     server.start()
     try:
         yield server
@@ -94,7 +95,7 @@ def gpu_server(tmp_path_factory):
 
 
 def _run(server, size: int, weight_dtype: str, nonce: int) -> dict:
-    g = ltx2_sampler_graph("ltx2_full_width.safetensors", size=size, audio_latent="cfgp_audio.latent",
+    g = ltx2_sampler_graph("ltx2_full_width.safetensors", size=size, audio_vae="tiny_ltx_audio_vae.safetensors",
                            channels=2 * CAPTION_CHANNELS, steps=STEPS, width=WIDTH, height=HEIGHT, length=LENGTH,
                            prefix=f"latents/gpu_{weight_dtype}_{size}", nonce=nonce)
     g["1"]["inputs"]["weight_dtype"] = weight_dtype
