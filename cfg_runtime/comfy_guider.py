@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,7 +23,7 @@ import comfy.samplers
 from .comfy_model import ModelCache, ModelNotCached, ModelShipment, capture, check_model_options
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
-from .group import GroupSpec, get_group, parse_devices
+from .group import BACKEND_ENV, GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options, check_blocks, model_family
 from .policy import CFGBranch, CFGPolicy
 
@@ -41,14 +42,17 @@ class ParallelSettings:
     keep_model_loaded: bool = True
     step_timeout_s: float = 600.0
     start_timeout_s: float = 180.0
+    backend: str = ""  # "" = the CFG_PARALLEL_BACKEND environment variable, else nccl on GPUs and gloo on CPUs
 
     def group_spec(self) -> GroupSpec:
-        if not (math.isfinite(self.step_timeout_s) and self.step_timeout_s > 0):
+        if not (isinstance(self.step_timeout_s, (int, float)) and math.isfinite(self.step_timeout_s)
+                and self.step_timeout_s > 0):
             raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
-        devices = parse_devices(self.devices, self.size)
+        backend = self.backend or os.environ.get(BACKEND_ENV, "").strip().lower()
+        devices = parse_devices(self.devices, self.size, backend)
         # CPU kernels can round differently with another thread count: CPU ranks use this
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
-        return GroupSpec(devices=devices, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
+        return GroupSpec(devices=devices, backend=backend, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
                          collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT,
                          threads_per_rank=torch.get_num_threads())
 

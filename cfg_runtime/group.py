@@ -13,6 +13,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
 from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
-                     ShippingError, WorkerDiedError)
+                     ShippingError, WorkerDiedError, clip)
 from .shipping import dumps
 from .worker import WorkerConfig, raise_fd_limit, worker_main
 
@@ -48,6 +49,7 @@ class GroupSpec:
     collective_timeout_s: float = 600.0
     interrupt_grace_s: float = 60.0
     worker_init: str = ""  # "module:function" called with the device name before the first job
+    host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
 
     @property
     def world_size(self) -> int:
@@ -60,12 +62,18 @@ class GroupSpec:
         return "nccl" if all(d.startswith("cuda") for d in self.devices) else "gloo"
 
 
-def parse_devices(text: str, size: int) -> tuple[str, ...]:
+_CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
+BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
+
+
+def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
     """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
     import torch
 
-    if size < 1:
-        raise GroupConfigError(f"Parallel size must be at least 1, got {size}.")
+    if not isinstance(size, int) or size < 1:
+        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {size!r}.")
+    if not isinstance(text, str):
+        raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
     names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
     if not names or names == ["auto"]:
         n_gpu = torch.cuda.device_count()
@@ -85,23 +93,81 @@ def parse_devices(text: str, size: int) -> tuple[str, ...]:
     elif names == ["cpu"]:
         names = ["cpu"] * size
     if len(names) != size:
-        raise GroupConfigError(f"{len(names)} device(s) listed ({', '.join(names)}) but parallel size is {size}: "
+        listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
+        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
                                f"list exactly one device per rank, or leave devices empty for automatic choice.")
-    n_gpu = None
     for name in names:
-        if name == "cpu":
-            continue
         if name == "cuda":
             raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
-        if not name.startswith("cuda:") or not name[5:].isdigit():
-            raise GroupConfigError(f"Unknown device '{name}': use 'cpu' or 'cuda:N'.")
-        n_gpu = torch.cuda.device_count() if n_gpu is None else n_gpu
-        if int(name[5:]) >= n_gpu:
-            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
+        if name != "cpu" and not _CUDA_NAME.fullmatch(name):
+            raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
+                                   f"e.g. 'cuda:0,cuda:1'.")
     kinds = {n.split(":")[0] for n in names}
     if len(kinds) > 1:
-        raise GroupConfigError(f"Mixed devices {names}: all ranks must be CPUs or all GPUs.")
+        raise GroupConfigError(f"Mixed devices ({clip(', '.join(names), 80)}): all ranks must be CPUs or all GPUs.")
+    check_device_backend(tuple(names), backend)
+    n_gpu = torch.cuda.device_count() if "cuda" in kinds else 0
+    for name in names:
+        if name != "cpu" and int(name[5:]) >= n_gpu:
+            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
     return tuple(names)
+
+
+def check_device_backend(devices: tuple[str, ...], backend: str) -> None:
+    """Refuse a GPU listed twice unless the backend is gloo (NCCL refuses two ranks on one GPU)."""
+    if backend not in ("", "gloo", "nccl"):
+        raise GroupConfigError(f"Unknown backend {clip(backend, 20)}: use 'nccl' (GPUs) or 'gloo' (CPU, or several "
+                               f"ranks on one GPU), or leave it empty for the default.")
+    if backend == "nccl" and any(d == "cpu" for d in devices):
+        raise GroupConfigError("The nccl backend runs on GPUs only; CPU ranks need gloo (leave the backend empty).")
+    gpus = [d for d in devices if d != "cpu"]
+    twice = sorted({d for d in gpus if gpus.count(d) > 1})
+    if twice and backend != "gloo":
+        raise GroupConfigError(
+            f"{', '.join(twice)} is listed more than once: NCCL, the backend for GPU ranks, refuses two ranks on one "
+            f"GPU. List each GPU once (e.g. 'cuda:0,cuda:1'), or lower the parallel size to the number of GPUs. "
+            f"To run two ranks on one GPU anyway (tests, benchmarks; slower), use the gloo backend: start ComfyUI "
+            f"with the environment variable {BACKEND_ENV}=gloo, or pass GroupSpec(backend='gloo').")
+
+
+def available_host_mib() -> float | None:
+    """Host memory this process may still use (MemAvailable, capped by a cgroup v2 limit); None if unknown."""
+    found = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((ln.split("::", 1)[1].strip() for ln in f if ln.startswith("0::")), None)
+        if rel is not None:
+            base = os.path.join("/sys/fs/cgroup", rel.lstrip("/"))
+            with open(os.path.join(base, "memory.max")) as f:
+                limit = f.read().strip()
+            if limit != "max":
+                with open(os.path.join(base, "memory.current")) as f:
+                    free = (int(limit) - int(f.read())) / 2**20
+                found = free if found is None else min(found, free)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return found
+
+
+def check_host_memory(spec: "GroupSpec") -> None:
+    """Refuse a group whose ranks would not fit in the host memory that is available now."""
+    need = spec.world_size * spec.host_mib_per_rank
+    have = available_host_mib()
+    if have is None or need <= have:
+        return
+    fit = int(have // spec.host_mib_per_rank)
+    raise GroupConfigError(
+        f"{spec.world_size} ranks need about {need / 1024:.1f} GiB of host memory before any model is loaded "
+        f"(~{spec.host_mib_per_rank:.0f} MiB each for torch and ComfyUI), but only {have / 1024:.1f} GiB is "
+        f"available. Lower the parallel size to {max(fit, 1)} or less (more ranks than branches leave the extra "
+        f"ranks idle anyway), or free host memory.")
 
 
 STORE_PREFIX = "cfgp-store-"
@@ -125,6 +191,18 @@ def _sweep_stale_stores() -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         except OSError:
             pass
+
+
+def _make_store_dir() -> str:
+    """The private rendezvous folder (0700), or a GroupStartError that says how to fix the temp folder."""
+    root = tempfile.gettempdir()
+    try:
+        return tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", dir=root)
+    except OSError as exc:
+        raise GroupStartError(
+            f"Cannot create the worker group's rendezvous folder in {clip(root, 120)}: {exc.strerror or exc}. "
+            f"Free disk space there or make it writable (or start ComfyUI with TMPDIR pointing at a writable "
+            f"folder), then queue the prompt again.") from None
 
 
 def _release_uncollected_handles() -> None:
@@ -187,6 +265,7 @@ class WorkerGroup:
     def __init__(self, spec: GroupSpec) -> None:
         if spec.world_size < 1:
             raise GroupConfigError("A worker group needs at least one device.")
+        check_device_backend(spec.devices, spec.backend)
         for name in ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
                      "interrupt_grace_s"):
             value = getattr(spec, name)
@@ -208,9 +287,10 @@ class WorkerGroup:
     def start(self) -> None:
         import torch.multiprocessing  # noqa: F401  (tensor sharing through pipes)
 
+        check_host_memory(self.spec)
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
         _sweep_stale_stores()
-        self._store_dir = tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-")
+        self._store_dir = _make_store_dir()
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()
         backend = self.spec.resolved_backend
