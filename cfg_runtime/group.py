@@ -92,16 +92,16 @@ def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
                 f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
     elif names == ["cpu"]:
         names = ["cpu"] * size
-    if len(names) != size:
-        listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
-        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
-                               f"list exactly one device per rank, or leave devices empty for automatic choice.")
     for name in names:
         if name == "cuda":
             raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
         if name != "cpu" and not _CUDA_NAME.fullmatch(name):
             raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
                                    f"e.g. 'cuda:0,cuda:1'.")
+    if len(names) != size:
+        listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
+        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
+                               f"list exactly one device per rank, or leave devices empty for automatic choice.")
     kinds = {n.split(":")[0] for n in names}
     if len(kinds) > 1:
         raise GroupConfigError(f"Mixed devices ({clip(', '.join(names), 80)}): all ranks must be CPUs or all GPUs.")
@@ -156,11 +156,23 @@ def available_host_mib() -> float | None:
     return found
 
 
-def check_host_memory(spec: "GroupSpec") -> None:
-    """Refuse a group whose ranks would not fit in the host memory that is available now."""
+def _rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:")), 0.0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> None:
+    """Refuse a group whose ranks would not fit in the host memory available now (plus what the
+    processes in `freed_pids`, a group about to be replaced, would give back)."""
     need = spec.world_size * spec.host_mib_per_rank
     have = available_host_mib()
-    if have is None or need <= have:
+    if have is None:
+        return
+    have += sum(_rss_mib(p) for p in freed_pids)
+    if need <= have:
         return
     fit = int(have // spec.host_mib_per_rank)
     raise GroupConfigError(
@@ -529,6 +541,8 @@ def get_group(spec: GroupSpec) -> WorkerGroup:
         group = _current
         if group is not None and group.alive() and _same_processes(group.spec, spec):
             group.spec = spec  # only deadlines differ: no restart, no reload
+        if group is None or group.spec != spec:
+            check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
         if group is not None and (group.spec != spec or not group.alive()):
             if group.state == "ready" and not group.alive():
                 log.warning("cfg-parallel: a worker died while idle; restarting the group")

@@ -1,0 +1,140 @@
+"""Hardening from an adversarial run (issue 14), through a real ComfyUI server.
+
+Inputs that slipped through, cancel during group start and model load, leftovers of
+killed processes, a rank's gloo port, and more faults (OOM, a rank raising once, a rank
+lost with prompts queued, an unusable temp folder). Each test failed before its fix.
+Figures are printed (``pytest -s``) and written to ``test-artifacts/hardening_server.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+
+from support.comfy_server import execution_error
+from support.paths import REPO
+from support.tiny_ltx2 import ltx2_sampler_graph
+from test_faults_server import (GUIDER, POLICY, SAMPLER, demo_graph, fd_count, post_raw, warm_group,
+                                worker_pids)
+
+pytestmark = pytest.mark.server
+
+ARTIFACT = REPO / "test-artifacts" / "hardening_server.json"
+FIGURES: dict = {}
+
+
+def record(key: str, value) -> None:
+    FIGURES[key] = value
+    print(f"\n[hardening] {key}: {json.dumps(value, default=str)}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_figures():
+    yield
+    if FIGURES:
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        FIGURES["_command"] = "pytest -s -q tests/test_hardening_server.py"
+        FIGURES["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        ARTIFACT.write_text(json.dumps(FIGURES, indent=2, sort_keys=True, default=str))
+
+
+def failing(server, graph: dict, timeout: float = 300) -> dict:
+    """Run a prompt that must end in an execution error; return that error (node_id, type, message)."""
+    r = post_raw(server, graph)
+    assert r.status_code == 200, r.text[:2000]
+    entry = server.wait(r.json()["prompt_id"], timeout=timeout)
+    err = execution_error(entry)
+    assert err is not None, f"the prompt ended {entry['status']['status_str']}, expected an error"
+    return err
+
+
+def custom_graph(size: int, branches: str, steps: int = 3, **guider) -> dict:
+    g = demo_graph(steps=steps, parallel_size=size, **guider)
+    g[POLICY]["inputs"].update({"preset": "custom", "custom_branches": branches})
+    return g
+
+
+# === 3. inputs that slipped through ======================================================
+def test_custom_line_named_cond_is_refused(comfy_server):
+    err = failing(comfy_server, custom_graph(1, "negative:negative:2.0\ncond:positive:1.5"))
+    record("custom_cond_line", err["exception_message"])
+    assert err["node_id"] == POLICY and err["exception_type"].endswith("PolicyError"), err
+    assert "'cond' is the conditional branch" in err["exception_message"] and "cond2" in err["exception_message"]
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_huge_custom_weight_fails_blaming_the_combine(comfy_server, size):
+    err = failing(comfy_server, custom_graph(size, "negative:negative:1e300", steps=4))
+    msg = err["exception_message"]
+    record(f"huge_weight_size{size}", [err["exception_type"], msg])
+    assert err["node_id"] == SAMPLER, err
+    assert "guided prediction" in msg and "at step 0" in msg and "weight of 'negative' = 1e+300" in msg, msg
+    assert "Branch 'cond'" not in msg, "a finite branch is blamed for the combine's overflow"
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_device_text_is_checked_and_clipped(comfy_server, size):
+    pids = worker_pids(comfy_server.pid)
+    cases = {"superscript": "cuda:\u00b2", "long": "cpu," * 33_000 + "cpu", "garbage": "x" * 100_000}
+    out = {}
+    for name, devices in cases.items():
+        err = failing(comfy_server, demo_graph(steps=2, parallel_size=size, devices=devices))
+        out[name] = err["exception_message"]
+        assert err["node_id"] == GUIDER and err["exception_type"].endswith("GroupConfigError"), err
+        assert len(err["exception_message"]) < 400, len(err["exception_message"])
+    record(f"devices_size{size}", out)
+    assert "cuda:N" in out["superscript"] and "ValueError" not in out["superscript"]
+    assert "(100000 characters)" in out["garbage"]
+    assert worker_pids(comfy_server.pid) == pids, "a bad devices value started or restarted a group"
+
+
+def test_nan_step_timeout_is_refused_at_size_one(comfy_server):
+    err = failing(comfy_server, demo_graph(steps=2, parallel_size=1, step_timeout_s=float("nan")))
+    assert err["node_id"] == GUIDER and "step_timeout_s" in err["exception_message"], err
+
+
+def test_gpu_listed_twice_is_refused_saying_how_to_use_gloo(comfy_server):
+    pids = worker_pids(comfy_server.pid)
+    t0 = time.monotonic()
+    err = failing(comfy_server, demo_graph(steps=2, parallel_size=2, devices="cuda:0,cuda:0"))
+    msg = err["exception_message"]
+    record("gpu_twice", {"seconds": round(time.monotonic() - t0, 2), "message": msg})
+    assert err["node_id"] == GUIDER and "listed more than once" in msg and "gloo" in msg, msg
+    assert "CFG_PARALLEL_BACKEND=gloo" in msg
+    assert worker_pids(comfy_server.pid) == pids
+
+
+@pytest.mark.parametrize("sigmas", ["nan, 0.0", "inf, 0.5, 0.0", "0.9, -inf"])
+def test_stage2_sigmas_must_be_finite(comfy_server, sigmas):
+    g = ltx2_sampler_graph("tiny_ltxv.safetensors", channels=32, video_modality=1.0, audio_modality=1.0,
+                           stage2_sigmas=sigmas, nonce=int(time.time()))
+    err = failing(comfy_server, g)
+    assert err["node_type"] == "LTX2Sampler" and "finite" in err["exception_message"], err
+
+
+def _mem_available_mib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return math.inf
+
+
+def test_sixty_four_cpu_ranks_are_refused_before_any_starts(comfy_server):
+    if _mem_available_mib() > 64 * 800:
+        pytest.skip("this host has room for 64 CPU ranks")
+    pids = worker_pids(comfy_server.pid)
+    t0 = time.monotonic()
+    fds = fd_count(comfy_server.pid)
+    err = failing(comfy_server, demo_graph(steps=2, parallel_size=64, devices="cpu"))
+    seconds = time.monotonic() - t0
+    msg = err["exception_message"]
+    record("sixty_four_ranks", {"seconds": round(seconds, 2), "message": msg})
+    assert err["exception_type"].endswith("GroupConfigError") and "host memory" in msg, err
+    assert "Lower the parallel size" in msg
+    # refused before anything started, and the running group (if any) was kept
+    assert seconds < 10 and worker_pids(comfy_server.pid) == pids
+    assert fd_count(comfy_server.pid) <= fds + 4
