@@ -165,7 +165,10 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             keep_model_loaded=self.parallel.keep_model_loaded,
         )
         _check_picklable(job)
-        group = get_group(spec)
+        try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
+            group = get_group(spec, interrupt_requested=comfy.model_management.processing_interrupted)
+        except JobInterrupted:
+            raise comfy.model_management.InterruptProcessingException()
         token = job.shipment.base_token
         if group.facts.get("base_token") != token:  # the ranks don't hold this model yet
             job = replace(job, shipment=capture(self.model_patcher, with_base=True))
@@ -187,6 +190,8 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
                 job = replace(job, shipment=capture(self.model_patcher, with_base=True))
                 result = run(job)
         except JobInterrupted:
+            # the ranks finish loading this model in the background (or already hold it)
+            group.facts["base_token"] = token if self.parallel.keep_model_loaded else None
             raise comfy.model_management.InterruptProcessingException()
         group.facts["base_token"] = token if self.parallel.keep_model_loaded else None
         self.last_run = {"ranks": spec.world_size, "seconds": result.seconds, "per_rank": result.summaries}

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
-from .errors import (GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
+from .errors import (CFGParallelError, GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
                      ShippingError, WorkerDiedError, clip)
 from .shipping import dumps
 from .worker import WorkerConfig, raise_fd_limit, worker_main
@@ -47,7 +47,8 @@ class GroupSpec:
     step_timeout_s: float = 600.0
     load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
     collective_timeout_s: float = 600.0
-    interrupt_grace_s: float = 60.0
+    interrupt_grace_s: float = 60.0  # for ranks to stop, after an interrupt mid-sampling, before a teardown
+    detach_after_s: float = 0.5  # after an interrupt, return to ComfyUI; the ranks finish in the background
     worker_init: str = ""  # "module:function" called with the device name before the first job
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
 
@@ -262,6 +263,19 @@ class _Rank:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Flight:
+    """A job on its way through the ranks: what came back so far and when."""
+
+    job_id: int
+    t0: float
+    outcome: dict = field(default_factory=dict)
+    last_event: float = field(default_factory=time.monotonic)
+    progressed: bool = False  # before the first progress event, the (longer) load deadline applies
+    stop_sent_at: float | None = None
+    first_error_at: float | None = None
+
+
 @dataclass(frozen=True)
 class JobResult:
     value: Any
@@ -279,13 +293,13 @@ class WorkerGroup:
             raise GroupConfigError("A worker group needs at least one device.")
         check_device_backend(spec.devices, spec.backend)
         for name in ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
-                     "interrupt_grace_s"):
+                     "interrupt_grace_s", "detach_after_s"):
             value = getattr(spec, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise GroupConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
         self.spec = spec
         self.ranks: list[_Rank] = []
-        self.state = "new"  # new -> ready -> (failed | closed)
+        self.state = "new"  # new -> starting -> ready -> (failed | closed)
         self.last_error = ""
         self.jobs_run = 0
         self.last_job: dict = {}
@@ -294,9 +308,17 @@ class WorkerGroup:
         self._ctx = mp.get_context("spawn")
         self._stop_event = None
         self._lock = threading.Lock()
+        self._t0 = 0.0
+        self._pending: _Flight | None = None  # an interrupted job the ranks are still finishing
 
     # --- lifecycle -------------------------------------------------------
-    def start(self) -> None:
+    def start(self, interrupt_requested: Callable[[], bool] | None = None) -> None:
+        """Spawn the ranks and wait until every one has joined the group."""
+        self.spawn()
+        self.await_ready(interrupt_requested)
+
+    def spawn(self) -> None:
+        """Start the rank processes and return at once (state 'starting'); await_ready() waits for them."""
         import torch.multiprocessing  # noqa: F401  (tensor sharing through pipes)
 
         check_host_memory(self.spec)
@@ -307,7 +329,10 @@ class WorkerGroup:
         self._stop_event = self._ctx.Event()
         backend = self.spec.resolved_backend
         env = LOOPBACK_ENV + tuple((k, os.environ[k]) for k in ("PYTHONPATH",) if k in os.environ)
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
+        self.state = "starting"
+        log.info("cfg-parallel: starting %d rank(s) on %s (%s)", self.spec.world_size, ", ".join(self.spec.devices),
+                 backend)
         try:
             with _neutral_main():
                 for rank, device in enumerate(self.spec.devices):
@@ -322,24 +347,39 @@ class WorkerGroup:
                     child_conn.close()
                     death_r.close()
                     self.ranks.append(_Rank(config, proc, parent_conn, death_w))
-            self._await_ready(t0)
         except BaseException:
-            self.teardown()
+            self.teardown("could not spawn the ranks")
+            raise
+
+    def await_ready(self, interrupt_requested: Callable[[], bool] | None = None) -> None:
+        """Wait until every rank reported ready. An interrupt returns within a poll (0.05 s) with
+        JobInterrupted and leaves the ranks starting, so the next prompt does not start them again."""
+        if self.state != "starting":
+            return
+        try:
+            self._await_ready(self._t0, interrupt_requested)
+        except JobInterrupted:
+            raise
+        except BaseException:
+            self.teardown("start-up failed")
             raise
         self.state = "ready"
         log.info("cfg-parallel group ready: %d rank(s) on %s (%s) in %.1f s", self.spec.world_size,
-                 ", ".join(self.spec.devices), backend, time.monotonic() - t0)
+                 ", ".join(self.spec.devices), self.spec.resolved_backend, time.monotonic() - self._t0)
 
-    def _await_ready(self, t0: float) -> None:
-        pending = {id(r.conn): r for r in self.ranks}
+    def _await_ready(self, t0: float, interrupt_requested: Callable[[], bool] | None = None) -> None:
+        pending = {id(r.conn): r for r in self.ranks if not r.info}
         while pending:
+            if interrupt_requested is not None and interrupt_requested():
+                raise JobInterrupted("Interrupted while the worker group was starting; the ranks keep starting in "
+                                     "the background, so the next prompt does not start them again.")
             left = self.spec.start_timeout_s - (time.monotonic() - t0)
             if left <= 0:
                 raise GroupStartError(
                     f"Worker group did not start within {self.spec.start_timeout_s:.0f} s "
                     f"(ranks {[r.config.rank for r in pending.values()]} never reported ready).")
             ready = wait_any([r.conn for r in pending.values()] + [r.process.sentinel for r in self.ranks],
-                             timeout=min(left, 1.0))
+                             timeout=min(left, 0.05))
             for obj in ready:
                 rank = pending.get(id(obj))
                 if rank is None:
@@ -360,6 +400,10 @@ class WorkerGroup:
                                           f"{payload['type']}: {payload['message']}")
                 rank.info = payload
                 del pending[id(obj)]
+
+    def usable(self) -> bool:
+        """Starting or ready, with every process alive."""
+        return self.state in ("starting", "ready") and all(r.process.is_alive() for r in self.ranks)
 
     def alive(self) -> bool:
         return self.state == "ready" and all(r.process.is_alive() for r in self.ranks)
@@ -408,8 +452,10 @@ class WorkerGroup:
             interrupt_requested: Callable[[], bool] | None = None) -> JobResult:
         """Run `job.run(ctx)` on every rank; return rank 0's value. Never blocks past a deadline."""
         with self._lock:
+            self.settle(interrupt_requested)
             if not self.alive():
-                raise GroupStartError("The worker group is not running; start it first.")
+                raise GroupStartError(f"The worker group is not running ({self.last_error or self.state}); "
+                                      f"start it first.")
             self._stop_event.clear()
             job_id = self.jobs_run
             self.jobs_run += 1
@@ -425,64 +471,107 @@ class WorkerGroup:
                     self.teardown(f"could not send the job to rank {r.config.rank}: {exc}")
                     raise WorkerDiedError(f"Rank {r.config.rank} is gone ({exc}); the group was shut down and "
                                           f"will be restarted by the next job.") from None
-            return self._collect(job_id, t0, on_progress, interrupt_requested)
+            return self._collect(_Flight(job_id, t0), on_progress, interrupt_requested)
 
-    def _collect(self, job_id, t0, on_progress, interrupt_requested) -> JobResult:
-        outcome: dict[int, tuple[str, dict]] = {}
-        last_event = time.monotonic()
-        stop_sent_at: float | None = None
-        first_error_at: float | None = None
-        callback_error: BaseException | None = None  # e.g. ComfyUI's interrupt, raised by its progress hook
-        progressed = False  # before the first progress event, the (longer) load deadline applies
+    def settle(self, interrupt_requested: Callable[[], bool] | None = None) -> None:
+        """Wait for the ranks to finish a job that was interrupted before they stopped (a model
+        load, a long step), under the same deadlines as a running job. A fault tears the group
+        down; another interrupt returns at once and leaves the job pending."""
+        flight = self._pending
+        if flight is None:
+            return
+        while len(flight.outcome) < len(self.ranks):
+            if interrupt_requested is not None and interrupt_requested():
+                raise JobInterrupted("Interrupted while the ranks were finishing the previous, interrupted job.")
+            now = time.monotonic()
+            if flight.progressed and now - flight.stop_sent_at > self.spec.interrupt_grace_s:
+                self._pending = None
+                self.teardown(f"ranks did not stop within {self.spec.interrupt_grace_s:.0f} s of an interrupt")
+                return
+            try:
+                self._check_deadlines(flight)
+                for _ in self._receive(flight):
+                    pass  # progress of a job that nobody waits for
+            except CFGParallelError as exc:  # the group was torn down; the next job starts a new one
+                log.warning("cfg-parallel: the interrupted job ended in a fault: %s", exc)
+                self._pending = None
+                return
+        self._pending = None
+        errors = [p for k, p in flight.outcome.values() if k == "job_error"]
+        if errors:
+            log.warning("cfg-parallel: the interrupted job failed on rank %s after the interrupt: %s: %s",
+                        errors[0]["rank"], errors[0]["type"], errors[0]["message"])
+
+    def _receive(self, flight: "_Flight", timeout: float = 0.05) -> list:
+        """Read what the ranks sent within `timeout`; record outcomes; return progress payloads."""
         by_conn = {id(r.conn): r for r in self.ranks}
+        watch = [r.conn for r in self.ranks if r.config.rank not in flight.outcome]
+        progress = []
+        for obj in wait_any(watch + [r.process.sentinel for r in self.ranks], timeout=timeout):
+            rank = by_conn.get(id(obj))
+            if rank is None:
+                self._check_deaths(flight.outcome)
+                continue
+            try:
+                kind, payload = rank.conn.recv()
+            except (EOFError, OSError):
+                self._check_deaths(flight.outcome)
+                continue
+            flight.last_event = time.monotonic()
+            if kind == "progress":
+                flight.progressed = True
+                progress.append(payload)
+                continue
+            if payload.get("job") != flight.job_id:
+                continue
+            flight.outcome[rank.config.rank] = (kind, payload)
+            if kind == "job_error" and flight.first_error_at is None:
+                flight.first_error_at = time.monotonic()
+        return progress
+
+    def _check_deadlines(self, flight: "_Flight") -> None:
+        now = time.monotonic()
+        if flight.first_error_at is not None and now - flight.first_error_at > 10.0:
+            self._fail_job(flight.outcome, teardown=True)
+        limit = self.spec.step_timeout_s if flight.progressed else max(self.spec.step_timeout_s,
+                                                                       self.spec.load_timeout_s)
+        if now - flight.last_event > limit:
+            waiting = [r.config.rank for r in self.ranks if r.config.rank not in flight.outcome]
+            phase = "between steps" if flight.progressed else "while loading the model and running the first step"
+            self.teardown("step timeout")
+            raise JobTimeoutError(
+                f"No progress for {limit:.0f} s {phase} (ranks {waiting} still busy); the group was shut down "
+                f"and will be restarted by the next job. Raise the step timeout for very slow steps.")
+
+    def _collect(self, flight: "_Flight", on_progress, interrupt_requested) -> JobResult:
+        callback_error: BaseException | None = None  # e.g. ComfyUI's interrupt, raised by its progress hook
+        outcome = flight.outcome
         while len(outcome) < len(self.ranks):
             now = time.monotonic()
-            if interrupt_requested is not None and stop_sent_at is None and interrupt_requested():
+            if interrupt_requested is not None and flight.stop_sent_at is None and interrupt_requested():
                 self._stop_event.set()
-                stop_sent_at = now
-            if stop_sent_at is not None and now - stop_sent_at > self.spec.interrupt_grace_s:
-                self.teardown("ranks did not stop after an interrupt")
-                raise JobInterrupted(f"Interrupted; the ranks did not stop within {self.spec.interrupt_grace_s:.0f} s, "
-                                     f"so the group was shut down (it restarts with the next job).")
-            if first_error_at is not None and now - first_error_at > 10.0:
-                self._fail_job(outcome, teardown=True)
-            limit = self.spec.step_timeout_s if progressed else max(self.spec.step_timeout_s, self.spec.load_timeout_s)
-            if now - last_event > limit:
-                waiting = [r.config.rank for r in self.ranks if r.config.rank not in outcome]
-                phase = "between steps" if progressed else "while loading the model and running the first step"
-                self.teardown("step timeout")
-                raise JobTimeoutError(
-                    f"No progress for {limit:.0f} s {phase} (ranks {waiting} still busy); the group was shut down "
-                    f"and will be restarted by the next job. Raise the step timeout for very slow steps.")
-            watch = [r.conn for r in self.ranks if r.config.rank not in outcome]
-            ready = wait_any(watch + [r.process.sentinel for r in self.ranks], timeout=0.05)
-            for obj in ready:
-                rank = by_conn.get(id(obj))
-                if rank is None:
-                    self._check_deaths(outcome)
-                    continue
-                try:
-                    kind, payload = rank.conn.recv()
-                except (EOFError, OSError):
-                    self._check_deaths(outcome)
-                    continue
-                last_event = time.monotonic()
-                if kind == "progress":
-                    progressed = True
-                    if on_progress is not None and callback_error is None:
-                        try:
-                            on_progress(payload)
-                        except BaseException as exc:  # stop the ranks first, then re-raise it
-                            callback_error = exc
-                            if stop_sent_at is None:
-                                self._stop_event.set()
-                                stop_sent_at = time.monotonic()
-                    continue
-                if payload.get("job") != job_id:
-                    continue
-                outcome[rank.config.rank] = (kind, payload)
-                if kind == "job_error" and first_error_at is None:
-                    first_error_at = time.monotonic()
+                flight.stop_sent_at = now
+            if flight.stop_sent_at is not None and now - flight.stop_sent_at > self.spec.detach_after_s:
+                # The ranks are loading the model or inside a long step: let them finish that in the
+                # background (they stop at their next model evaluation) and keep the group.
+                self._pending = flight
+                log.info("cfg-parallel: interrupted %s; the ranks finish it in the background",
+                         "during a step" if flight.progressed else "while the ranks load the model")
+                if callback_error is not None:
+                    raise callback_error
+                raise JobInterrupted("Interrupted " + ("during a step" if flight.progressed else
+                                                       "while the ranks were loading the model") +
+                                     "; they finish it in the background and keep it for the next prompt.")
+            self._check_deadlines(flight)
+            for payload in self._receive(flight):
+                if on_progress is not None and callback_error is None:
+                    try:
+                        on_progress(payload)
+                    except BaseException as exc:  # stop the ranks first, then re-raise it
+                        callback_error = exc
+                        if flight.stop_sent_at is None:
+                            self._stop_event.set()
+                            flight.stop_sent_at = time.monotonic()
         kinds = {k for k, _ in outcome.values()}
         if callback_error is not None:
             raise callback_error
@@ -492,8 +581,8 @@ class WorkerGroup:
             step = next((p.get("step") for k, p in outcome.values() if k == "interrupted"), None)
             raise JobInterrupted(f"Interrupted at step {step}; all ranks stopped together.", step=step)
         summaries = tuple(outcome[r][1].get("summary", {}) for r in range(len(self.ranks)))
-        self.last_job = {"seconds": round(time.monotonic() - t0, 3), "per_rank": summaries}
-        return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - t0)
+        self.last_job = {"seconds": round(time.monotonic() - flight.t0, 3), "per_rank": summaries}
+        return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - flight.t0)
 
     def _fail_job(self, outcome: dict, teardown: bool) -> None:
         errors = [p for k, p in outcome.values() if k == "job_error"]
@@ -518,7 +607,8 @@ class WorkerGroup:
 
     def status(self) -> dict:
         return {
-            "state": self.state if self.state != "ready" or self.alive() else "failed",
+            "state": self.state if self.state not in ("starting", "ready") or self.usable() else "failed",
+            "finishing_interrupted_job": self._pending is not None,
             "devices": list(self.spec.devices),
             "backend": self.spec.resolved_backend,
             "pids": self.pids(),
@@ -534,25 +624,32 @@ _current: WorkerGroup | None = None
 _current_lock = threading.Lock()
 
 
-def get_group(spec: GroupSpec) -> WorkerGroup:
-    """The running group for `spec`, starting (or restarting) it when needed."""
+def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = None) -> WorkerGroup:
+    """The running group for `spec`, starting (or restarting) it when needed, and done with any
+    interrupted job. An interrupt while waiting raises JobInterrupted and keeps the group (still
+    starting, or finishing that job) for the next prompt."""
     global _current
     with _current_lock:
-        group = _current
-        if group is not None and group.alive() and _same_processes(group.spec, spec):
-            group.spec = spec  # only deadlines differ: no restart, no reload
-        if group is None or group.spec != spec:
-            check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
-        if group is not None and (group.spec != spec or not group.alive()):
-            if group.state == "ready" and not group.alive():
-                log.warning("cfg-parallel: a worker died while idle; restarting the group")
-            group.teardown()
-            _current = group = None
-        if group is None:
-            group = WorkerGroup(spec)
-            group.start()
-            _current = group
-        return group
+        for _ in range(2):  # a fault found while settling an interrupted job: one fresh start
+            group = _current
+            if group is not None and group.usable() and _same_processes(group.spec, spec):
+                group.spec = spec  # only deadlines differ: no restart, no reload
+            if group is None or group.spec != spec:
+                check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
+            if group is not None and (group.spec != spec or not group.usable()):
+                if group.state == "ready" and not group.usable():
+                    log.warning("cfg-parallel: a worker died while idle; restarting the group")
+                group.teardown()
+                _current = group = None
+            if group is None:
+                group = WorkerGroup(spec)
+                group.spawn()
+                _current = group
+            group.await_ready(interrupt_requested)
+            group.settle(interrupt_requested)
+            if group.alive():
+                return group
+        raise GroupStartError(f"The worker group failed again right after a restart: {group.last_error}")
 
 
 def _same_processes(a: GroupSpec, b: GroupSpec) -> bool:

@@ -17,8 +17,8 @@ import pytest
 from support.comfy_server import execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
-from test_faults_server import (GUIDER, POLICY, SAMPLER, demo_graph, fd_count, post_raw, warm_group,
-                                worker_pids)
+from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, fd_count, history_messages,
+                                post_raw, warm_group, worker_pids)
 
 pytestmark = pytest.mark.server
 
@@ -138,3 +138,56 @@ def test_sixty_four_cpu_ranks_are_refused_before_any_starts(comfy_server):
     # refused before anything started, and the running group (if any) was kept
     assert seconds < 10 and worker_pids(comfy_server.pid) == pids
     assert fd_count(comfy_server.pid) <= fds + 4
+
+
+# === 2. cancel during group start and model load =========================================
+def _wait_log(server, text: str, mark: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log_text()[mark:]:
+        assert time.monotonic() < deadline and server.alive(), server.log_tail()
+        time.sleep(0.02)
+
+
+def _interrupt_and_time(server, prompt_id: str) -> tuple[float, dict]:
+    t0 = time.monotonic()
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=300, poll=0.02)
+    return time.monotonic() - t0, entry
+
+
+def test_cancel_during_group_start_and_model_load_is_prompt_and_keeps_the_group(comfy_server):
+    comfy_server.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": True}}}, timeout=60)
+    progress = Progress(comfy_server)
+    try:
+        # 1. cancel while the ranks start (import torch and ComfyUI, join the group)
+        mark = len(comfy_server.log_text())
+        first = comfy_server.queue(demo_graph(steps=3), client_id=progress.client_id)
+        _wait_log(comfy_server, "cfg-parallel: starting 2 rank(s)", mark)
+        time.sleep(0.3)
+        start_cancel_s, entry = _interrupt_and_time(comfy_server, first)
+        assert history_messages(entry, "execution_interrupted"), entry["status"]
+        assert "cfg-parallel group ready" not in comfy_server.log_text()[mark:], "cancelled too late to test"
+        starting = worker_pids(comfy_server.pid)
+        assert len(starting) == 2, "the starting ranks were thrown away"
+        # 2. cancel while the ranks load the model (at ~1/10 speed, so the load takes seconds)
+        second = comfy_server.queue(demo_graph(steps=3), client_id=progress.client_id)
+        _wait_log(comfy_server, "cfg-parallel group ready", mark)
+        with Throttle(starting):
+            time.sleep(0.5)
+            assert not progress.steps(second), "the load was over before the cancel"
+            load_cancel_s, entry = _interrupt_and_time(comfy_server, second)
+        assert history_messages(entry, "execution_interrupted"), entry["status"]
+        assert not progress.steps(second)
+        # 3. the next prompt runs on the same ranks, with the model the cancelled load brought
+        t0 = time.monotonic()
+        entry = comfy_server.run(demo_graph(steps=3), timeout=300)
+        next_s = time.monotonic() - t0
+    finally:
+        progress.close()
+    per_rank = comfy_server.group_status()["last_job"]["per_rank"]
+    record("cancel_start_load", {"cancel_during_start_s": round(start_cancel_s, 2),
+                                 "cancel_during_load_s": round(load_cancel_s, 2), "next_prompt_s": round(next_s, 2),
+                                 "next_prompt_reloaded": [r["model_reloaded"] for r in per_rank]})
+    assert start_cancel_s < 1.5 and load_cancel_s < 1.5, (start_cancel_s, load_cancel_s)
+    assert worker_pids(comfy_server.pid) == starting, "the group was torn down"
+    assert not any(r["model_reloaded"] for r in per_rank), "the next prompt loaded the model again"
