@@ -12,9 +12,11 @@ import itertools
 import logging
 import math
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -184,26 +186,77 @@ def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> No
 
 
 STORE_PREFIX = "cfgp-store-"
+MP_PREFIX = "cfgp-mp-"  # this process's multiprocessing folder (resource-sharer sockets), named for the sweep
+
+
+def _bound_unix_paths() -> set[str] | None:
+    """Paths of the AF_UNIX sockets that some process has bound now (None if /proc can't tell)."""
+    try:
+        with open("/proc/net/unix") as f:
+            return {cols[7] for cols in (ln.split() for ln in f.readlines()[1:]) if len(cols) >= 8}
+    except OSError:
+        return None
 
 
 def _sweep_stale_stores() -> None:
-    """Remove rendezvous folders whose owning process is gone (killed together with its
-    ranks, e.g. SIGTERM to the whole process group, nobody was left to clean up)."""
+    """Remove what processes killed without a clean-up left in the temp folder: the pack's
+    rendezvous and multiprocessing folders whose owner pid is gone (e.g. SIGKILL to ComfyUI,
+    SIGTERM to its whole process group), and stale `listener-*` sockets (bound by no process)
+    in multiprocessing's own `pymp-*` folders, where ranks of older versions left them."""
     root = tempfile.gettempdir()
     try:
         names = os.listdir(root)
     except OSError:
         return
+    bound = None
     for name in names:
-        owner = name[len(STORE_PREFIX):].split("-", 1)[0]
-        if not name.startswith(STORE_PREFIX) or not owner.isdigit():
-            continue
-        try:
-            os.kill(int(owner), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        except OSError:
-            pass
+        path = os.path.join(root, name)
+        prefix = next((p for p in (STORE_PREFIX, MP_PREFIX) if name.startswith(p)), None)
+        if prefix is not None:
+            owner = name[len(prefix):].split("-", 1)[0]
+            if not owner.isdigit():
+                continue
+            try:
+                os.kill(int(owner), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+        elif name.startswith("pymp-"):
+            # A pymp folder may belong to a live process that reuses it later: keep the folder,
+            # drop only sockets that nobody listens on (a connect there is refused anyway).
+            bound = _bound_unix_paths() if bound is None else bound
+            if bound is None:
+                continue
+            try:
+                entries = os.listdir(path)
+            except OSError:
+                continue
+            for entry in entries:
+                sock = os.path.join(path, entry)
+                if entry.startswith("listener-") and sock not in bound:
+                    try:
+                        if stat.S_ISSOCK(os.lstat(sock).st_mode) and os.lstat(sock).st_uid == os.getuid():
+                            os.unlink(sock)
+                    except OSError:
+                        pass
+
+
+def _own_mp_tempdir() -> None:
+    """Give this process's multiprocessing a pack-named temp folder (if it has none yet), so that
+    the folder of a killed ComfyUI is recognised and swept by the next group that starts."""
+    try:
+        config = mp.process.current_process()._config
+    except AttributeError:  # pragma: no cover - another multiprocessing
+        return
+    if config.get("tempdir") is not None:
+        return
+    try:
+        path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
+    except OSError:
+        return
+    config["tempdir"] = path
+    mp_util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
 
 
 def _make_store_dir() -> str:
@@ -325,6 +378,7 @@ class WorkerGroup:
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
         _sweep_stale_stores()
         self._store_dir = _make_store_dir()
+        _own_mp_tempdir()
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()
         backend = self.spec.resolved_backend
@@ -403,10 +457,17 @@ class WorkerGroup:
 
     def usable(self) -> bool:
         """Starting or ready, with every process alive."""
-        return self.state in ("starting", "ready") and all(r.process.is_alive() for r in self.ranks)
+        return self.state in ("starting", "ready") and self._processes_running()
 
     def alive(self) -> bool:
-        return self.state == "ready" and all(r.process.is_alive() for r in self.ranks)
+        return self.state == "ready" and self._processes_running()
+
+    def _processes_running(self) -> bool:
+        """Every rank process runs. The sentinel (closed when the process ends) is asked as well as
+        waitpid: a rank that something else reaped would otherwise look alive forever."""
+        if not all(r.process.is_alive() for r in self.ranks):
+            return False
+        return not wait_any([r.process.sentinel for r in self.ranks], timeout=0)
 
     def teardown(self, reason: str = "") -> None:
         """Stop every rank: ask, then SIGTERM, then SIGKILL. Idempotent."""

@@ -69,6 +69,22 @@ def _watch_parent(death_conn, store_dir: str) -> None:
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
 
 
+def _private_mp_tempdir(store_dir: str, rank: int) -> None:
+    """Keep this rank's multiprocessing sockets (the resource sharer's `listener-*`) inside the
+    group's rendezvous folder, which is removed however the group ends (also after SIGKILL), rather
+    than in the parent's temp folder, where a killed rank's socket stayed for good."""
+    import multiprocessing.process
+
+    path = os.path.join(store_dir, f"mp-rank{rank}")
+    if len(path) > 80:  # AF_UNIX paths are limited to 107 bytes; keep multiprocessing's default
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        multiprocessing.process.current_process()._config["tempdir"] = path
+    except (OSError, AttributeError):
+        pass
+
+
 def raise_fd_limit() -> None:
     """Lift the soft limit of open files to the hard one (each shared tensor in flight holds fds)."""
     try:
@@ -98,6 +114,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
     _watch_parent(death_conn, os.path.dirname(config.store_path))
+    _private_mp_tempdir(os.path.dirname(config.store_path), config.rank)
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value

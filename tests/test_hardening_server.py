@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import stat
 import time
 
 import pytest
 
-from support.comfy_server import execution_error
+from support.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
 from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, fd_count, history_messages,
-                                post_raw, warm_group, worker_pids)
+                                post_raw, wait_dead, warm_group, worker_pids)
 
 pytestmark = pytest.mark.server
 
@@ -191,3 +193,68 @@ def test_cancel_during_group_start_and_model_load_is_prompt_and_keeps_the_group(
     assert start_cancel_s < 1.5 and load_cancel_s < 1.5, (start_cancel_s, load_cancel_s)
     assert worker_pids(comfy_server.pid) == starting, "the group was torn down"
     assert not any(r["model_reloaded"] for r in per_rank), "the next prompt loaded the model again"
+
+
+# === 4. leftovers of killed ranks and a killed server ====================================
+def _bound_unix() -> set[str]:
+    with open("/proc/net/unix") as f:
+        return {c[7] for c in (ln.split() for ln in f.readlines()[1:]) if len(c) >= 8}
+
+
+def _stale_sockets(root) -> list[str]:
+    """Socket files under `root` that no process has bound (leftovers of dead processes)."""
+    bound = _bound_unix()
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode) and path not in bound:
+                    out.append(os.path.relpath(path, root))
+            except OSError:
+                pass
+    return sorted(out)
+
+
+def _temp_folders(root) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(("pymp-", "cfgp-")))
+
+
+def test_killed_ranks_and_server_leave_nothing_in_the_temp_folder(tiny_ltxv_path, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    models = {"diffusion_models/tiny_ltxv.safetensors": tiny_ltxv_path}
+    first = ComfyServer(models=models, env={"TMPDIR": str(tmp)})
+    second = ComfyServer(models=models, env={"TMPDIR": str(tmp)})
+    try:
+        first.start()
+        for _ in range(2):  # each kill is followed by a respawn that inherits the server's temp folder
+            pids = warm_group(first)
+            os.kill(pids[1], signal.SIGKILL)
+            assert not wait_dead([pids[1]], 10)[0]
+            entry = first.run(demo_graph(steps=2), timeout=300, check=False)
+            if entry["status"]["status_str"] != "success":  # seen once in 4 runs: the death noticed mid-job
+                record("rank_death_noticed_in_job", execution_error(entry)["exception_message"])
+                first.run(demo_graph(steps=2), timeout=300)
+        stale_after_rank_kills = _stale_sockets(tmp)
+        ranks = worker_pids(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") for p in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left_by_killed_server = _temp_folders(tmp)
+        second.start()
+        second.run(demo_graph(steps=2), timeout=300)  # its group start sweeps what the first one left
+        mine = set(_temp_folders(tmp))
+        left_after_sweep = [d for d in left_by_killed_server if d in mine]
+        stale_after_sweep = _stale_sockets(tmp)
+    finally:
+        first.stop()
+        second.stop()
+    record("leftovers", {"stale_sockets_after_2_rank_kills": stale_after_rank_kills,
+                         "folders_after_server_sigkill": left_by_killed_server,
+                         "folders_left_after_next_start": left_after_sweep,
+                         "stale_sockets_after_next_start": stale_after_sweep})
+    assert stale_after_rank_kills == [], "killed ranks left their sockets behind"
+    assert left_after_sweep == [] and stale_after_sweep == [], (left_after_sweep, stale_after_sweep)
