@@ -50,8 +50,9 @@ class GroupSpec:
     load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
     collective_timeout_s: float = 600.0
     interrupt_grace_s: float = 60.0  # for ranks to stop, after an interrupt mid-sampling, before a teardown
-    detach_after_s: float = 0.5  # after an interrupt, return to ComfyUI; the ranks finish in the background
+    detach_after_s: float = 0.25  # after an interrupt, return to ComfyUI; the ranks finish in the background
     worker_init: str = ""  # "module:function" called with the device name before the first job
+    fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
 
     @property
@@ -259,6 +260,13 @@ def _own_mp_tempdir() -> None:
     mp_util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
 
 
+def _fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 def _make_store_dir() -> str:
     """The private rendezvous folder (0700), or a GroupStartError that says how to fix the temp folder."""
     root = tempfile.gettempdir()
@@ -363,6 +371,7 @@ class WorkerGroup:
         self._lock = threading.Lock()
         self._t0 = 0.0
         self._pending: _Flight | None = None  # an interrupted job the ranks are still finishing
+        self._fd_baseline: dict[int, int] = {}  # pid -> open fds after the first job (model loaded)
 
     # --- lifecycle -------------------------------------------------------
     def start(self, interrupt_requested: Callable[[], bool] | None = None) -> None:
@@ -505,6 +514,18 @@ class WorkerGroup:
             _release_uncollected_handles()
         self.state = "failed" if reason else "closed"
 
+    def fd_leak(self) -> str:
+        """Why a rank holds too many open fds ('' when none does). A local process can make a rank
+        leak one fd per connection to its gloo port (accepted, never closed): the group is then
+        respawned between jobs, long before the rank reaches its fd limit and aborts."""
+        for r in self.ranks:
+            base = self._fd_baseline.get(r.process.pid)
+            now = _fd_count(r.process.pid)
+            if base is not None and now is not None and now > base + self.spec.fd_margin:
+                return (f"rank {r.config.rank} (pid {r.process.pid}) holds {now} open fds, {now - base} more than "
+                        f"after its first job (connections to its gloo port leak them)")
+        return ""
+
     def pids(self) -> list[int]:
         return [r.process.pid for r in self.ranks if r.process.pid]
 
@@ -641,6 +662,8 @@ class WorkerGroup:
         if "interrupted" in kinds:
             step = next((p.get("step") for k, p in outcome.values() if k == "interrupted"), None)
             raise JobInterrupted(f"Interrupted at step {step}; all ranks stopped together.", step=step)
+        if not self._fd_baseline:
+            self._fd_baseline = {pid: n for pid, n in ((p, _fd_count(p)) for p in self.pids()) if n is not None}
         summaries = tuple(outcome[r][1].get("summary", {}) for r in range(len(self.ranks)))
         self.last_job = {"seconds": round(time.monotonic() - flight.t0, 3), "per_rank": summaries}
         return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - flight.t0)
@@ -708,6 +731,11 @@ def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = 
                 _current = group
             group.await_ready(interrupt_requested)
             group.settle(interrupt_requested)
+            leak = group.fd_leak() if group.alive() else ""
+            if leak:
+                log.warning("cfg-parallel: %s; restarting the group before it runs out of fds", leak)
+                group.teardown(leak)
+                continue
             if group.alive():
                 return group
         raise GroupStartError(f"The worker group failed again right after a restart: {group.last_error}")
