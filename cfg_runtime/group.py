@@ -256,8 +256,18 @@ def _own_mp_tempdir() -> None:
         path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
     except OSError:
         return
+    if len(path) > 88:  # AF_UNIX paths hold 107 bytes: keep multiprocessing's default folder
+        os.rmdir(path)
+        return
     config["tempdir"] = path
     mp_util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
+
+
+def _is_out_of_memory(failure: dict) -> bool:
+    """Whether a rank's failure is an allocation failure (CUDA OOM, or a host allocation refused)."""
+    message = str(failure.get("message", "")).lower()
+    return failure.get("type") in ("OutOfMemoryError", "MemoryError") or "out of memory" in message \
+        or "can't allocate memory" in message
 
 
 def _fd_count(pid: int) -> int | None:
@@ -512,6 +522,7 @@ class WorkerGroup:
             self._store_dir = None
         if reason:
             _release_uncollected_handles()
+            _sweep_stale_stores()  # what the killed ranks left (their multiprocessing folders)
         self.state = "failed" if reason else "closed"
 
     def fd_leak(self) -> str:
@@ -674,7 +685,12 @@ class WorkerGroup:
         if teardown:
             missing = [r.config.rank for r in self.ranks if r.config.rank not in outcome]
             self.teardown(f"rank {origin['rank']} failed; ranks {missing} did not finish")
-        exc = JobFailedError(f"{origin['type']} on rank {origin['rank']}: {origin['message']}")
+        text = f"{origin['type']} on rank {origin['rank']}: {origin['message']}"
+        if _is_out_of_memory(origin):
+            text = (f"Rank {origin['rank']} ran out of memory: lower the resolution, frame count or batch size, run "
+                    f"fewer ranks per device, or free memory on it (the group stays up). "
+                    f"{text[:1500]}")
+        exc = JobFailedError(text)
         exc.remote_traceback = origin.get("traceback", "")
         exc.remote_type = origin["type"]
         raise exc

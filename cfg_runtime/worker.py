@@ -63,26 +63,39 @@ def _watch_parent(death_conn, store_dir: str) -> None:
                     death_conn.recv()  # EOF when the parent is gone; nothing else is ever sent
         except (EOFError, OSError):
             pass
-        shutil.rmtree(store_dir, ignore_errors=True)
+        for path in [store_dir] + _mp_dir:
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(3)
 
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
 
 
-def _private_mp_tempdir(store_dir: str, rank: int) -> None:
-    """Keep this rank's multiprocessing sockets (the resource sharer's `listener-*`) inside the
-    group's rendezvous folder, which is removed however the group ends (also after SIGKILL), rather
-    than in the parent's temp folder, where a killed rank's socket stayed for good."""
-    import multiprocessing.process
+MP_PREFIX = "cfgp-mp-"  # as in group.py: a multiprocessing folder named by its owner pid, for the sweep
+_mp_dir: list[str] = []
 
-    path = os.path.join(store_dir, f"mp-rank{rank}")
-    if len(path) > 80:  # AF_UNIX paths are limited to 107 bytes; keep multiprocessing's default
+
+def _private_mp_tempdir() -> None:
+    """Keep this rank's multiprocessing sockets (the resource sharer's `listener-*`) in a folder
+    named by this pid, not in the parent's folder, where the socket of a killed rank stayed for
+    good. A clean exit removes it; after a kill, the next group start sweeps it (owner gone)."""
+    import multiprocessing.process
+    import multiprocessing.util
+    import tempfile
+
+    try:
+        path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
+    except OSError:
+        return
+    if len(path) > 88:  # AF_UNIX paths hold 107 bytes: keep multiprocessing's default folder
+        os.rmdir(path)
         return
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
         multiprocessing.process.current_process()._config["tempdir"] = path
-    except (OSError, AttributeError):
-        pass
+    except AttributeError:  # pragma: no cover - another multiprocessing
+        os.rmdir(path)
+        return
+    _mp_dir.append(path)
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
 
 
 def raise_fd_limit() -> None:
@@ -114,7 +127,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
     _watch_parent(death_conn, os.path.dirname(config.store_path))
-    _private_mp_tempdir(os.path.dirname(config.store_path), config.rank)
+    _private_mp_tempdir()
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value

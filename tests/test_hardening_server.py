@@ -250,13 +250,30 @@ def test_killed_ranks_and_server_leave_nothing_in_the_temp_folder(tiny_ltxv_path
         mine = set(_temp_folders(tmp))
         left_after_sweep = [d for d in left_by_killed_server if d in mine]
         stale_after_sweep = _stale_sockets(tmp)
+        # 5. the temp folder becomes unusable (removed, a file in its place) before a group start
+        second.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": True}}}, timeout=60)
+        aside = tmp.with_name("tmp-aside")
+        tmp.rename(aside)
+        tmp.write_text("not a folder")
+        try:
+            t0 = time.monotonic()
+            err = failing(second, demo_graph(steps=2))
+            unusable_s = time.monotonic() - t0
+            spawned = worker_pids(second.pid)
+        finally:
+            tmp.unlink()
+            aside.rename(tmp)
+        second.run(demo_graph(steps=2), timeout=300)  # usable again: the next prompt starts a group
     finally:
         first.stop()
         second.stop()
     record("leftovers", {"stale_sockets_after_2_rank_kills": stale_after_rank_kills,
                          "folders_after_server_sigkill": left_by_killed_server,
                          "folders_left_after_next_start": left_after_sweep,
-                         "stale_sockets_after_next_start": stale_after_sweep})
+                         "stale_sockets_after_next_start": stale_after_sweep,
+                         "unusable_temp_folder": {"seconds": round(unusable_s, 2), "message": err["exception_message"]}})
+    assert err["exception_type"].endswith("GroupStartError") and "rendezvous folder" in err["exception_message"], err
+    assert "TMPDIR" in err["exception_message"] and unusable_s < 10 and spawned == [], (err, spawned)
     assert stale_after_rank_kills == [], "killed ranks left their sockets behind"
     assert left_after_sweep == [] and stale_after_sweep == [], (left_after_sweep, stale_after_sweep)
 
@@ -288,3 +305,53 @@ def test_connections_to_a_rank_port_are_detected_and_the_group_respawned(comfy_s
     assert entry["status"]["status_str"] == "success"
     assert after - before >= 1000, "connections no longer leak fds: update this test and RELIABILITY.md"
     assert not set(new) & set(pids), "the leaking ranks were kept"
+
+
+# === 5. more faults ======================================================================
+def failing_model_graph(kind: str, call: int, tag: str, steps: int = 4) -> dict:
+    g = demo_graph(steps=steps)
+    g["90"] = {"class_type": "CFGPTestFailingModel", "inputs": {"model": g[GUIDER]["inputs"]["model"], "kind": kind,
+                                                                 "rank": 1, "call": call, "tag": tag}}
+    g[GUIDER]["inputs"]["model"] = ["90", 0]
+    return g
+
+
+@pytest.mark.parametrize("kind", ["oom", "raise"])
+def test_rank_failing_inside_the_model_on_one_step_keeps_the_group(comfy_server, kind):
+    pids = warm_group(comfy_server)
+    t0 = time.monotonic()
+    err = failing(comfy_server, failing_model_graph(kind, call=1, tag=f"{kind}-{time.time()}"))
+    fail_s = time.monotonic() - t0
+    msg = err["exception_message"]
+    t1 = time.monotonic()
+    comfy_server.run(demo_graph(steps=2), timeout=300)
+    record(f"model_fault_{kind}", {"fail_s": round(fail_s, 2), "message": msg[:300],
+                                   "next_prompt_s": round(time.monotonic() - t1, 2)})
+    assert err["node_id"] == SAMPLER and err["exception_type"].endswith("JobFailedError"), err
+    if kind == "oom":
+        assert msg.startswith("Rank 1 ran out of memory") and "lower the resolution" in msg, msg
+    else:
+        assert "injected model failure on rank 1 at model call 1" in msg, msg
+    assert worker_pids(comfy_server.pid) == pids, "a failure inside the model restarted the group"
+
+
+def test_rank_lost_with_prompts_queued(comfy_server):
+    pids = warm_group(comfy_server)
+    progress = Progress(comfy_server)
+    try:
+        first = comfy_server.queue(demo_graph(steps=400), client_id=progress.client_id)
+        queued = [comfy_server.queue(demo_graph(steps=3)) for _ in range(3)]
+        progress.wait_step(first, 3)
+        t0 = time.monotonic()
+        os.kill(pids[1], signal.SIGKILL)
+        entries = [comfy_server.wait(p, timeout=300) for p in [first] + queued]
+        all_s = time.monotonic() - t0
+    finally:
+        progress.close()
+    statuses = [e["status"]["status_str"] for e in entries]
+    new = worker_pids(comfy_server.pid)
+    record("rank_lost_with_queue", {"statuses": statuses, "seconds_until_queue_done": round(all_s, 1),
+                                    "old_pids": pids, "new_pids": new})
+    assert statuses == ["error", "success", "success", "success"], statuses
+    assert execution_error(entries[0])["exception_type"].endswith("WorkerDiedError")
+    assert len(new) == 2 and not set(new) & set(pids)
