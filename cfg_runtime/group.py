@@ -549,6 +549,8 @@ class WorkerGroup:
             if not self.alive():
                 raise GroupStartError(f"The worker group is not running ({self.last_error or self.state}); "
                                       f"start it first.")
+            if interrupt_requested is not None and interrupt_requested():  # e.g. during the model's capture
+                raise JobInterrupted("Interrupted before the job was sent to the ranks.")
             self._stop_event.clear()
             job_id = self.jobs_run
             self.jobs_run += 1
