@@ -50,7 +50,9 @@ class GroupSpec:
     load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
     collective_timeout_s: float = 600.0
     interrupt_grace_s: float = 60.0  # for ranks to stop, after an interrupt mid-sampling, before a teardown
-    detach_after_s: float = 0.25  # after an interrupt, return to ComfyUI; the ranks finish in the background
+    # After an interrupt, return to ComfyUI after this long and let the ranks finish in the background:
+    detach_after_s: float = 0.25  # before the first step (start-up, model load: the ranks stop only later)
+    detach_mid_sampling_s: float = 1.0  # mid-sampling (the ranks normally stop within the step in flight)
     worker_init: str = ""  # "module:function" called with the device name before the first job
     fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
@@ -364,7 +366,7 @@ class WorkerGroup:
             raise GroupConfigError("A worker group needs at least one device.")
         check_device_backend(spec.devices, spec.backend)
         for name in ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
-                     "interrupt_grace_s", "detach_after_s"):
+                     "interrupt_grace_s", "detach_after_s", "detach_mid_sampling_s"):
             value = getattr(spec, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise GroupConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
@@ -646,7 +648,8 @@ class WorkerGroup:
             if interrupt_requested is not None and flight.stop_sent_at is None and interrupt_requested():
                 self._stop_event.set()
                 flight.stop_sent_at = now
-            if flight.stop_sent_at is not None and now - flight.stop_sent_at > self.spec.detach_after_s:
+            detach_s = self.spec.detach_mid_sampling_s if flight.progressed else self.spec.detach_after_s
+            if flight.stop_sent_at is not None and now - flight.stop_sent_at > detach_s:
                 # The ranks are loading the model or inside a long step: let them finish that in the
                 # background (they stop at their next model evaluation) and keep the group.
                 self._pending = flight
