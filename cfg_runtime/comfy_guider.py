@@ -23,7 +23,7 @@ from .comfy_model import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, Mod
                           check_model_options, parent_runs_dynamic_vram, plan_base)
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
-from .group import GroupSpec, get_group, parse_devices
+from .group import BACKEND_ENV, GroupSpec, get_group, parse_devices
 from .ltx_branches import branch_model_options, check_blocks, model_family
 from .policy import CFGBranch, CFGPolicy
 from .shipping import check_shippable, shippable
@@ -31,7 +31,6 @@ from .shipping import check_shippable, shippable
 log = logging.getLogger("cfg_parallel")
 
 WORKER_INIT = "cfg_runtime.comfy_model:init_worker"
-BACKEND_ENV = "CFG_PARALLEL_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -52,12 +51,14 @@ class ParallelSettings:
         if self.backend not in ("", "nccl", "gloo"):
             raise GroupConfigError(f"Unknown backend {self.backend!r} (from {BACKEND_ENV}?): use 'nccl', 'gloo' or "
                                    f"leave it empty.")
-        if not (math.isfinite(self.step_timeout_s) and self.step_timeout_s > 0):
+        if not (isinstance(self.step_timeout_s, (int, float)) and math.isfinite(self.step_timeout_s)
+                and self.step_timeout_s > 0):
             raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
-        devices = parse_devices(self.devices, self.size)
+        backend = self.backend or os.environ.get(BACKEND_ENV, "").strip().lower()
+        devices = parse_devices(self.devices, self.size, backend)
         # CPU kernels can round differently with another thread count: CPU ranks use this
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
-        return GroupSpec(devices=devices, backend=self.backend, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
+        return GroupSpec(devices=devices, backend=backend, step_timeout_s=self.step_timeout_s, start_timeout_s=self.start_timeout_s,
                          collective_timeout_s=max(self.step_timeout_s, 60.0), worker_init=WORKER_INIT,
                          threads_per_rank=torch.get_num_threads())
 
@@ -202,7 +203,10 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             keep_model_loaded=self.parallel.keep_model_loaded,
         )
         _check_picklable(job)
-        group = get_group(spec)
+        try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
+            group = get_group(spec, interrupt_requested=comfy.model_management.processing_interrupted)
+        except JobInterrupted:
+            raise comfy.model_management.InterruptProcessingException()
         token = job.shipment.base_token
         if group.facts.get("base_token") != token:  # the ranks don't hold this model yet
             job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
@@ -224,6 +228,8 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
                 job = replace(job, shipment=capture(self.model_patcher, with_base=True, plan=plan))
                 result = run(job)
         except JobInterrupted:
+            # the ranks finish loading this model in the background (or already hold it)
+            group.facts["base_token"] = token if self.parallel.keep_model_loaded else None
             raise comfy.model_management.InterruptProcessingException()
         group.facts["base_token"] = token if self.parallel.keep_model_loaded else None
         self.last_run = {"ranks": spec.world_size, "seconds": result.seconds, "per_rank": result.summaries}

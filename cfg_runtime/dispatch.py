@@ -123,8 +123,28 @@ class BranchDispatcher:
         self.last_preds = preds
         ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
         out = self.policy.combine({n: p for n, p in preds.items() if n in self.policy.names}, ctx)
+        if not torch.isfinite(out).all():
+            raise PredictionError(
+                f"The guided prediction of policy '{self.policy.name}' ({self.policy.rule.kind} rule) has NaN/inf "
+                f"values at step {step}, although every branch prediction ({', '.join(preds)}) is finite: the "
+                f"guidance scales overflow {str(out.dtype).replace('torch.', '')} ({_largest_scale(self.policy)}). "
+                f"Lower them.")
         self.stats.combine_s += time.perf_counter() - t2
         return out
+
+
+def _largest_scale(policy: CFGPolicy) -> str:
+    """The policy's largest guidance parameter, named, for an overflow message."""
+    rule = policy.rule
+    if rule.kind == "weighted":
+        scales = [(f"weight of '{n}'", w) for n, w in rule.weights]
+    elif rule.kind == "standard":
+        scales = [("CFG scale", rule.scale)]
+    else:
+        scales = [(f"{label} {key}", getattr(params, key)) for label, params in (("video", rule.video),
+                  ("audio", rule.audio)) for key in ("cfg", "stg", "modality")]
+    name, value = max(scales, key=lambda item: abs(item[1]), default=("no scale", 0.0))
+    return f"largest: {name} = {value:g}"
 
 
 def _checked(name: str, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 
+def clip(text: object, limit: int = 80) -> str:
+    """A user's value as it goes into a message: repr-quoted, at most `limit` characters."""
+    s = str(text)
+    if len(s) <= limit:
+        return repr(s)
+    return repr(s[:limit]) + f"... ({len(s)} characters)"
+
+
 class CFGParallelError(RuntimeError):
     """Base class: every error this pack raises on purpose."""
 

@@ -8,6 +8,7 @@ and the other ranks contribute nothing (no forward).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ import comfy.sample
 import comfy.utils
 
 from .comfy_guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
-from .errors import PolicyError
+from .errors import PolicyError, clip
 from .ltx_branches import model_family
 from .policy import CFGPolicy
 from .presets import standard_cfg
@@ -41,9 +42,13 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in str(text).replace(";", ",").split(",") if v.strip())
     except ValueError:
-        raise PolicyError(f"stage2_sigmas '{text}' is not a comma-separated list of numbers.") from None
+        raise PolicyError(f"stage2_sigmas {clip(text)} is not a comma-separated list of numbers.") from None
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise PolicyError(f"stage2_sigmas must be finite numbers, got {bad[0]} in {clip(text)}: write decreasing "
+                          f"values such as {', '.join(map(str, DISTILLED_STAGE2_SIGMAS))}.")
     if len(values) < 2 or any(b > a for a, b in zip(values, values[1:])) or values[-1] < 0:
-        raise PolicyError(f"stage2_sigmas must be at least two non-increasing values ending at >= 0, got {text!r} "
+        raise PolicyError(f"stage2_sigmas must be at least two non-increasing values ending at >= 0, got {clip(text)} "
                           f"(the distilled refine uses {', '.join(map(str, DISTILLED_STAGE2_SIGMAS))}).")
     return values
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .errors import PolicyError
+from .errors import PolicyError, clip
 from .ltx_guidance import ModalityGuidance
 from .policy import CFGBranch, CFGPolicy, LTXMultimodal, StandardCFG, WeightedBranches
 
@@ -43,14 +43,19 @@ def ltx2_multimodal(video: ModalityGuidance, audio: ModalityGuidance) -> CFGPoli
 def custom(branches: Iterable[tuple[str, str, float]]) -> CFGPolicy:
     """Any branches: pred = c + sum_i w_i (c - b_i); each item is (name, 'positive'|'negative', weight).
 
-    The conditional branch 'cond' (positive) is always present; list it to give it no weight.
+    The conditional branch 'cond' (positive) is always present with the implicit weight 1;
+    a line of that name is refused rather than dropped, since its weight would be ignored.
     """
     items = [(str(n).strip(), str(c).strip(), float(w)) for n, c, w in branches]
     out = [CFGBranch("cond", "positive")]
     weights = []
     for name, conds, weight in items:
         if name == "cond":
-            continue
+            raise PolicyError(
+                f"Custom branch 'cond:{conds}:{weight:g}': 'cond' is the conditional branch, which every custom "
+                f"policy evaluates on the positive conditioning and weighs implicitly (pred = cond + sum of "
+                f"weight * (cond - branch)), so this line would be ignored. Delete it, or give the extra branch "
+                f"another name, e.g. 'cond2:{conds}:{weight:g}'.")
         out.append(CFGBranch(name, conds))
         weights.append((name, weight))
     return CFGPolicy("custom", tuple(out), WeightedBranches(tuple(weights)))
@@ -65,11 +70,11 @@ def parse_custom_spec(text: str) -> list[tuple[str, str, float]]:
             continue
         parts = [p.strip() for p in line.split(":")]
         if len(parts) != 3:
-            raise PolicyError(f"Custom branch '{line}': write it as name:positive|negative:weight, e.g. 'neg:negative:2.0'.")
+            raise PolicyError(f"Custom branch {clip(line)}: write it as name:positive|negative:weight, e.g. 'neg:negative:2.0'.")
         try:
             weight = float(parts[2])
         except ValueError:
-            raise PolicyError(f"Custom branch '{line}': weight '{parts[2]}' is not a number.") from None
+            raise PolicyError(f"Custom branch {clip(line)}: weight {clip(parts[2], 30)} is not a number.") from None
         items.append((parts[0], parts[1], weight))
     if not items:
         raise PolicyError("The custom preset needs at least one branch besides 'cond', e.g. 'neg:negative:2.0'.")

@@ -63,10 +63,98 @@ def _watch_parent(death_conn, store_dir: str) -> None:
                     death_conn.recv()  # EOF when the parent is gone; nothing else is ever sent
         except (EOFError, OSError):
             pass
-        shutil.rmtree(store_dir, ignore_errors=True)
+        for path in [store_dir] + _mp_dir:
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(3)
 
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
+
+
+MP_PREFIX = "cfgp-mp-"  # as in group.py: a multiprocessing folder named by its owner pid, for the sweep
+_mp_dir: list[str] = []
+
+
+def _private_mp_tempdir() -> None:
+    """Keep this rank's multiprocessing sockets (the resource sharer's `listener-*`) in a folder
+    named by this pid, not in the parent's folder, where the socket of a killed rank stayed for
+    good. A clean exit removes it; after a kill, the next group start sweeps it (owner gone)."""
+    import multiprocessing.process
+    import multiprocessing.util
+    import tempfile
+
+    try:
+        path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
+    except OSError:
+        return
+    if len(path) > 88:  # AF_UNIX paths hold 107 bytes: keep multiprocessing's default folder
+        os.rmdir(path)
+        return
+    try:
+        multiprocessing.process.current_process()._config["tempdir"] = path
+    except AttributeError:  # pragma: no cover - another multiprocessing
+        os.rmdir(path)
+        return
+    _mp_dir.append(path)
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
+
+
+KEEP_LISTENER_ENV = "CFG_PARALLEL_KEEP_GLOO_LISTENER"  # "1": leave gloo's port open (to measure the leak)
+_listener_plug: list[int] = []  # the write end that keeps the plug quiet, for the life of the process
+
+
+def _tcp_listen_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[3] == "0A":
+                        inodes.add(cols[9])
+        except OSError:
+            pass
+    return inodes
+
+
+def close_gloo_listener() -> bool:
+    """Close gloo's listening port once the full mesh is connected (after the first barrier).
+
+    gloo accepts on that port for the life of the process group and keeps every accepted socket
+    that sends no handshake, so any local process could leak this rank's fds until it aborts.
+    The pairs are connected by now and nothing listens again (no new groups are made), so the
+    listening socket is swapped for a quiet pipe on the same fd number: the port is gone, and
+    gloo's event loop, which unregisters that fd when the group is destroyed, finds it registered
+    (the pipe is added to the process's epoll sets with no events). Returns whether it closed.
+    """
+    import select
+
+    inodes = _tcp_listen_inodes()
+    listeners, epolls = [], []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            listeners.append(int(name))
+        elif target == "anon_inode:[eventpoll]":
+            epolls.append(int(name))
+    if len(listeners) != 1 or not epolls:
+        return False
+    fd = listeners[0]
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, fd)  # the listening socket's last reference: the port closes
+    os.close(read_end)
+    _listener_plug.append(write_end)
+    for epfd in epolls:
+        ep = select.epoll.fromfd(os.dup(epfd))
+        try:
+            ep.register(fd, 0)
+        except OSError:
+            pass
+        finally:
+            ep.close()
+    return True
 
 
 def raise_fd_limit() -> None:
@@ -98,6 +186,7 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
     _watch_parent(death_conn, os.path.dirname(config.store_path))
+    _private_mp_tempdir()
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
@@ -119,13 +208,18 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
                                 timeout=timedelta(seconds=config.collective_timeout_s),
                                 **({"device_id": device} if device.type == "cuda" else {}))
         dist.barrier()
+        listener_closed = False
+        if config.backend == "gloo" and os.environ.get(KEEP_LISTENER_ENV) != "1":
+            listener_closed = close_gloo_listener()
+            dist.barrier()  # the pairs still work without the port
         exchange = CollectiveExchange(config.rank, config.world_size)
     except BaseException as exc:  # report, then exit: the parent turns this into a clear error
         conn.send(("start_error", _failure(exc, config.rank)))
         sys.exit(1)
 
     conn.send(("ready", {"rank": config.rank, "pid": os.getpid(), "device": str(device),
-                         "backend": config.backend, "torch": torch.__version__}))
+                         "backend": config.backend, "torch": torch.__version__,
+                         "gloo_listener_closed": listener_closed}))
     cache: dict = {}
 
     def emit(payload: Any) -> None:

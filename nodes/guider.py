@@ -52,8 +52,7 @@ class MultiBranchGuiderNode:
         check_policy_fits_model(policy, model)
         settings = ParallelSettings(size=parallel_size, devices=devices, strategy=plan,
                                     keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s)
-        if parallel_size > 1:
-            settings.group_spec()  # fail here, at this node, on a bad device request or timeout
+        settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)
         return (guider,)

@@ -55,7 +55,8 @@ class LTX2Sampler:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
-        settings = ParallelSettings(size=parallel_size, devices=devices)  # checked before stage 1 starts
+        settings = ParallelSettings(size=parallel_size, devices=devices)
+        settings.group_spec()  # a bad device request fails here, at any size, before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)
         return (final, stage1)

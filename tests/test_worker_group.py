@@ -145,11 +145,51 @@ def test_shutdown_leaves_no_process_and_no_socket():
     g = WorkerGroup(GroupSpec(("cpu", "cpu")))
     g.start()
     pids = g.pids()
-    assert listening_sockets(pids)  # gloo listens while the group lives ...
+    assert listening_sockets(pids) == []  # gloo's port closes once the mesh is connected ...
     g.teardown()
     assert not any(pid_alive(p) for p in pids)
     assert listening_sockets(pids) == []  # ... and nothing is left afterwards
     assert g.status()["state"] == "closed"
+
+
+def test_a_leaking_gloo_port_is_detected_and_the_group_respawned(monkeypatch):
+    """With gloo's port left open (CFG_PARALLEL_KEEP_GLOO_LISTENER=1), connect-and-close leaks one
+    fd per connection in the rank; get_group notices between jobs and respawns the group."""
+    import socket
+
+    from cfg_runtime.worker import KEEP_LISTENER_ENV
+
+    monkeypatch.setenv(KEEP_LISTENER_ENV, "1")
+    shutdown_group()
+    spec = GroupSpec(("cpu", "cpu"), fd_margin=200)
+    g = get_group(spec)
+    g.run(ToySampleJob(POLICIES["cfg"], steps=2))
+    victim = g.ranks[1].process.pid
+    port = int(listening_sockets([victim])[0].rsplit(":", 1)[1])
+    before = len(os.listdir(f"/proc/{victim}/fd"))
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    time.sleep(0.3)
+    assert len(os.listdir(f"/proc/{victim}/fd")) - before >= 250  # the leak this guards against
+    g2 = get_group(spec)
+    assert g2 is not g and not pid_alive(victim) and "open fds" in g.last_error
+    monkeypatch.delenv(KEEP_LISTENER_ENV)
+    shutdown_group()
+
+
+def test_gloo_port_is_closed_after_the_rendezvous():
+    import socket
+
+    g = WorkerGroup(GroupSpec(("cpu", "cpu", "cpu")))
+    g.start()
+    try:
+        assert all(r.info["gloo_listener_closed"] for r in g.ranks)
+        assert listening_sockets(g.pids()) == []
+        job = ToySampleJob(POLICIES["custom3"], steps=3)
+        assert torch.equal(g.run(job).value, run_serial(job)[0])
+    finally:
+        g.teardown()
 
 
 def test_bad_group_requests():

@@ -1,5 +1,16 @@
 """Test-only ComfyUI nodes (loaded by the test server; not part of the pack)."""
+import os
+import sys
+import uuid
+
 import torch
+
+# Worker ranks copy sys.path when they are spawned: this makes cfgp_faults importable there.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.append(_HERE)
+
+from cfgp_faults import FailingModelCall  # noqa: E402
 
 
 class CFGPTestConditioning:
@@ -29,5 +40,31 @@ class CFGPTestConditioning:
         return ([[cond, {"attention_mask": torch.ones(1, int(tokens), dtype=torch.long)}]],)
 
 
-NODE_CLASS_MAPPINGS = {"CFGPTestConditioning": CFGPTestConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"CFGPTestConditioning": "CFGP Test Conditioning"}
+class CFGPTestFailingModel:
+    """MODEL -> MODEL whose `call`-th model call on `rank` fails (an allocation that cannot succeed,
+    or a RuntimeError). Each tag counts its own calls."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "kind": (["oom", "raise"],),
+            "rank": ("INT", {"default": 1, "min": 0, "max": 63}),
+            "call": ("INT", {"default": 2, "min": 0, "max": 10000}),
+            "tag": ("STRING", {"default": "t"}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "_for_testing/cfgp"
+
+    def patch(self, model, kind, rank, call, tag):
+        m = model.clone()
+        m.set_model_unet_function_wrapper(FailingModelCall(kind, int(rank), int(call), str(tag)))
+        m.patches_uuid = uuid.uuid4()  # a new patcher on the ranks, not the one they cached
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS = {"CFGPTestConditioning": CFGPTestConditioning, "CFGPTestFailingModel": CFGPTestFailingModel}
+NODE_DISPLAY_NAME_MAPPINGS = {"CFGPTestConditioning": "CFGP Test Conditioning",
+                              "CFGPTestFailingModel": "CFGP Test Failing Model"}
