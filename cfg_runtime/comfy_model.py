@@ -189,13 +189,18 @@ class BasePlan:
 def plan_base(model_patcher, devices: tuple[str, ...] = ()) -> BasePlan:
     """Decide how the base weights travel; raises ShippingError (before any rank starts) if they cannot."""
     quantized = _quantized_weight(model_patcher.model)
-    if quantized is not None:
-        raise ShippingError(
-            f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint), which "
-            f"cannot be shared with the worker processes yet. Use a checkpoint with plain weights (bf16/fp16, or "
-            f"weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
-    dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
     token = recipe_token(model_patcher)
+    if quantized is not None:
+        if token is None:
+            raise ShippingError(
+                f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint) and "
+                f"its loader left no recipe to load it again (cached_patcher_init), so the worker processes cannot "
+                f"get it. Load it with a core loader (UNETLoader, CheckpointLoaderSimple), use a checkpoint with "
+                f"plain weights (bf16/fp16, or weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
+        # comfy-kitchen QuantizedTensor parameters cannot be pickled (torch.multiprocessing
+        # segfaults on the wrapper tensor): every rank loads the file with the loader's recipe.
+        return BasePlan(token, from_recipe=True, ranks_load=True)
+    dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
     if dynamic and token is not None and devices and all(d.startswith("cuda") for d in devices) \
             and parent_runs_dynamic_vram() and _stored_dtype_differs(model_patcher.model):
         # The dynamic loader keeps the file's precision for some weights where the plain one
@@ -326,6 +331,7 @@ class ModelCache:
 
     def __init__(self, store: dict) -> None:
         self.store = store.setdefault("comfy_models", {})
+        self.base_loaded = False  # whether the last patcher_for() took a new base (sent, or loaded here)
 
     def patcher_for(self, shipment: ModelShipment, device: torch.device):
         import comfy.model_patcher
@@ -340,6 +346,7 @@ class ModelCache:
             self.drop()
             entry = None
         base, patcher_class = shipment.base_model, comfy.model_patcher.ModelPatcher
+        self.base_loaded = base is not None or shipment.recipe is not None
         if base is None and shipment.recipe is not None:  # load it here, as ComfyUI does (dynamic VRAM)
             recipe = shipment.recipe
             loaded = recipe[0](*recipe[1])
