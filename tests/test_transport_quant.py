@@ -20,12 +20,14 @@ def _needs_quant():
         pytest.skip(f"{NEEDS_029} comfy-kitchen is not installed (QuantizedTensor)")
 
 
-@pytest.fixture(scope="module", params=["comfy_quant", "scaled_fp8"])
-def quant_path(request, tiny_model_dir):
+@pytest.fixture(scope="module")
+def quant_paths(tiny_model_dir) -> dict:
+    """The tiny LTXV with 10 Linear weights in scaled fp8, in both formats ComfyUI 0.29 reads."""
     _needs_quant()
     from support.tiny_models import build_tiny_ltxv_quantized
 
-    return build_tiny_ltxv_quantized(tiny_model_dir / f"tiny_ltxv_{request.param}.safetensors", style=request.param)
+    return {style: build_tiny_ltxv_quantized(tiny_model_dir / f"tiny_ltxv_{style}.safetensors", style=style)
+            for style in ("comfy_quant", "scaled_fp8")}
 
 
 @pytest.fixture
@@ -67,26 +69,38 @@ def _quantized(patcher) -> list[str]:
     return [n for n, p in patcher.model.named_parameters() if isinstance(p, QuantizedTensor)]
 
 
-def test_quantized_checkpoint_size2_equals_size1_and_reload_is_not_loaded_again(quant_path, group_down):
-    first = _load(quant_path)
+def _base_loaded(guider) -> list[bool]:
+    return [r["base_loaded"] for r in guider.last_run["per_rank"]]
+
+
+def test_quantized_checkpoints_size2_equal_size1_and_a_reload_is_not_loaded_again(quant_paths, group_down):
+    """Both formats, one worker group: the ranks load each file with the loader's recipe;
+    ComfyUI loading the same file again is the same model to them (nothing loaded)."""
+    first = _load(quant_paths["comfy_quant"])
     assert len(_quantized(first)) == 10, "the core loader should give QuantizedTensor weights"
     serial, _ = _sample(first, 1)
     assert torch.isfinite(serial).all()
     parallel, guider = _sample(first, 2)
     assert torch.equal(parallel, serial)
-    assert [r["base_loaded"] for r in guider.last_run["per_rank"]] == [True, True]
-    second = _load(quant_path)  # ComfyUI dropped it and loaded the same file again
+    assert _base_loaded(guider) == [True, True]
+    second = _load(quant_paths["comfy_quant"])  # ComfyUI dropped it and loaded the same file again
     assert second.model is not first.model
     again, guider = _sample(second, 2)
     assert torch.equal(again, serial)
-    assert [r["base_loaded"] for r in guider.last_run["per_rank"]] == [False, False]
+    assert _base_loaded(guider) == [False, False]
+    legacy = _load(quant_paths["scaled_fp8"])
+    assert len(_quantized(legacy)) == 10
+    legacy_serial, _ = _sample(legacy, 1)
+    legacy_parallel, guider = _sample(legacy, 2)
+    assert torch.equal(legacy_parallel, legacy_serial)
+    assert _base_loaded(guider) == [True, True]  # another file: loaded
 
 
-def test_quantized_model_without_recipe_is_refused_before_any_rank_starts(quant_path, group_down):
+def test_quantized_model_without_recipe_is_refused_before_any_rank_starts(quant_paths, group_down):
     from cfg_runtime.errors import ShippingError
     from cfg_runtime.group import current_group
 
-    patcher = _load(quant_path)
+    patcher = _load(quant_paths["comfy_quant"])
     patcher.cached_patcher_init = None  # a custom loader that registers no recipe
     with pytest.raises(ShippingError) as info:
         _sample(patcher, 2)
