@@ -12,13 +12,16 @@ maps the same pages. Which module that is:
   loader's own recipe (`cached_patcher_init` with disable_dynamic=True), once per recipe;
 * for a dynamic-VRAM model whose stored weights differ in dtype from the model's (fp8
   weight_dtype on a bf16 file), no module at all: dynamic-VRAM GPU ranks run the recipe
-  themselves, since only ComfyUI's dynamic loader computes ComfyUI's numbers there.
+  themselves, since only ComfyUI's dynamic loader computes ComfyUI's numbers there;
+* for a model with quantized weights (comfy-kitchen QuantizedTensor: scaled-fp8 and
+  mixed-precision `comfy_quant` checkpoints), no module either: every rank runs the recipe
+  (its layers are classes local to comfy.ops.mixed_precision_ops, which pickle cannot name).
 
 The base identity (token) is the recipe and the file's size and mtime when ComfyUI
 recorded one: the same file loaded again with the same options is the same model to the
 ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
 applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
-in the options, quantized weight tensors) is refused here, before a rank starts.
+in the options, quantized weights without a recipe) is refused here, before a rank starts.
 Worker side: `ModelCache.patcher_for()` rebuilds a ModelPatcher, reusing the base model,
 and the patcher itself while the patches are unchanged.
 """
