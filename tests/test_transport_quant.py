@@ -73,9 +73,15 @@ def _base_loaded(guider) -> list[bool]:
     return [r["base_loaded"] for r in guider.last_run["per_rank"]]
 
 
-def test_quantized_checkpoints_size2_equal_size1_and_a_reload_is_not_loaded_again(quant_paths, group_down):
+def test_quantized_checkpoints_size2_equal_size1_and_a_reload_is_not_loaded_again(quant_paths, tmp_path, group_down):
     """Both formats, one worker group: the ranks load each file with the loader's recipe;
-    ComfyUI loading the same file again is the same model to them (nothing loaded)."""
+    ComfyUI loading the same file again is the same model to them (nothing loaded), also
+    with a LoRA on its quantized layers."""
+    import comfy.sd
+    import comfy.utils
+    from support.tiny_models import build_tiny_lora
+
+    lora = build_tiny_lora(tmp_path / "lora.safetensors", quant_paths["comfy_quant"])
     first = _load(quant_paths["comfy_quant"])
     assert len(_quantized(first)) == 10, "the core loader should give QuantizedTensor weights"
     serial, _ = _sample(first, 1)
@@ -87,6 +93,13 @@ def test_quantized_checkpoints_size2_equal_size1_and_a_reload_is_not_loaded_agai
     assert second.model is not first.model
     again, guider = _sample(second, 2)
     assert torch.equal(again, serial)
+    assert _base_loaded(guider) == [False, False]
+    with torch.inference_mode():  # a LoRA on quantized layers (the ranks patch their own copy, as ComfyUI does)
+        patched, _ = comfy.sd.load_lora_for_models(second, None, comfy.utils.load_torch_file(str(lora)), 1.0, 0)
+    lora_serial, _ = _sample(patched, 1)
+    assert not torch.equal(lora_serial, serial)
+    lora_parallel, guider = _sample(patched, 2)
+    assert torch.equal(lora_parallel, lora_serial)
     assert _base_loaded(guider) == [False, False]
     legacy = _load(quant_paths["scaled_fp8"])
     assert len(_quantized(legacy)) == 10
