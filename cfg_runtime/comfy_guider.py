@@ -321,6 +321,7 @@ class ComfySampleJob:
         finally:
             ctx.summary.update(dispatcher.stats.as_dict())
             ctx.summary["model_reloaded"] = reloaded
+            ctx.summary["base_loaded"] = cache.base_loaded
             if ctx.device.type == "cuda":
                 ctx.summary["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(ctx.device)
             if not self.keep_model_loaded:

@@ -12,13 +12,16 @@ maps the same pages. Which module that is:
   loader's own recipe (`cached_patcher_init` with disable_dynamic=True), once per recipe;
 * for a dynamic-VRAM model whose stored weights differ in dtype from the model's (fp8
   weight_dtype on a bf16 file), no module at all: dynamic-VRAM GPU ranks run the recipe
-  themselves, since only ComfyUI's dynamic loader computes ComfyUI's numbers there.
+  themselves, since only ComfyUI's dynamic loader computes ComfyUI's numbers there;
+* for a model with quantized weights (comfy-kitchen QuantizedTensor: scaled-fp8 and
+  mixed-precision `comfy_quant` checkpoints), no module either: every rank runs the recipe
+  (its layers are classes local to comfy.ops.mixed_precision_ops, which pickle cannot name).
 
 The base identity (token) is the recipe and the file's size and mtime when ComfyUI
 recorded one: the same file loaded again with the same options is the same model to the
 ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
 applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
-in the options, quantized weight tensors) is refused here, before a rank starts.
+in the options, quantized weights without a recipe) is refused here, before a rank starts.
 Worker side: `ModelCache.patcher_for()` rebuilds a ModelPatcher, reusing the base model,
 and the patcher itself while the patches are unchanged.
 """
@@ -189,13 +192,18 @@ class BasePlan:
 def plan_base(model_patcher, devices: tuple[str, ...] = ()) -> BasePlan:
     """Decide how the base weights travel; raises ShippingError (before any rank starts) if they cannot."""
     quantized = _quantized_weight(model_patcher.model)
-    if quantized is not None:
-        raise ShippingError(
-            f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint), which "
-            f"cannot be shared with the worker processes yet. Use a checkpoint with plain weights (bf16/fp16, or "
-            f"weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
-    dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
     token = recipe_token(model_patcher)
+    if quantized is not None:
+        if token is None:
+            raise ShippingError(
+                f"The model has quantized weights (e.g. {quantized}: a scaled-fp8 / mixed-precision checkpoint) and "
+                f"its loader left no recipe to load it again (cached_patcher_init), so the worker processes cannot "
+                f"get it. Load it with a core loader (UNETLoader, CheckpointLoaderSimple), use a checkpoint with "
+                f"plain weights (bf16/fp16, or weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
+        # comfy-kitchen QuantizedTensor parameters cannot be pickled (torch.multiprocessing
+        # segfaults on the wrapper tensor): every rank loads the file with the loader's recipe.
+        return BasePlan(token, from_recipe=True, ranks_load=True)
+    dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
     if dynamic and token is not None and devices and all(d.startswith("cuda") for d in devices) \
             and parent_runs_dynamic_vram() and _stored_dtype_differs(model_patcher.model):
         # The dynamic loader keeps the file's precision for some weights where the plain one
@@ -326,6 +334,7 @@ class ModelCache:
 
     def __init__(self, store: dict) -> None:
         self.store = store.setdefault("comfy_models", {})
+        self.base_loaded = False  # whether the last patcher_for() took a new base (sent, or loaded here)
 
     def patcher_for(self, shipment: ModelShipment, device: torch.device):
         import comfy.model_patcher
@@ -340,6 +349,7 @@ class ModelCache:
             self.drop()
             entry = None
         base, patcher_class = shipment.base_model, comfy.model_patcher.ModelPatcher
+        self.base_loaded = base is not None or shipment.recipe is not None
         if base is None and shipment.recipe is not None:  # load it here, as ComfyUI does (dynamic VRAM)
             recipe = shipment.recipe
             loaded = recipe[0](*recipe[1])

@@ -123,9 +123,10 @@ def test_unshippable_model_without_recipe_is_refused_before_any_rank_starts(tiny
     assert current_group() is None or not current_group().alive()
 
 
-def test_quantized_weights_are_refused_before_any_rank_starts(tiny_ltxv_path, group_down):
-    """A weight that is a tensor subclass (what comfy-kitchen's QuantizedTensor is) is named in
-    the error; nothing is pickled (pickling such a tensor can crash the process)."""
+def test_quantized_weights_without_recipe_are_refused_before_any_rank_starts(tiny_ltxv_path, group_down):
+    """A weight that is a tensor subclass (what comfy-kitchen's QuantizedTensor is) on a model
+    whose loader left no recipe is named in the error; nothing is pickled (pickling such a
+    tensor can crash the process). With a recipe the ranks load the file: test_transport_quant.py."""
     from cfg_runtime.errors import ShippingError
     from cfg_runtime.group import current_group
 
@@ -135,8 +136,9 @@ def test_quantized_weights_are_refused_before_any_rank_starts(tiny_ltxv_path, gr
     patcher = load_tiny_ltxv(tiny_ltxv_path)
     layer = patcher.model.diffusion_model.transformer_blocks[0].attn1.to_q
     layer.weight = torch.nn.Parameter(layer.weight.data.as_subclass(Wrapped), requires_grad=False)
+    patcher.cached_patcher_init = None  # a custom loader that registers no recipe
     with pytest.raises(ShippingError) as info:
         _sample(patcher, 2)
     msg = str(info.value)
-    assert "transformer_blocks.0.attn1.to_q.weight (Wrapped)" in msg and "quantized" in msg
+    assert "transformer_blocks.0.attn1.to_q.weight (Wrapped)" in msg and "quantized" in msg and "recipe" in msg
     assert current_group() is None or not current_group().alive()

@@ -175,3 +175,43 @@ def tiny_ltxv_graph(model_name: str = "tiny_ltxv.safetensors", lora_name: str | 
         g["7"]["inputs"]["model"] = ["11", 0]
         g["8"]["inputs"]["model"] = ["11", 0]
     return g
+
+
+# Linear layers the tiny quantized checkpoint stores as scaled fp8 (the rest stay float32).
+TINY_QUANT_LAYERS = tuple(f"transformer_blocks.{b}.{m}" for b in (0, 1)
+                          for m in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_out.0", "ff.net.0.proj"))
+
+
+def build_tiny_ltxv_quantized(path, seed: int = 0, std: float = 0.2, layers=TINY_QUANT_LAYERS,
+                              style: str = "comfy_quant") -> Path:
+    """Write the tiny LTXV model with ``layers`` stored as per-tensor scaled float8_e4m3fn, in
+    one of the two formats ComfyUI 0.29's loader reads (``comfy.utils.convert_old_quants`` /
+    ``detect_layer_quantization``), which load as comfy-kitchen ``QuantizedTensor`` weights:
+
+    * ``comfy_quant``: mixed precision, ``<layer>.weight`` (fp8), ``<layer>.weight_scale``
+      (float32 scalar) and ``<layer>.comfy_quant`` (the layer's JSON config as uint8 bytes);
+    * ``scaled_fp8``: the older format, a ``scaled_fp8`` marker tensor and
+      ``<layer>.scale_weight`` instead.
+
+    The fp8 data and scale come from ComfyUI's own fp8 layout (needs 0.29's comfy.quant_ops)."""
+    import comfy.quant_ops
+    from safetensors.torch import save_file
+
+    if style not in ("comfy_quant", "scaled_fp8"):
+        raise ValueError(f"unknown style {style!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in tiny_ltxv_module(seed, std=std).state_dict().items()}
+    for layer in layers:
+        qdata, params = comfy.quant_ops.TensorCoreFP8Layout.quantize(sd[f"{layer}.weight"], scale="recalculate")
+        sd[f"{layer}.weight"] = qdata.contiguous()
+        if style == "comfy_quant":
+            sd[f"{layer}.weight_scale"] = params.scale.reshape(())
+            conf = json.dumps({"format": "float8_e4m3fn"}).encode("utf-8")
+            sd[f"{layer}.comfy_quant"] = torch.tensor(list(conf), dtype=torch.uint8)
+        else:
+            sd[f"{layer}.scale_weight"] = params.scale.reshape(())
+    if style == "scaled_fp8":
+        sd["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    save_file(sd, str(path), metadata={"config": json.dumps({"transformer": TINY_LTXV_CONFIG})})
+    return path
