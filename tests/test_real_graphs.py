@@ -32,7 +32,7 @@ NEEDS_029 = "[needs ComfyUI 0.29]"
 WAN, FLUX, SD_CKPT, LTXAV_CKPT, LTX_VAE, LORA2 = (
     "cfgp_tiny_wan.safetensors", "cfgp_tiny_flux.safetensors", "cfgp_tiny_sd15.safetensors",
     "cfgp_tiny_ltxav.safetensors", "cfgp_tiny_ltx_vae.safetensors", "cfgp_tiny_lora2.safetensors")
-IMAGE, AUDIO = "cfgp_frame.png", "cfgp_audio.latent"
+IMAGE, AUDIO_VAE = "cfgp_frame.png", "tiny_ltx_audio_vae.safetensors"
 
 STANDARD = {
     "preset": "standard_cfg", "cfg": 3.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0,
@@ -86,7 +86,7 @@ def server(tmp_path_factory, tiny_ltxv_path, tiny_lora_path):
             s.add_model("diffusion_models", FLUX, tf.build_tiny_flux(d / FLUX))
         if _ltxav():
             s.add_model("checkpoints", LTXAV_CKPT, tf.build_tiny_ltxav_checkpoint(d / LTXAV_CKPT))
-            t2.write_audio_latent(s.input_dir / AUDIO)
+            s.add_model("checkpoints", AUDIO_VAE, t2.build_tiny_ltx_audio_vae(d / AUDIO_VAE))
         s.wait_ready()
     except BaseException:
         s.stop()
@@ -291,7 +291,9 @@ def _ltx2_base(g: dict, bp: Blueprint) -> None:
                                                            "frame_rate": float(frame_rate)}},
         "4": {"class_type": "EmptyLTXVLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9,
                                                                "batch_size": 1}},
-        "a": {"class_type": "LoadLatent", "inputs": {"latent": AUDIO}},
+        "av_vae": {"class_type": "LTXVAudioVAELoader", "inputs": {"ckpt_name": AUDIO_VAE}},
+        "a": {"class_type": "LTXVEmptyLatentAudio", "inputs": {"frames_number": 9, "frame_rate": float(frame_rate),
+                                                               "batch_size": 1, "audio_vae": ["av_vae", 0]}},
     })
 
 
