@@ -123,37 +123,6 @@ def pytest_sessionfinish(session, exitstatus):
         _early_server = None
 
 
-def pytest_report_header(config):
-    version = comfyui_version() or "not found"
-    return [f"ComfyUI {version} at {COMFYUI_DIR} (LTX-2 audio+video: {'yes' if has_ltx2_av() else 'no'})"
-            + ("; CI=true: skips for want of ComfyUI 0.29 or a browser fail" if IN_CI else "")]
-
-
-def _refused_skip(reason: str) -> str | None:
-    """Why CI must not accept this skip, or None when it may."""
-    if NEEDS_BROWSER in reason:
-        return "CI runs every browser test: install Debian's chromium and playwright (scripts/setup_env.sh)"
-    if has_ltx2_av() and ("ComfyUI 0.29" in reason or NEEDS_029 in reason):
-        return f"this run is on ComfyUI {comfyui_version()} (it has LTX-2), so nothing may skip for want of 0.29"
-    return None
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Under CI=true, turn skips for want of ComfyUI 0.29 (on a 0.29 run) or of the browser into failures."""
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)  # fixtures read it at teardown (tests/test_browser.py)
-    if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
-        return
-    longrepr = report.longrepr
-    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
-    why = _refused_skip(reason)
-    if why:
-        report.outcome = "failed"
-        report.longrepr = f"skipped under CI=true: {reason}\n{why}"
-
-
 @pytest.fixture(scope="session")
 def comfy_server(tiny_ltxv_path, tiny_lora_path):
     """One real ComfyUI server for the session (a support.comfy_server.ComfyServer), with the
