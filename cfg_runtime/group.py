@@ -12,7 +12,6 @@ import itertools
 import logging
 import math
 import multiprocessing as mp
-import multiprocessing.util as mp_util
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from typing import Any, Callable
 from .errors import (CFGParallelError, GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
                      ShippingError, WorkerDiedError, clip)
 from .shipping import dumps
-from .worker import WorkerConfig, raise_fd_limit, worker_main
+from .worker import MP_PREFIX, WorkerConfig, raise_fd_limit, use_pid_named_mp_tempdir, worker_main
 
 log = logging.getLogger("cfg_parallel")
 
@@ -189,7 +188,6 @@ def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> No
 
 
 STORE_PREFIX = "cfgp-store-"
-MP_PREFIX = "cfgp-mp-"  # this process's multiprocessing folder (resource-sharer sockets), named for the sweep
 
 
 def _bound_unix_paths() -> set[str] | None:
@@ -243,26 +241,6 @@ def _sweep_stale_stores() -> None:
                             os.unlink(sock)
                     except OSError:
                         pass
-
-
-def _own_mp_tempdir() -> None:
-    """Give this process's multiprocessing a pack-named temp folder (if it has none yet), so that
-    the folder of a killed ComfyUI is recognised and swept by the next group that starts."""
-    try:
-        config = mp.process.current_process()._config
-    except AttributeError:  # pragma: no cover - another multiprocessing
-        return
-    if config.get("tempdir") is not None:
-        return
-    try:
-        path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
-    except OSError:
-        return
-    if len(path) > 88:  # AF_UNIX paths hold 107 bytes: keep multiprocessing's default folder
-        os.rmdir(path)
-        return
-    config["tempdir"] = path
-    mp_util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
 
 
 def _is_out_of_memory(failure: dict) -> bool:
@@ -399,7 +377,7 @@ class WorkerGroup:
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
         _sweep_stale_stores()
         self._store_dir = _make_store_dir()
-        _own_mp_tempdir()
+        use_pid_named_mp_tempdir(keep_existing=True)  # a killed ComfyUI's folder is swept later
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()
         backend = self.spec.resolved_backend

@@ -70,32 +70,35 @@ def _watch_parent(death_conn, store_dir: str) -> None:
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
 
 
-MP_PREFIX = "cfgp-mp-"  # as in group.py: a multiprocessing folder named by its owner pid, for the sweep
+MP_PREFIX = "cfgp-mp-"  # a multiprocessing folder named by its owner pid, for the start-up sweep (group.py)
 _mp_dir: list[str] = []
 
 
-def _private_mp_tempdir() -> None:
-    """Keep this rank's multiprocessing sockets (the resource sharer's `listener-*`) in a folder
-    named by this pid, not in the parent's folder, where the socket of a killed rank stayed for
-    good. A clean exit removes it; after a kill, the next group start sweeps it (owner gone)."""
+def use_pid_named_mp_tempdir(keep_existing: bool = False) -> str | None:
+    """Give this process's multiprocessing (its resource sharer's `listener-*` sockets) a folder
+    named by this pid, removed on a clean exit; after a kill, the next group start sweeps it
+    (owner gone). keep_existing: leave a folder multiprocessing already uses. Returns the new
+    folder, or None when none was made."""
     import multiprocessing.process
     import multiprocessing.util
     import tempfile
 
     try:
+        config = multiprocessing.process.current_process()._config
+    except AttributeError:  # pragma: no cover - another multiprocessing
+        return None
+    if keep_existing and config.get("tempdir") is not None:
+        return None
+    try:
         path = tempfile.mkdtemp(prefix=f"{MP_PREFIX}{os.getpid()}-")
     except OSError:
-        return
+        return None
     if len(path) > 88:  # AF_UNIX paths hold 107 bytes: keep multiprocessing's default folder
         os.rmdir(path)
-        return
-    try:
-        multiprocessing.process.current_process()._config["tempdir"] = path
-    except AttributeError:  # pragma: no cover - another multiprocessing
-        os.rmdir(path)
-        return
-    _mp_dir.append(path)
+        return None
+    config["tempdir"] = path
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(path, True), exitpriority=-100)
+    return path
 
 
 KEEP_LISTENER_ENV = "CFG_PARALLEL_KEEP_GLOO_LISTENER"  # "1": leave gloo's port open (to measure the leak)
@@ -186,7 +189,9 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
 
     _watch_parent(death_conn, os.path.dirname(config.store_path))
-    _private_mp_tempdir()
+    path = use_pid_named_mp_tempdir()  # not in the parent's folder, where a killed rank's socket stayed
+    if path is not None:
+        _mp_dir.append(path)
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
