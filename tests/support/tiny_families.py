@@ -118,18 +118,10 @@ def build_tiny_ltx_vae_32x(path, seed: int = 0) -> Path:
     import_comfy()
     from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
 
+    from .tiny_ltx2 import vae_weights
+
     vae = VideoVAE(config=TINY_LTX_VAE_32X_CONFIG)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, t in sorted(vae.state_dict().items()):
-        if key.endswith("std-of-means"):
-            t = 0.5 + torch.rand(t.shape, generator=gen)
-        elif key.endswith("mean-of-means"):
-            t = torch.randn(t.shape, generator=gen) * 0.1
-        elif t.is_floating_point():
-            t = torch.randn(t.shape, generator=gen) * 0.05
-        sd[key] = t
-    return _save(sd, path, {"config": {"vae": TINY_LTX_VAE_32X_CONFIG}})
+    return _save(vae_weights(vae, seed, 0.05), path, {"config": {"vae": TINY_LTX_VAE_32X_CONFIG}})
 
 
 def write_test_image(path, width: int = 64, height: int = 64, seed: int = 0) -> Path:

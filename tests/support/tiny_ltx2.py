@@ -182,12 +182,9 @@ def _node_out(out):
 
 # --- what the two-stage mode needs -----------------------------------------------------------
 
-def build_tiny_ltx_vae(path, seed: int = 0) -> Path:
-    """A tiny LTX video VAE file for core VAELoader (random per-channel statistics, std > 0)."""
-    import_comfy()
-    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
-
-    vae = VideoVAE(config=TINY_LTX_VAE_CONFIG)
+def vae_weights(vae, seed: int, std: float) -> dict:
+    """Random weights for an LTX VAE's state dict: N(0, std) tensors, per-channel statistics with
+    means N(0, 0.1) and stds in [0.5, 1.5) (so latents normalise to finite values)."""
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for key, t in sorted(vae.state_dict().items()):
@@ -196,9 +193,18 @@ def build_tiny_ltx_vae(path, seed: int = 0) -> Path:
         elif key.endswith("mean-of-means"):
             t = torch.randn(t.shape, generator=gen) * 0.1
         elif t.is_floating_point():
-            t = torch.randn(t.shape, generator=gen) * 0.02
+            t = torch.randn(t.shape, generator=gen) * std
         sd[key] = t
-    return _save(sd, path, {"config": {"vae": TINY_LTX_VAE_CONFIG}})
+    return sd
+
+
+def build_tiny_ltx_vae(path, seed: int = 0) -> Path:
+    """A tiny LTX video VAE file for core VAELoader (random per-channel statistics, std > 0)."""
+    import_comfy()
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+
+    vae = VideoVAE(config=TINY_LTX_VAE_CONFIG)
+    return _save(vae_weights(vae, seed, 0.02), path, {"config": {"vae": TINY_LTX_VAE_CONFIG}})
 
 
 def build_tiny_latent_upscaler(path, seed: int = 0, std: float = 0.05) -> Path:
@@ -245,15 +251,8 @@ def build_tiny_ltx_audio_vae(path, seed: int = 0, std: float = 0.05) -> Path:
     from comfy.ldm.lightricks.vae.audio_vae import AudioVAE
 
     vae = AudioVAE(metadata={"config": json.dumps(TINY_AUDIO_VAE_CONFIG)})
-    gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, t in sorted(vae.state_dict().items()):
-        if key.endswith("std-of-means"):
-            t = 0.5 + torch.rand(t.shape, generator=gen)
-        elif key.endswith("mean-of-means"):
-            t = torch.randn(t.shape, generator=gen) * 0.1
-        elif t.is_floating_point():
-            t = torch.randn(t.shape, generator=gen) * std
+    for key, t in vae_weights(vae, seed, std).items():
         prefix, rest = key.split(".", 1)
         sd[("audio_vae." if prefix == "autoencoder" else prefix + ".") + rest] = t
     return _save(sd, path, {"config": TINY_AUDIO_VAE_CONFIG})
