@@ -1,0 +1,1 @@
+"""ComfyUI adapters: the only layer that imports comfy.*."""
