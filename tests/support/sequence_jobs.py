@@ -73,12 +73,22 @@ class SplitEvalJob:
         whole = _outputs(model(**self.inputs(), transformer_options={}))
         split = _outputs(model(**self.inputs(), transformer_options=options["transformer_options"]))
         stats = vars(wrapper.stats) if wrapper is not None else {}
-        ctx.summary.update({"sequence": dict(stats), "same_as_rank0": None})
+        ctx.summary.update({"sequence": dict(stats), "split_digest": digest(split)})
         return {"whole": whole, "split": split, "stats": dict(stats)} if ctx.rank == 0 else None
 
 
 def _outputs(out) -> tuple[torch.Tensor, ...]:
     return tuple(t.detach().clone() for t in out) if isinstance(out, (list, tuple)) else (out.detach().clone(),)
+
+
+def digest(tensors) -> str:
+    """sha256 of the tensors' bytes: equal digests = the same bits."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def error_figures(whole: tuple, split: tuple) -> dict:
