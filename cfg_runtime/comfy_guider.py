@@ -21,6 +21,7 @@ import comfy.samplers
 
 from .comfy_model import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, ModelShipment, capture,
                           check_model_options, parent_runs_dynamic_vram, plan_base)
+from .adapters.sequence_job import job_layout, log_layout, rank_setup, sequence_degree_from_env
 from .dispatch import BranchDispatcher
 from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
 from .group import BACKEND_ENV, GroupSpec, get_group, parse_devices
@@ -46,6 +47,9 @@ class ParallelSettings:
     # "" = NCCL for GPUs, gloo for CPUs. gloo on GPUs is the way to put two ranks on one GPU
     # (NCCL refuses a GPU listed twice); the environment variable CFG_PARALLEL_BACKEND sets it.
     backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV, "").strip().lower())
+    # Sequence split of the LTX-2 audio+video model (ranks = branch groups x degree): 1 = off
+    # (bit-exact branch parallelism), 0 = planned from the branches and ranks, N = forced.
+    sequence_degree: int = field(default_factory=sequence_degree_from_env)
 
     def group_spec(self) -> GroupSpec:
         if self.backend not in ("", "nccl", "gloo"):
@@ -192,6 +196,8 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
     def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         spec = self.parallel.group_spec()
         plan = plan_base(self.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+        log_layout(self.policy, job_layout(self.policy, spec.world_size, self.parallel.sequence_degree,
+                                           self.model_patcher))
         if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
             os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
         job = ComfySampleJob(
@@ -200,7 +206,7 @@ class MultiBranchGuider(comfy.samplers.CFGGuider):
             conds=self.original_conds,
             noise=noise, latent_image=latent_image, sampler=shippable_sampler(sampler), sigmas=sigmas,
             denoise_mask=denoise_mask, seed=seed, strategy=self.parallel.strategy,
-            keep_model_loaded=self.parallel.keep_model_loaded,
+            keep_model_loaded=self.parallel.keep_model_loaded, sequence_degree=self.parallel.sequence_degree,
         )
         _check_picklable(job)
         try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
@@ -302,6 +308,7 @@ class ComfySampleJob:
     seed: Any
     strategy: str = "cost_balanced"
     keep_model_loaded: bool = True
+    sequence_degree: int = 1
 
     def run(self, ctx) -> Any:
         cache = ModelCache(ctx.cache)
@@ -309,7 +316,9 @@ class ComfySampleJob:
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
         guider = MultiBranchGuider(patcher, self.policy)
         guider.original_conds = dict(self.conds)
-        dispatcher = BranchDispatcher(self.policy, ctx.exchange, strategy=self.strategy,
+        setup = rank_setup(ctx, patcher, self.policy, self.sequence_degree)
+        setup.apply(guider)
+        dispatcher = BranchDispatcher(self.policy, setup.exchange, strategy=self.strategy,
                                       stop_requested=ctx.stop_requested)
 
         def callback(step, x0, x, total_steps):
@@ -319,7 +328,7 @@ class ComfySampleJob:
             out = guider.sample_on_rank(self.noise, self.latent_image, sampler, self.sigmas, self.denoise_mask,
                                         callback if ctx.rank == 0 else None, self.seed, dispatcher)
         finally:
-            ctx.summary.update(dispatcher.stats.as_dict())
+            ctx.summary.update(dispatcher.stats.as_dict(), **setup.summary())
             ctx.summary["model_reloaded"] = reloaded
             ctx.summary["base_loaded"] = cache.base_loaded
             if ctx.device.type == "cuda":

@@ -37,7 +37,11 @@ from typing import Any
 import torch
 
 import comfy.patcher_extension
-from comfy.ldm.lightricks.av_model import CompressedTimestep, LTXAVModel
+
+try:
+    from comfy.ldm.lightricks.av_model import CompressedTimestep, LTXAVModel
+except ImportError:  # a ComfyUI without LTX-2 audio+video (0.3.75): nothing to split
+    CompressedTimestep = LTXAVModel = None
 
 from ..parallel.sequence import (SequenceGroup, SequenceShard, gather_tokens, heads_divisible, heads_to_tokens,
                                  plan_shard, tokens_to_heads)
@@ -179,7 +183,7 @@ class LTXAVSequenceParallel:
 
     def __call__(self, executor, *args, **kwargs):
         model = executor.class_obj
-        if not self.group.active or not isinstance(model, LTXAVModel):
+        if not self.group.active or LTXAVModel is None or not isinstance(model, LTXAVModel):
             return executor(*args, **kwargs)
         if executor.idx != len(executor.wrappers) - 1:
             raise RuntimeError("sequence parallelism must be the innermost diffusion-model wrapper; another wrapper "
@@ -228,20 +232,25 @@ class LTXAVSequenceParallel:
         return executor(*args, **kwargs)
 
 
+def add_wrapper(model_options: dict, wrapper: "LTXAVSequenceParallel") -> dict:
+    """A copy of ``model_options`` with ``wrapper`` as its innermost diffusion-model wrapper."""
+    options = comfy.patcher_extension.copy_nested_dicts(model_options)
+    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                                 wrapper, options, is_model_options=True)
+    return options
+
+
 def with_sequence_parallel(model_options: dict, group: SequenceGroup) -> tuple[dict, LTXAVSequenceParallel | None]:
     """model_options that split every LTXAVModel evaluation over ``group`` (a copy; the
     input is not changed), and the wrapper (for its stats). Degree 1: the options unchanged."""
     if not group.active:
         return model_options, None
-    options = comfy.patcher_extension.copy_nested_dicts(model_options)
     wrapper = LTXAVSequenceParallel(group)
-    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                                 wrapper, options, is_model_options=True)
-    return options, wrapper
+    return add_wrapper(model_options, wrapper), wrapper
 
 
 def can_split(model) -> bool:
     """Whether this model (ModelPatcher, BaseModel or diffusion model) has a sequence split here."""
     inner = getattr(model, "model", model)
     inner = getattr(inner, "diffusion_model", inner)
-    return isinstance(inner, LTXAVModel)
+    return LTXAVModel is not None and isinstance(inner, LTXAVModel)

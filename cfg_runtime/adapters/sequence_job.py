@@ -1,0 +1,77 @@
+"""The sequence split inside a sampling job: the layout, and what a rank runs with.
+
+Both sides plan the same layout from the same facts (the policy's branch count, the world
+size, the requested degree, whether the model has a split): the ComfyUI process to refuse
+a bad request before any rank starts and to log the layout; every rank to build its
+sequence group, its branch-group exchange and its model options.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GroupConfigError, clip
+from ..parallel.layout import GroupedExchange, ParallelLayout, plan_layout
+from ..parallel.sequence import cached_sequence_group
+from .ltx_sequence import LTXAVSequenceParallel, add_wrapper, can_split
+
+log = logging.getLogger("cfg_parallel")
+
+SEQUENCE_ENV = "CFG_PARALLEL_SEQUENCE_DEGREE"  # "auto" / "0" = planned, "1" = off (default), N = forced
+
+
+def sequence_degree_from_env() -> int:
+    """The requested sequence degree: 0 = automatic, 1 = no split (default), N = N."""
+    text = os.environ.get(SEQUENCE_ENV, "").strip().lower()
+    if text in ("", "off"):
+        return 1
+    if text == "auto":
+        return 0
+    if not text.isdigit():
+        raise GroupConfigError(f"{SEQUENCE_ENV}={clip(text)}: use 'auto', 'off' or a whole number (1 = no split).")
+    return int(text)
+
+
+def job_layout(policy, world_size: int, degree: int, model) -> ParallelLayout:
+    """The layout of a job: ``len(policy.branches)`` branches on ``world_size`` ranks."""
+    if not isinstance(degree, int) or degree < 0:
+        raise GroupConfigError(f"The sequence degree must be 0 (automatic) or a whole number >= 1, got {clip(degree)}.")
+    if degree == 1 or world_size == 1:
+        return ParallelLayout(world_size, 1)
+    return plan_layout(len(policy.branches), world_size, degree, can_split=can_split(model))
+
+
+def log_layout(policy, layout: ParallelLayout) -> None:
+    log.info("cfg-parallel layout for %s (%d branches): %s", policy.name, len(policy.branches), layout.describe())
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """What a rank samples with: the exchange the dispatcher sees (branch groups), the
+    layout, and the split's wrapper (None at degree 1) for the guider's model options."""
+
+    exchange: Any
+    layout: ParallelLayout
+    wrapper: LTXAVSequenceParallel | None = None
+
+    def apply(self, guider) -> None:
+        """Put the split into the guider's model options (a copy: the model is not changed)."""
+        if self.wrapper is not None:
+            guider.model_options = add_wrapper(guider.model_options, self.wrapper)
+
+    def summary(self) -> dict:
+        out = {"layout": [self.layout.branch_groups, self.layout.degree]}
+        if self.wrapper is not None:
+            out["sequence"] = vars(self.wrapper.stats).copy()
+        return out
+
+
+def rank_setup(ctx, model, policy, degree: int) -> RankSetup:
+    """This rank's setup for a job; degree 1 (or a model with no split): the plain exchange."""
+    layout = job_layout(policy, ctx.world_size, degree, model)
+    if layout.degree == 1:
+        return RankSetup(ctx.exchange, layout)
+    group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, layout.degree)
+    return RankSetup(GroupedExchange(ctx.exchange, layout), layout, LTXAVSequenceParallel(group))
