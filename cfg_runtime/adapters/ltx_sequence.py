@@ -112,7 +112,9 @@ def _unpack(args: tuple, kwargs: dict):
     values = list(args[:4])
     for short, long in names[len(values):]:
         values.append(rest.pop(short) if short in rest else rest.pop(long))
-    if len(args) > 4:
+    if len(args) == 5:  # optimized_attention_masked(q, k, v, heads, mask, ...)
+        rest["mask"] = args[4]
+    elif len(args) > 5:
         raise RuntimeError(f"sequence parallelism: unexpected positional attention arguments ({len(args)})")
     return (*values, rest)
 
@@ -180,6 +182,10 @@ class LTXAVSequenceParallel:
 
     def __deepcopy__(self, memo):
         return self
+
+    def apply(self, model_options: dict) -> dict:
+        """A copy of ``model_options`` with this split as the innermost diffusion-model wrapper."""
+        return add_wrapper(model_options, self)
 
     def __call__(self, executor, *args, **kwargs):
         model = executor.class_obj
@@ -249,8 +255,11 @@ def with_sequence_parallel(model_options: dict, group: SequenceGroup) -> tuple[d
     return add_wrapper(model_options, wrapper), wrapper
 
 
-def can_split(model) -> bool:
-    """Whether this model (ModelPatcher, BaseModel or diffusion model) has a sequence split here."""
+def diffusion_model(model):
+    """The diffusion model of a ModelPatcher, a BaseModel or the module itself."""
     inner = getattr(model, "model", model)
-    inner = getattr(inner, "diffusion_model", inner)
-    return LTXAVModel is not None and isinstance(inner, LTXAVModel)
+    return getattr(inner, "diffusion_model", inner)
+
+
+def is_ltxav(model) -> bool:
+    return LTXAVModel is not None and isinstance(diffusion_model(model), LTXAVModel)

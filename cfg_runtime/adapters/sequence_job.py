@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import GroupConfigError, clip
 from ..parallel.layout import GroupedExchange, ParallelLayout, plan_layout
 from ..parallel.sequence import cached_sequence_group
-from .ltx_sequence import LTXAVSequenceParallel, add_wrapper, can_split
+from .ltx_sequence import LTXAVSequenceParallel, diffusion_model, is_ltxav
+from .ltxv_sequence import BlockSplit
 
 log = logging.getLogger("cfg_parallel")
 
@@ -54,17 +55,17 @@ class RankSetup:
 
     exchange: Any
     layout: ParallelLayout
-    wrapper: LTXAVSequenceParallel | None = None
+    split: LTXAVSequenceParallel | BlockSplit | None = None
 
     def apply(self, guider) -> None:
         """Put the split into the guider's model options (a copy: the model is not changed)."""
-        if self.wrapper is not None:
-            guider.model_options = add_wrapper(guider.model_options, self.wrapper)
+        if self.split is not None:
+            guider.model_options = self.split.apply(guider.model_options)
 
     def summary(self) -> dict:
         out = {"layout": [self.layout.branch_groups, self.layout.degree]}
-        if self.wrapper is not None:
-            out["sequence"] = vars(self.wrapper.stats).copy()
+        if self.split is not None:
+            out["sequence"] = vars(self.split.stats).copy()
         return out
 
 
@@ -74,4 +75,23 @@ def rank_setup(ctx, model, policy, degree: int) -> RankSetup:
     if layout.degree == 1:
         return RankSetup(ctx.exchange, layout)
     group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, layout.degree)
-    return RankSetup(GroupedExchange(ctx.exchange, layout), layout, LTXAVSequenceParallel(group))
+    return RankSetup(GroupedExchange(ctx.exchange, layout), layout, model_split(model, group))
+
+
+def can_split(model) -> bool:
+    """Whether this model has a sequence split: LTX-2 audio+video and LTX-Video."""
+    return is_ltxav(model) or _is_ltxv(model)
+
+
+def _is_ltxv(model) -> bool:
+    inner = diffusion_model(model)
+    return type(inner).__name__ == "LTXVModel" and type(inner).__module__ == "comfy.ldm.lightricks.model"
+
+
+def model_split(model, group):
+    """The split of this model over ``group`` (LTX-2: a diffusion-model wrapper; LTX-Video: block patches)."""
+    if is_ltxav(model):
+        return LTXAVSequenceParallel(group)
+    if _is_ltxv(model):
+        return BlockSplit(group, len(diffusion_model(model).transformer_blocks))
+    raise GroupConfigError(f"{type(diffusion_model(model)).__name__} has no sequence split: use sequence degree 1.")

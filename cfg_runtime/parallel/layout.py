@@ -83,7 +83,7 @@ def plan_layout(branches: int, world_size: int, degree: int = 0, *, can_split: b
                                    f"use one of {_divisors(world_size)} (0 = automatic).")
         if degree > 1 and not can_split:
             raise GroupConfigError(f"Sequence degree {degree} was asked for, but this model has no sequence split "
-                                   f"(only the LTX-2 audio+video model has one): set it to 0 or 1.")
+                                   f"(LTX-2 audio+video and LTX-Video have one): set it to 0 or 1.")
         return ParallelLayout(world_size // degree, degree)
     if not can_split or branches < 1:
         return ParallelLayout(world_size, 1)

@@ -99,3 +99,41 @@ def error_figures(whole: tuple, split: tuple) -> dict:
         figures[name] = {"max_abs": float(diff.abs().max()),
                          "rel_l2": float(diff.norm() / a.double().norm().clamp_min(1e-30))}
     return figures
+
+
+@dataclass(frozen=True)
+class LTXVSplitEvalJob:
+    """One LTX-Video (``LTXVModel``, 2 blocks of 2 heads x 16) evaluation split over
+    ``degree`` ranks against the whole one; per-token timesteps when ``per_token``."""
+
+    degree: int
+    frames: int = 3
+    height: int = 2
+    width: int = 3
+    text_tokens: int = 8
+    batch: int = 2
+    per_token: bool = False
+    seed: int = 0
+
+    def run(self, ctx):
+        from cfg_runtime.adapters.ltxv_sequence import BlockSplit
+        from cfg_runtime.parallel.sequence import cached_sequence_group
+
+        from .tiny_models import tiny_ltxv_module
+
+        model = tiny_ltxv_module(self.seed, std=0.2)
+        group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, self.degree)
+        split = BlockSplit(group, len(model.transformer_blocks))
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        b, tokens = self.batch, self.frames * self.height * self.width
+        x = torch.randn(b, 128, self.frames, self.height, self.width, generator=gen)
+        context = torch.randn(b, self.text_tokens, 32, generator=gen)
+        mask = torch.ones(b, self.text_tokens, dtype=torch.long)
+        mask[:, -3:] = 0
+        timestep = torch.rand(b, tokens, generator=gen) if self.per_token else torch.tensor([0.7, 0.4][:b])
+        call = dict(x=x, timestep=timestep, context=context, attention_mask=mask, frame_rate=25)
+        whole = _outputs(model(**call, transformer_options={}))
+        split_out = _outputs(model(**call, **split.apply({"transformer_options": {}})))
+        stats = vars(split.stats).copy()
+        ctx.summary.update({"sequence": stats, "split_digest": digest(split_out)})
+        return {"whole": whole, "split": split_out, "stats": stats} if ctx.rank == 0 else None
