@@ -71,7 +71,7 @@ def main() -> None:
     import comfy.ldm.lightricks.av_model as av
     import comfy.ops
 
-    from cfg_runtime import ltx_branches as lb
+    from cfg_runtime.adapters import ltx_options as lb
 
     dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
     t0 = time.perf_counter()

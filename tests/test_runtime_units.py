@@ -4,11 +4,11 @@ import torch
 
 from cfg_runtime.errors import GroupConfigError, PolicyError, PredictionError
 from cfg_runtime.group import parse_devices
-from cfg_runtime.plan import cost_balanced_plan, make_plan, round_robin_plan
-from cfg_runtime.policy import CFGBranch, CFGPolicy, CombineContext, StandardCFG
-from cfg_runtime.presets import build_preset, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
-from cfg_runtime.ltx_guidance import ModalityGuidance
-from cfg_runtime.toy import ToyFaults, ToySampleJob, run_serial
+from cfg_runtime.parallel.plan import cost_balanced_plan, make_plan, round_robin_plan
+from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, CombineContext, StandardCFG
+from cfg_runtime.guidance.presets import build_preset, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
+from cfg_runtime.guidance.ltx import ModalityGuidance
+from support.toy import ToyFaults, ToySampleJob, run_serial
 
 
 def branches(n, costs=None):

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from .errors import ShippingError
-from .shipping import check_shippable, fingerprint
+from ..errors import ShippingError
+from ..group.shipping import check_shippable, fingerprint
 
 log = logging.getLogger("cfg_parallel")
 

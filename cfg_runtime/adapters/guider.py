@@ -19,18 +19,18 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 
-from .comfy_model import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, ModelShipment, capture,
+from .transport import (RANK_DYNAMIC_VRAM_ENV, ModelCache, ModelNotCached, ModelShipment, capture,
                           check_model_options, parent_runs_dynamic_vram, plan_base)
-from .dispatch import BranchDispatcher
-from .errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
-from .group import BACKEND_ENV, GroupSpec, get_group, parse_devices
-from .ltx_branches import branch_model_options, check_blocks, model_family
-from .policy import CFGBranch, CFGPolicy
-from .shipping import check_shippable, shippable
+from ..parallel.dispatch import BranchDispatcher
+from ..errors import GroupConfigError, JobFailedError, JobInterrupted, PolicyError, ShippingError
+from ..group import BACKEND_ENV, GroupSpec, get_group, parse_devices
+from .ltx_options import branch_model_options, check_blocks, model_family
+from ..guidance.policy import CFGBranch, CFGPolicy
+from ..group.shipping import check_shippable, shippable
 
 log = logging.getLogger("cfg_parallel")
 
-WORKER_INIT = "cfg_runtime.comfy_model:init_worker"
+WORKER_INIT = "cfg_runtime.adapters.transport:init_worker"
 
 
 @dataclass(frozen=True)

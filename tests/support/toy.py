@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .dispatch import BranchDispatcher
-from .exchange import LocalExchange
-from .policy import CFGBranch, CFGPolicy
-from .worker import RankContext
+from cfg_runtime.parallel.dispatch import BranchDispatcher
+from cfg_runtime.parallel.exchange import LocalExchange
+from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy
+from cfg_runtime.group.worker import RankContext
 
 
 class ToyDenoiser(torch.nn.Module):

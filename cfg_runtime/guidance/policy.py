@@ -13,8 +13,8 @@ from typing import Any, Mapping, Union
 
 import torch
 
-from .errors import PolicyError
-from .ltx_guidance import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
+from ..errors import PolicyError
+from .ltx import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
 
 CONDS = ("positive", "negative")
 
