@@ -47,7 +47,7 @@ def test_policy_validation_errors():
         CFGPolicy("x", (CFGBranch("cond"), CFGBranch("cond", "negative")), StandardCFG(2.0))
     with pytest.raises(PolicyError, match="needs branches"):
         CFGPolicy("x", (CFGBranch("cond"),), StandardCFG(2.0))
-    with pytest.raises(PolicyError, match="conds must be one of"):
+    with pytest.raises(PolicyError, match="cond must be one of"):
         CFGBranch("a", "sideways").validate()
     with pytest.raises(PolicyError, match="Unknown preset"):
         build_preset("turbo_cfg")

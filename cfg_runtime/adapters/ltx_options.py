@@ -57,11 +57,12 @@ Nothing here imports ComfyUI.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import types
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+
+from ..guidance.blocks import block_indices
 
 __all__ = [
     "BRANCH_KEY",
@@ -71,7 +72,6 @@ __all__ = [
     "branch_model_options",
     "branch_of",
     "check_blocks",
-    "check_branch",
     "count_transformer_blocks",
     "model_family",
 ]
@@ -102,28 +102,6 @@ class LTXBranch:
         return self == LTXBranch()
 
 
-def _block_index(b) -> int:
-    """An int block index (Python, numpy or torch integer), else ValueError."""
-    if isinstance(b, bool):
-        raise ValueError(f"STG block {b!r} is not an integer")
-    try:
-        return operator.index(b)
-    except TypeError:
-        raise ValueError(f"STG block {b!r} is not an integer") from None
-
-
-def _normalise_blocks(blocks: Iterable[int]) -> tuple[int, ...]:
-    if isinstance(blocks, (str, bytes)):
-        raise ValueError(f"STG blocks must be integers, got {blocks!r}")
-    out = set()
-    for b in blocks:
-        b = _block_index(b)
-        if b < 0:
-            raise ValueError(f"STG block {b} is out of range: block indices start at 0")
-        out.add(b)
-    return tuple(sorted(out))
-
-
 def branch_of(model_options: dict) -> LTXBranch:
     """The LTX branch a ``model_options`` (made by :func:`branch_model_options`) runs."""
     to = (model_options or {}).get("transformer_options", {}) or {}
@@ -147,7 +125,7 @@ def branch_model_options(
     passthrough; ``perturb_audio_blocks``: the same for the *audio* self-attention
     (LTX-2 only; an LTX-Video model has no audio stream). Validate both against the
     model with :func:`check_blocks`. ``isolate_modalities``: audio<->video
-    cross-attention off (LTX-2 AV only — see :func:`check_branch`). ``run_video`` /
+    cross-attention off (LTX-2 AV only). ``run_video`` /
     ``run_audio`` False: that stream of an LTX-2 block is not computed (ComfyUI's per-call
     ``run_vx`` / ``run_ax``; what ltx-pipelines does for a modality that skips the step).
 
@@ -156,8 +134,8 @@ def branch_model_options(
     copied; everything else is shared. With nothing switched on the result is a
     shallow copy equal to the input. Everything added is picklable plain data.
     """
-    video = _normalise_blocks(perturb_blocks)
-    audio = _normalise_blocks(perturb_audio_blocks)
+    video = block_indices(perturb_blocks)
+    audio = block_indices(perturb_audio_blocks)
     isolate = bool(isolate_modalities)
     out = dict(model_options or {})
     if not video and not audio and not isolate and run_video and run_audio:
@@ -518,30 +496,4 @@ def check_blocks(model, blocks: Iterable[int]) -> tuple[int, ...]:
         raise ValueError(
             "STG (the perturbed pass) needs an LTX model (LTX-Video or LTX-2); this "
             f"model is {type(_diffusion_model(model)).__name__}")
-    n = count_transformer_blocks(model)
-    out = []
-    if isinstance(blocks, (str, bytes)):
-        raise ValueError(f"STG blocks must be integers, got {blocks!r}")
-    for b in blocks:
-        b = _block_index(b)
-        if not 0 <= b < n:
-            raise ValueError(f"STG block {b} is out of range: this model has {n} "
-                             f"transformer blocks (0-{n - 1})")
-        out.append(b)
-    return tuple(sorted(set(out)))
-
-
-def check_branch(model, *, perturb_blocks: Iterable[int] = (), perturb_audio_blocks: Iterable[int] = (),
-                 isolate_modalities: bool = False) -> None:
-    """Validate a branch for a model before sampling (ValueError with the reason).
-
-    Audio blocks are checked on an LTX-2 audio+video model only: an LTX-Video model has
-    no audio stream, so they perturb nothing there."""
-    if perturb_blocks:
-        check_blocks(model, perturb_blocks)
-    if perturb_audio_blocks and model_family(model) == "ltxav":
-        check_blocks(model, perturb_audio_blocks)
-    if isolate_modalities and model_family(model) != "ltxav":
-        raise ValueError(
-            "the modality-isolated pass needs an LTX-2 audio+video model; this model is "
-            f"{model_family(model)!r} ({type(_diffusion_model(model)).__name__})")
+    return block_indices(blocks, count_transformer_blocks(model))
