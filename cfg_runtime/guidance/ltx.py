@@ -208,7 +208,11 @@ def guide_modality(
         if weight != 0.0:  # a zero term adds exactly 0 in ltx-core: skipping it changes no bit
             pred = pred + weight * (c - branch.float())
     if params.rescale != 0:
-        factor = c.std() / pred.std()
-        factor = params.rescale * factor + (1 - params.rescale)
-        pred = pred * factor
+        pred = rescale_to_cond(pred, c, params.rescale)
     return pred.to(cond.dtype)
+
+
+def rescale_to_cond(pred: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (fp32): pull pred's std toward cond's by `rescale` (0 off, 1 full match)."""
+    factor = cond.std() / pred.std()
+    return pred * (rescale * factor + (1 - rescale))

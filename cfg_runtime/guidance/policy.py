@@ -15,7 +15,8 @@ import torch
 
 from ..errors import PolicyError
 from .blocks import block_indices
-from .ltx import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
+from .ltx import (BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, rescale_to_cond,
+                  skips_step)
 
 CONDS = ("positive", "negative")
 
@@ -115,13 +116,8 @@ class StandardCFG:
         else:
             pred = u + self.scale * (c - u)
         if self.rescale:
-            pred = _rescale(pred, c, self.rescale)
+            pred = rescale_to_cond(pred, c, self.rescale)
         return pred.to(cond.dtype)
-
-
-def _rescale(pred: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
-    factor = cond.std() / pred.std()
-    return pred * (rescale * factor + (1.0 - rescale))
 
 
 @dataclass(frozen=True)
