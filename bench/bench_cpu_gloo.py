@@ -13,13 +13,14 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the toy job is test scaffolding (tests/support)
 
 import torch  # noqa: E402
 
 from cfg_runtime.group import GroupSpec, WorkerGroup  # noqa: E402
-from cfg_runtime.presets import standard_cfg  # noqa: E402
-from cfg_runtime.toy import ToySampleJob, run_serial  # noqa: E402
+from cfg_runtime.guidance.presets import standard_cfg  # noqa: E402
+from support.toy import ToySampleJob, run_serial  # noqa: E402
 
 
 def main() -> None:

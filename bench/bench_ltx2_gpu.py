@@ -18,7 +18,7 @@ a ``ModelPatcher``). Then, in one process and one run, side by side:
   D   (not in the default set) a group run right after an in-process run on the same GPU,
       with no cache release by the bench: does the rank get the memory back?
 
-Group runs go through the guider's own ``MultiBranchGuider._sample_on_group``; the bench
+Group runs go through the guider's own ``group_sampling.sample_on_group``; the bench
 only swaps its ``ComfySampleJob`` for ``TimedSampleJob`` (a subclass that wraps the rank's
 exchange with a timer and reports memory).
 
@@ -134,7 +134,7 @@ class TimedExchange:
         return out
 
     def _via_cpu(self, local, slots, like, stop, failed):
-        from cfg_runtime.exchange import Gathered
+        from cfg_runtime.parallel.exchange import Gathered
 
         host = self.inner.gather([p.cpu() if p is not None else None for p in local], slots, like.cpu(),
                                  stop=stop, failed=failed)
@@ -172,7 +172,7 @@ def patch_model_config_pickling() -> bool:
 
 
 def _make_timed_job():
-    from cfg_runtime.comfy_guider import ComfySampleJob
+    from cfg_runtime.adapters.sample_job import ComfySampleJob
 
     # On a rank this runs while the job is unpickled, before the model it carries.
     patch_model_config_pickling()
@@ -476,7 +476,7 @@ class Bench:
 
     def run_inproc(self, name, patcher, policy, pos, neg, stage, steps):
         import comfy.samplers
-        from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
 
         latent, noise = self.latent(stage)
         marks: list = []
@@ -493,15 +493,16 @@ class Bench:
             "ranks": "in-process", "dispatch": g.last_run})
 
     def run_group(self, name, patcher, policy, pos, neg, stage, steps, devices, backend=""):
-        """The guider's own group path (MultiBranchGuider._sample_on_group, which ships the base weights
+        """The guider's own group path (group_sampling.sample_on_group, which ships the base weights
         only when the ranks lack them) with TimedSampleJob in place of ComfySampleJob."""
         import comfy.samplers
-        import cfg_runtime.comfy_guider as cg
+        import cfg_runtime.adapters.group_sampling as gs
+        import cfg_runtime.adapters.guider as cg
         from cfg_runtime.group import current_group, get_group
 
         job_cls = globals().get("TimedSampleJob") or __getattr__("TimedSampleJob")
-        if cg.ComfySampleJob is not job_cls:
-            cg.ComfySampleJob = job_cls  # the guider builds its job by this name at call time
+        if gs.ComfySampleJob is not job_cls:
+            gs.ComfySampleJob = job_cls  # group_sampling builds its job by this name at call time
         latent, noise = self.latent(stage)
         marks: list = []
         settings = _bench_parallel_settings(len(devices), ",".join(devices), backend)
@@ -509,7 +510,7 @@ class Bench:
         cur = current_group()
         started = cur is None or not cur.alive() or (cur.spec.devices, cur.spec.resolved_backend) != (
             spec.devices, spec.resolved_backend)
-        had_model = None if started else cur.facts.get("base_token")
+        had_model = None if started else gs.resident_model(cur)
         t_call = _now()
         g = cg.MultiBranchGuider(patcher, policy, settings)
         g.set_conds(pos, neg)
@@ -520,8 +521,8 @@ class Bench:
         try:
             get_group(spec)  # what the guider does first; timed here to split the first prompt's wait
             t_ready = _now()
-            out = g._sample_on_group(noise, latent, comfy.samplers.ksampler("euler"), self.sigmas(steps), None,
-                                     on_progress, 1)
+            out = g.sample(noise, latent, comfy.samplers.ksampler("euler"), self.sigmas(steps), None,
+                           on_progress, True, 1)
         except Exception as exc:
             self.results["runs"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                           "remote_traceback": getattr(exc, "remote_traceback", "")}
@@ -579,8 +580,9 @@ class Bench:
     def probe(self, name, patcher, policy, pos, neg, stage, plan: list[tuple[str, tuple[str, ...]]], reps: int):
         """Time single forwards at one shape inside a real sampling set-up (conds processed by ComfyUI)."""
         import comfy.samplers
-        from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings, branch_options
-        from cfg_runtime.policy import CombineContext
+        from cfg_runtime.adapters.branch_guider import branch_options
+        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+        from cfg_runtime.guidance.policy import CombineContext
 
         bench = self
         dev = self.device
@@ -717,7 +719,7 @@ def _bench_parallel_settings(size: int, devices: str, backend: str):
     """ParallelSettings with a chosen backend (gloo for 2 ranks on one GPU) and long deadlines."""
     from dataclasses import replace as dc_replace
 
-    from cfg_runtime.comfy_guider import ParallelSettings
+    from cfg_runtime.adapters.guider import ParallelSettings
 
     class BenchParallelSettings(ParallelSettings):
         def group_spec(self):
@@ -742,8 +744,8 @@ def _comfy_version(path: str) -> str:
 
 def run_all(b: Bench) -> None:
     from cfg_runtime.group import shutdown_group
-    from cfg_runtime.ltx_guidance import ModalityGuidance
-    from cfg_runtime.presets import ltx2_multimodal, standard_cfg
+    from cfg_runtime.guidance.ltx import ModalityGuidance
+    from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg
 
     a = b.args
     parts = set(a.parts.split(","))
@@ -987,8 +989,8 @@ def derive(b: Bench) -> list[str]:
 
 def predict_speedups(f: dict, b2, results) -> dict:
     """Ideal step times on 1/2/4 GPUs from single-forward times (no exchange; cost-balanced plan)."""
-    from cfg_runtime.plan import make_plan
-    from cfg_runtime.policy import CFGBranch
+    from cfg_runtime.parallel.plan import make_plan
+    from cfg_runtime.guidance.policy import CFGBranch
 
     out = {}
     kinds = [k for k in ("cond", "negative", "perturbed", "isolated") if f.get(k)]

@@ -68,9 +68,9 @@ def build_model(path: Path, blocks: int, width_heads: int) -> int:
 def run_group(patcher, ranks: int) -> dict:
     import torch
     import comfy.samplers
-    from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import current_group, shutdown_group
-    from cfg_runtime.presets import standard_cfg
+    from cfg_runtime.guidance.presets import standard_cfg
     from support.tiny_models import tiny_conditioning, tiny_latent
 
     shutdown_group()
@@ -81,8 +81,8 @@ def run_group(patcher, ranks: int) -> dict:
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(7))
     t0 = time.monotonic()
     with torch.inference_mode():
-        g._sample_on_group(noise, latent, comfy.samplers.ksampler("euler"), torch.tensor([1.0, 0.5, 0.0]), None,
-                           None, 7)
+        g.sample(noise, latent, comfy.samplers.ksampler("euler"), torch.tensor([1.0, 0.5, 0.0]), None, None,
+                 True, 7)
     seconds = time.monotonic() - t0
     group = current_group()
     time.sleep(1.0)

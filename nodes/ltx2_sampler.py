@@ -1,10 +1,10 @@
 """LTX2 Sampler: the whole LTX-2 job (one or two stages) in one node, on the worker group."""
 from __future__ import annotations
 
-from cfg_runtime.comfy_guider import ParallelSettings
+from cfg_runtime.adapters.guider import ParallelSettings
 from cfg_runtime.errors import PolicyError
-from cfg_runtime.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
-from cfg_runtime.policy import CFGPolicy
+from cfg_runtime.adapters.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
+from cfg_runtime.guidance.policy import CFGPolicy
 
 from .policy_builder import CATEGORY
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 from cfg_runtime.errors import PolicyError
-from cfg_runtime.ltx_guidance import ModalityGuidance
-from cfg_runtime.presets import PRESET_NAMES, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
+from cfg_runtime.guidance.ltx import ModalityGuidance
+from cfg_runtime.guidance.presets import PRESET_NAMES, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
 
 CATEGORY = "sampling/cfg_parallel"
 _V, _A = ModalityGuidance.LTX2_VIDEO, ModalityGuidance.LTX2_AUDIO

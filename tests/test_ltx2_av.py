@@ -57,11 +57,11 @@ if ltxav_available():
     import comfy.samplers  # noqa: E402
     import comfy.utils  # noqa: E402
 
-    from cfg_runtime import ltx_branches as lb  # noqa: E402
-    from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings  # noqa: E402
+    from cfg_runtime.adapters import ltx_options as lb  # noqa: E402
+    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
     from cfg_runtime.group import shutdown_group  # noqa: E402
-    from cfg_runtime.ltx_guidance import ModalityGuidance  # noqa: E402
-    from cfg_runtime.presets import ltx2_multimodal, standard_cfg  # noqa: E402
+    from cfg_runtime.guidance.ltx import ModalityGuidance  # noqa: E402
+    from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg  # noqa: E402
     from support import tiny_ltx2 as t2  # noqa: E402
 
 STEPS = 6

@@ -1,4 +1,4 @@
-"""LTX-2 multimodal guidance: cfg_runtime.ltx_guidance against ltx-core's MultiModalGuider.
+"""LTX-2 multimodal guidance: cfg_runtime.guidance.ltx against ltx-core's MultiModalGuider.
 
 Tolerance: float32 inputs must match the oracle bit for bit (same operations in the
 same order on the same tensor). bfloat16 inputs are compared with the oracle fed
@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from cfg_runtime.ltx_guidance import (
+from cfg_runtime.guidance.ltx import (
     BRANCHES,
     ModalityGuidance,
     guide_modality,
@@ -246,7 +246,7 @@ def test_validation_errors(kwargs, match):
 
 def test_validation_against_block_count():
     ModalityGuidance(stg=1.0, stg_blocks=(47,)).validate(num_blocks=48)
-    with pytest.raises(ValueError, match="only 48 blocks"):
+    with pytest.raises(ValueError, match="out of range: this model has 48 transformer blocks"):
         ModalityGuidance(stg=1.0, stg_blocks=(48,)).validate(num_blocks=48)
     ModalityGuidance(stg=0.0, stg_blocks=()).validate()  # STG off: no blocks needed
 
@@ -270,7 +270,7 @@ def test_shape_mismatch_is_named():
 # --- which passes a step runs, and with which streams (the LTX-2 rule, issue 13) ---------------
 
 def _ltx_policy(video: ModalityGuidance, audio: ModalityGuidance):
-    from cfg_runtime.presets import ltx2_multimodal
+    from cfg_runtime.guidance.presets import ltx2_multimodal
 
     return ltx2_multimodal(video, audio)
 

@@ -26,9 +26,9 @@ if comfyui_available():
     from comfy_extras.nodes_custom_sampler import Guider_Basic, Noise_RandomNoise
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
-    from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import shutdown_group
-    from cfg_runtime.presets import standard_cfg
+    from cfg_runtime.guidance.presets import standard_cfg
     from support import tiny_models as tm
 
     SAMPLERS = list(comfy.samplers.KSampler.SAMPLERS)

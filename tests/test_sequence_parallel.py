@@ -31,7 +31,7 @@ def groups():
     def get(size: int) -> WorkerGroup:
         if size not in made:
             g = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                      worker_init="cfg_runtime.comfy_model:init_worker"))
+                                      worker_init="cfg_runtime.adapters.rank_setup:init_worker"))
             g.start()
             made[size] = g
         return made[size]

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.skipif(not ltxav_available(), reason=f"{NEEDS_029} LTX-
 if ltxav_available():
     import comfy.samplers
 
-    from cfg_runtime.comfy_guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import shutdown_group
-    from cfg_runtime.ltx_guidance import ModalityGuidance
-    from cfg_runtime.presets import ltx2_multimodal, standard_cfg
+    from cfg_runtime.guidance.ltx import ModalityGuidance
+    from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg
     from support import tiny_ltx2 as t2
 
 STEPS, SEED = 4, 5

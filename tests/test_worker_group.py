@@ -8,10 +8,10 @@ import torch
 
 from cfg_runtime.errors import GroupConfigError, JobFailedError, JobInterrupted, WorkerDiedError
 from cfg_runtime.group import GroupSpec, WorkerGroup, get_group, shutdown_group
-from cfg_runtime.ltx_guidance import ModalityGuidance
-from cfg_runtime.policy import CFGBranch, CFGPolicy, WeightedBranches
-from cfg_runtime.presets import ltx2_multimodal, standard_cfg
-from cfg_runtime.toy import ToyFaults, ToySampleJob, run_serial
+from cfg_runtime.guidance.ltx import ModalityGuidance
+from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
+from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg
+from support.toy import ToyFaults, ToySampleJob, run_serial
 from support.sockets import is_loopback, listening_sockets, pid_alive
 
 LTX_TOY = ltx2_multimodal(
@@ -157,7 +157,7 @@ def test_a_leaking_gloo_port_is_detected_and_the_group_respawned(monkeypatch):
     fd per connection in the rank; get_group notices between jobs and respawns the group."""
     import socket
 
-    from cfg_runtime.worker import KEEP_LISTENER_ENV
+    from cfg_runtime.group.worker import KEEP_LISTENER_ENV
 
     monkeypatch.setenv(KEEP_LISTENER_ENV, "1")
     shutdown_group()
@@ -201,7 +201,7 @@ def test_stale_rendezvous_folders_of_dead_owners_are_swept(tmp_path, monkeypatch
     import subprocess
     import tempfile
 
-    from cfg_runtime import group as group_module
+    from cfg_runtime.group import host as group_module
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen(["true"])
@@ -211,5 +211,5 @@ def test_stale_rendezvous_folders_of_dead_owners_are_swept(tmp_path, monkeypatch
     foreign = tmp_path / f"{group_module.STORE_PREFIX}legacy"
     for d in (stale, live, foreign):
         d.mkdir()
-    group_module._sweep_stale_stores()
+    group_module.sweep_stale_stores()
     assert not stale.exists() and live.exists() and foreign.exists()

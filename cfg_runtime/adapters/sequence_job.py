@@ -49,7 +49,7 @@ def log_layout(policy, layout: ParallelLayout) -> None:
 
 
 @dataclass(frozen=True)
-class RankSetup:
+class SequenceSetup:
     """What a rank samples with: the exchange the dispatcher sees (branch groups), the
     layout, and the split's wrapper (None at degree 1) for the guider's model options."""
 
@@ -69,13 +69,13 @@ class RankSetup:
         return out
 
 
-def rank_setup(ctx, model, policy, degree: int) -> RankSetup:
+def sequence_setup(ctx, model, policy, degree: int) -> SequenceSetup:
     """This rank's setup for a job; degree 1 (or a model with no split): the plain exchange."""
     layout = job_layout(policy, ctx.world_size, degree, model)
     if layout.degree == 1:
-        return RankSetup(ctx.exchange, layout)
+        return SequenceSetup(ctx.exchange, layout)
     group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, layout.degree)
-    return RankSetup(GroupedExchange(ctx.exchange, layout), layout, model_split(model, group))
+    return SequenceSetup(GroupedExchange(ctx.exchange, layout), layout, model_split(model, group))
 
 
 def can_split(model) -> bool:

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from ..errors import GroupConfigError
-from ..exchange import FAILED, STOP, Exchange, Gathered
+from .exchange import FAILED, STOP, Exchange, Gathered
 
 # Share of one LTX-2 evaluation that the sequence split divides (the video blocks): 0.26 s of
 # the 0.374 s stage-1 evaluation on one H100 (design.md); the rest (audio stream, connectors,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .errors import PolicyError, clip
-from .ltx_guidance import ModalityGuidance
+from ..errors import PolicyError, clip
+from .ltx import ModalityGuidance
 from .policy import CFGBranch, CFGPolicy, LTXMultimodal, StandardCFG, WeightedBranches
 
 # Relative cost of one forward, for the cost-balanced plan (measured on one H100 at

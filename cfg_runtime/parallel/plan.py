@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import GroupConfigError
-from .policy import CFGBranch
+from ..errors import GroupConfigError
+from ..guidance.policy import CFGBranch
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from .errors import JobInterrupted, PredictionError
+from ..errors import JobInterrupted, PredictionError
 from .exchange import Exchange, LocalExchange
 from .plan import BranchPlan, make_plan
-from .policy import CFGBranch, CFGPolicy, CombineContext
+from ..guidance.policy import CFGBranch, CFGPolicy, CombineContext
 
 log = logging.getLogger("cfg_parallel")
 

@@ -1,4 +1,4 @@
-"""The persistent worker group, seen from the ComfyUI process.
+"""The worker group handle, seen from the ComfyUI process.
 
 The parent is not a member of the process group: it talks to each rank over a pipe
 and never enters a collective, so a dead or hung rank can't freeze it. Every wait has
@@ -7,240 +7,28 @@ the next job starts a fresh one.
 """
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import math
 import multiprocessing as mp
 import os
-import re
 import shutil
-import stat
-import sys
-import tempfile
 import threading
 import time
-import types
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
-from .errors import (CFGParallelError, GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
-                     ShippingError, WorkerDiedError, clip)
+from ..errors import (CFGParallelError, GroupConfigError, GroupStartError, JobFailedError, JobInterrupted, JobTimeoutError,
+                      ShippingError, WorkerDiedError)
+from .host import (fd_count, make_store_dir, neutral_main, release_uncollected_handles, sweep_stale_stores,
+                   check_host_memory)
+from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir
 from .shipping import dumps
-from .worker import MP_PREFIX, WorkerConfig, raise_fd_limit, use_pid_named_mp_tempdir, worker_main
+from .spec import LOOPBACK_ENV, GroupSpec, check_device_backend
+from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("cfg_parallel")
-
-LOOPBACK_ENV = (("GLOO_SOCKET_IFNAME", "lo"), ("NCCL_SOCKET_IFNAME", "lo"), ("NCCL_NVLS_ENABLE", "0"),
-                ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"))
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """Which devices, which backend, and the deadlines."""
-
-    devices: tuple[str, ...]
-    backend: str = ""  # "" = nccl for CUDA devices, gloo for CPU
-    threads_per_rank: int = 1
-    start_timeout_s: float = 180.0
-    step_timeout_s: float = 600.0
-    load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
-    collective_timeout_s: float = 600.0
-    interrupt_grace_s: float = 60.0  # for ranks to stop, after an interrupt mid-sampling, before a teardown
-    # After an interrupt, return to ComfyUI after this long and let the ranks finish in the background:
-    detach_after_s: float = 0.25  # before the first step (start-up, model load: the ranks stop only later)
-    detach_mid_sampling_s: float = 1.0  # mid-sampling (the ranks normally stop within the step in flight)
-    worker_init: str = ""  # "module:function" called with the device name before the first job
-    fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
-    host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
-
-    @property
-    def world_size(self) -> int:
-        return len(self.devices)
-
-    @property
-    def resolved_backend(self) -> str:
-        if self.backend:
-            return self.backend
-        return "nccl" if all(d.startswith("cuda") for d in self.devices) else "gloo"
-
-
-_CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
-BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
-
-
-def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
-    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
-    import torch
-
-    if not isinstance(size, int) or size < 1:
-        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {size!r}.")
-    if not isinstance(text, str):
-        raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
-    names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
-    if not names or names == ["auto"]:
-        n_gpu = torch.cuda.device_count()
-        if n_gpu >= size:
-            names = [f"cuda:{i}" for i in range(size)]
-        elif n_gpu == 0:
-            cores = os.cpu_count() or 1
-            if size > cores:
-                raise GroupConfigError(
-                    f"Parallel size {size} would start {size} CPU ranks on a machine with no GPU and {cores} cores "
-                    f"(each rank loads torch and the model). Use at most {cores}, or write devices 'cpu' to insist.")
-            names = ["cpu"] * size
-        else:
-            raise GroupConfigError(
-                f"Parallel size {size} asks for {size} GPUs but this machine has {n_gpu}. Lower the parallel size "
-                f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
-    elif names == ["cpu"]:
-        names = ["cpu"] * size
-    for name in names:
-        if name == "cuda":
-            raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
-        if name != "cpu" and not _CUDA_NAME.fullmatch(name):
-            raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
-                                   f"e.g. 'cuda:0,cuda:1'.")
-    if len(names) != size:
-        listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
-        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
-                               f"list exactly one device per rank, or leave devices empty for automatic choice.")
-    kinds = {n.split(":")[0] for n in names}
-    if len(kinds) > 1:
-        raise GroupConfigError(f"Mixed devices ({clip(', '.join(names), 80)}): all ranks must be CPUs or all GPUs.")
-    check_device_backend(tuple(names), backend)
-    n_gpu = torch.cuda.device_count() if "cuda" in kinds else 0
-    for name in names:
-        if name != "cpu" and int(name[5:]) >= n_gpu:
-            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
-    return tuple(names)
-
-
-def check_device_backend(devices: tuple[str, ...], backend: str) -> None:
-    """Refuse a GPU listed twice unless the backend is gloo (NCCL refuses two ranks on one GPU)."""
-    if backend not in ("", "gloo", "nccl"):
-        raise GroupConfigError(f"Unknown backend {clip(backend, 20)}: use 'nccl' (GPUs) or 'gloo' (CPU, or several "
-                               f"ranks on one GPU), or leave it empty for the default.")
-    if backend == "nccl" and any(d == "cpu" for d in devices):
-        raise GroupConfigError("The nccl backend runs on GPUs only; CPU ranks need gloo (leave the backend empty).")
-    gpus = [d for d in devices if d != "cpu"]
-    twice = sorted({d for d in gpus if gpus.count(d) > 1})
-    if twice and backend != "gloo":
-        raise GroupConfigError(
-            f"{', '.join(twice)} is listed more than once: NCCL, the backend for GPU ranks, refuses two ranks on one "
-            f"GPU. List each GPU once (e.g. 'cuda:0,cuda:1'), or lower the parallel size to the number of GPUs. "
-            f"To run two ranks on one GPU anyway (tests, benchmarks; slower), use the gloo backend: start ComfyUI "
-            f"with the environment variable {BACKEND_ENV}=gloo, or pass GroupSpec(backend='gloo').")
-
-
-def available_host_mib() -> float | None:
-    """Host memory this process may still use (MemAvailable, capped by a cgroup v2 limit); None if unknown."""
-    found = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found = int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next((ln.split("::", 1)[1].strip() for ln in f if ln.startswith("0::")), None)
-        if rel is not None:
-            base = os.path.join("/sys/fs/cgroup", rel.lstrip("/"))
-            with open(os.path.join(base, "memory.max")) as f:
-                limit = f.read().strip()
-            if limit != "max":
-                with open(os.path.join(base, "memory.current")) as f:
-                    free = (int(limit) - int(f.read())) / 2**20
-                found = free if found is None else min(found, free)
-    except (OSError, ValueError, StopIteration):
-        pass
-    return found
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:")), 0.0)
-    except (OSError, ValueError):
-        return 0.0
-
-
-def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> None:
-    """Refuse a group whose ranks would not fit in the host memory available now (plus what the
-    processes in `freed_pids`, a group about to be replaced, would give back)."""
-    need = spec.world_size * spec.host_mib_per_rank
-    have = available_host_mib()
-    if have is None:
-        return
-    have += sum(_rss_mib(p) for p in freed_pids)
-    if need <= have:
-        return
-    fit = int(have // spec.host_mib_per_rank)
-    raise GroupConfigError(
-        f"{spec.world_size} ranks need about {need / 1024:.1f} GiB of host memory before any model is loaded "
-        f"(~{spec.host_mib_per_rank:.0f} MiB each for torch and ComfyUI), but only {have / 1024:.1f} GiB is "
-        f"available. Lower the parallel size to {max(fit, 1)} or less (more ranks than branches leave the extra "
-        f"ranks idle anyway), or free host memory.")
-
-
-STORE_PREFIX = "cfgp-store-"
-
-
-def _bound_unix_paths() -> set[str] | None:
-    """Paths of the AF_UNIX sockets that some process has bound now (None if /proc can't tell)."""
-    try:
-        with open("/proc/net/unix") as f:
-            return {cols[7] for cols in (ln.split() for ln in f.readlines()[1:]) if len(cols) >= 8}
-    except OSError:
-        return None
-
-
-def _sweep_stale_stores() -> None:
-    """Remove what processes killed without a clean-up left in the temp folder: the pack's
-    rendezvous and multiprocessing folders whose owner pid is gone (e.g. SIGKILL to ComfyUI,
-    SIGTERM to its whole process group), and stale `listener-*` sockets (bound by no process)
-    in multiprocessing's own `pymp-*` folders, where ranks of older versions left them."""
-    root = tempfile.gettempdir()
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return
-    bound = None
-    for name in names:
-        path = os.path.join(root, name)
-        prefix = next((p for p in (STORE_PREFIX, MP_PREFIX) if name.startswith(p)), None)
-        if prefix is not None:
-            owner = name[len(prefix):].split("-", 1)[0]
-            if not owner.isdigit():
-                continue
-            try:
-                os.kill(int(owner), 0)
-            except ProcessLookupError:
-                shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
-        elif name.startswith("pymp-"):
-            # A pymp folder may belong to a live process that reuses it later: keep the folder,
-            # drop only sockets that nobody listens on (a connect there is refused anyway).
-            bound = _bound_unix_paths() if bound is None else bound
-            if bound is None:
-                continue
-            try:
-                entries = os.listdir(path)
-            except OSError:
-                continue
-            for entry in entries:
-                sock = os.path.join(path, entry)
-                if entry.startswith("listener-") and sock not in bound:
-                    try:
-                        if stat.S_ISSOCK(os.lstat(sock).st_mode) and os.lstat(sock).st_uid == os.getuid():
-                            os.unlink(sock)
-                    except OSError:
-                        pass
 
 
 def _is_out_of_memory(failure: dict) -> bool:
@@ -249,60 +37,6 @@ def _is_out_of_memory(failure: dict) -> bool:
     return failure.get("type") in ("OutOfMemoryError", "MemoryError") or "out of memory" in message \
         or "can't allocate memory" in message
 
-
-def _fd_count(pid: int) -> int | None:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
-def _make_store_dir() -> str:
-    """The private rendezvous folder (0700), or a GroupStartError that says how to fix the temp folder."""
-    root = tempfile.gettempdir()
-    try:
-        return tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", dir=root)
-    except OSError as exc:
-        raise GroupStartError(
-            f"Cannot create the worker group's rendezvous folder in {clip(root, 120)}: {exc.strerror or exc}. "
-            f"Free disk space there or make it writable (or start ComfyUI with TMPDIR pointing at a writable "
-            f"folder), then queue the prompt again.") from None
-
-
-def _release_uncollected_handles() -> None:
-    """Close the shared-memory fds that a dead rank never collected from this process.
-
-    Tensors sent through a pipe wait in multiprocessing's resource sharer until the
-    receiver fetches them; a rank that died first leaves them open for good. Only
-    this pack sends tensors to other processes here, and its group is gone.
-    """
-    try:
-        from multiprocessing import resource_sharer
-
-        resource_sharer.stop(timeout=2.0)
-    except Exception as exc:  # best effort
-        log.debug("cfg-parallel: could not release pending handles: %s", exc)
-
-
-@contextmanager
-def _neutral_main():
-    """What a spawned child copies from this process, made safe while spawning.
-
-    __main__ is hidden, so children never import ComfyUI's main.py; and package folders
-    that ComfyUI puts on sys.path (nodes.py adds <ComfyUI>/comfy) are left out, since
-    their modules (0.29 has comfy/logging.py) would shadow the standard library there.
-    """
-    saved_main = sys.modules.get("__main__")
-    saved_path = list(sys.path)
-    package_dirs = {os.path.realpath(d) for d in getattr(sys.modules.get("comfy"), "__path__", ())}
-    sys.path[:] = [p for p in sys.path if not (p and os.path.realpath(p) in package_dirs)]
-    sys.modules["__main__"] = types.ModuleType("__cfgp_neutral_main__")
-    try:
-        yield
-    finally:
-        sys.path[:] = saved_path
-        if saved_main is not None:
-            sys.modules["__main__"] = saved_main
 
 
 @dataclass
@@ -375,8 +109,8 @@ class WorkerGroup:
 
         check_host_memory(self.spec)
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
-        _sweep_stale_stores()
-        self._store_dir = _make_store_dir()
+        sweep_stale_stores()
+        self._store_dir = make_store_dir()
         use_pid_named_mp_tempdir(keep_existing=True)  # a killed ComfyUI's folder is swept later
         store_path = os.path.join(self._store_dir, "store")
         self._stop_event = self._ctx.Event()
@@ -387,7 +121,7 @@ class WorkerGroup:
         log.info("cfg-parallel: starting %d rank(s) on %s (%s)", self.spec.world_size, ", ".join(self.spec.devices),
                  backend)
         try:
-            with _neutral_main():
+            with neutral_main():
                 for rank, device in enumerate(self.spec.devices):
                     config = WorkerConfig(rank, self.spec.world_size, device, backend, store_path,
                                           self.spec.collective_timeout_s, self.spec.threads_per_rank, env,
@@ -501,8 +235,8 @@ class WorkerGroup:
             shutil.rmtree(self._store_dir, ignore_errors=True)
             self._store_dir = None
         if reason:
-            _release_uncollected_handles()
-            _sweep_stale_stores()  # what the killed ranks left (their multiprocessing folders)
+            release_uncollected_handles()
+            sweep_stale_stores()  # what the killed ranks left (their multiprocessing folders)
         self.state = "failed" if reason else "closed"
 
     def fd_leak(self) -> str:
@@ -511,7 +245,7 @@ class WorkerGroup:
         respawned between jobs, long before the rank reaches its fd limit and aborts."""
         for r in self.ranks:
             base = self._fd_baseline.get(r.process.pid)
-            now = _fd_count(r.process.pid)
+            now = fd_count(r.process.pid)
             if base is not None and now is not None and now > base + self.spec.fd_margin:
                 return (f"rank {r.config.rank} (pid {r.process.pid}) holds {now} open fds, {now - base} more than "
                         f"after its first job (connections to its gloo port leak them)")
@@ -657,7 +391,7 @@ class WorkerGroup:
             step = next((p.get("step") for k, p in outcome.values() if k == "interrupted"), None)
             raise JobInterrupted(f"Interrupted at step {step}; all ranks stopped together.", step=step)
         if not self._fd_baseline:
-            self._fd_baseline = {pid: n for pid, n in ((p, _fd_count(p)) for p in self.pids()) if n is not None}
+            self._fd_baseline = {pid: n for pid, n in ((p, fd_count(p)) for p in self.pids()) if n is not None}
         summaries = tuple(outcome[r][1].get("summary", {}) for r in range(len(self.ranks)))
         self.last_job = {"seconds": round(time.monotonic() - flight.t0, 3), "per_rank": summaries}
         return JobResult(outcome[0][1]["value"], summaries, time.monotonic() - flight.t0)
@@ -700,62 +434,3 @@ class WorkerGroup:
             "loaded_model": self.facts.get("base_token"),
             "last_job": self.last_job,
         }
-
-
-# --- the process-wide group ---------------------------------------------------
-_current: WorkerGroup | None = None
-_current_lock = threading.Lock()
-
-
-def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = None) -> WorkerGroup:
-    """The running group for `spec`, starting (or restarting) it when needed, and done with any
-    interrupted job. An interrupt while waiting raises JobInterrupted and keeps the group (still
-    starting, or finishing that job) for the next prompt."""
-    global _current
-    with _current_lock:
-        for _ in range(2):  # a fault found while settling an interrupted job: one fresh start
-            group = _current
-            if group is not None and group.usable() and _same_processes(group.spec, spec):
-                group.spec = spec  # only deadlines differ: no restart, no reload
-            if group is None or group.spec != spec:
-                check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
-            if group is not None and (group.spec != spec or not group.usable()):
-                if group.state == "ready" and not group.usable():
-                    log.warning("cfg-parallel: a worker died while idle; restarting the group")
-                group.teardown()
-                _current = group = None
-            if group is None:
-                group = WorkerGroup(spec)
-                group.spawn()
-                _current = group
-            group.await_ready(interrupt_requested)
-            group.settle(interrupt_requested)
-            leak = group.fd_leak() if group.alive() else ""
-            if leak:
-                log.warning("cfg-parallel: %s; restarting the group before it runs out of fds", leak)
-                group.teardown(leak)
-                continue
-            if group.alive():
-                return group
-        raise GroupStartError(f"The worker group failed again right after a restart: {group.last_error}")
-
-
-def _same_processes(a: GroupSpec, b: GroupSpec) -> bool:
-    """Whether two specs describe the same worker processes (deadlines aside)."""
-    return (a.devices, a.resolved_backend, a.threads_per_rank, a.worker_init) == \
-        (b.devices, b.resolved_backend, b.threads_per_rank, b.worker_init)
-
-
-def current_group() -> WorkerGroup | None:
-    return _current
-
-
-def shutdown_group() -> None:
-    global _current
-    with _current_lock:
-        if _current is not None:
-            _current.teardown()
-            _current = None
-
-
-atexit.register(shutdown_group)

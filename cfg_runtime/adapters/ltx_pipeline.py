@@ -19,11 +19,12 @@ import comfy.nested_tensor
 import comfy.sample
 import comfy.utils
 
-from .comfy_guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
-from .errors import PolicyError, clip
-from .ltx_branches import model_family
-from .policy import CFGPolicy
-from .presets import standard_cfg
+from .guider import MultiBranchGuider, ParallelSettings
+from .model_checks import check_policy_fits_model
+from ..errors import PolicyError, clip
+from .ltx_options import model_family
+from ..guidance.policy import CFGPolicy
+from ..guidance.presets import standard_cfg
 
 log = logging.getLogger("cfg_parallel")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .dispatch import BranchDispatcher
-from .exchange import LocalExchange
-from .policy import CFGBranch, CFGPolicy
-from .worker import RankContext
+from cfg_runtime.parallel.dispatch import BranchDispatcher
+from cfg_runtime.parallel.exchange import LocalExchange
+from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy
+from cfg_runtime.group.worker import RankContext
 
 
 class ToyDenoiser(torch.nn.Module):
@@ -32,7 +32,7 @@ class ToyDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: float, branch: CFGBranch) -> torch.Tensor:
         h = x @ self.inp
         if not branch.isolate_modalities:
-            h = h + self.embeddings[branch.conds].to(x.device) @ self.cond
+            h = h + self.embeddings[branch.cond].to(x.device) @ self.cond
         h = torch.tanh(h * (1.0 / (1.0 + sigma)))
         for i, layer in enumerate(self.hidden):
             if i in branch.perturb_blocks:

@@ -1,0 +1,87 @@
+"""The Multi-Branch Guider as the ComfyUI process sees it: a GUIDER that samples here at
+parallel size 1 (branch after branch, the serial reference) and hands the whole sample()
+to the worker group at size >= 2 (group_sampling.py), where every rank runs ComfyUI's own
+sampler loop with the same inputs and rank 0 returns the latent.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import GroupConfigError
+from ..group import BACKEND_ENV, GroupSpec, parse_devices
+from ..guidance.policy import CFGPolicy
+from ..parallel.dispatch import BranchDispatcher
+from .branch_guider import BranchGuider
+from .group_sampling import SampleCall, sample_on_group
+from .model_checks import check_model_options
+from .sequence_job import sequence_degree_from_env
+
+log = logging.getLogger("cfg_parallel")
+
+WORKER_INIT = "cfg_runtime.adapters.rank_setup:init_worker"
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """How the guider runs: on how many ranks, which devices, how patiently."""
+
+    size: int = 1
+    devices: str = ""
+    strategy: str = "cost_balanced"
+    keep_model_loaded: bool = True
+    step_timeout_s: float = 600.0
+    start_timeout_s: float = 180.0
+    # "" = NCCL for GPUs, gloo for CPUs. gloo on GPUs is the way to put two ranks on one GPU
+    # (NCCL refuses a GPU listed twice); the environment variable CFG_PARALLEL_BACKEND sets it.
+    backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV, "").strip().lower())
+    # Sequence split (LTX-2 audio+video, LTX-Video; ranks = branch groups x degree): 1 = off
+    # (bit-exact branch parallelism), 0 = planned from the branches and ranks, N = forced.
+    sequence_degree: int = field(default_factory=sequence_degree_from_env)
+
+    def group_spec(self) -> GroupSpec:
+        if self.backend not in ("", "nccl", "gloo"):
+            raise GroupConfigError(f"Unknown backend {self.backend!r} (from {BACKEND_ENV}?): use 'nccl', 'gloo' or "
+                                   f"leave it empty.")
+        if not (isinstance(self.step_timeout_s, (int, float)) and math.isfinite(self.step_timeout_s)
+                and self.step_timeout_s > 0):
+            raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
+        backend = self.backend or os.environ.get(BACKEND_ENV, "").strip().lower()
+        devices = parse_devices(self.devices, self.size, backend)
+        # CPU kernels can round differently with another thread count: CPU ranks use this
+        # process's count, so their results equal the in-process (size 1) ones bit for bit.
+        return GroupSpec(devices=devices, backend=backend, step_timeout_s=self.step_timeout_s,
+                         start_timeout_s=self.start_timeout_s, collective_timeout_s=max(self.step_timeout_s, 60.0),
+                         worker_init=WORKER_INIT, threads_per_rank=torch.get_num_threads())
+
+
+class MultiBranchGuider(BranchGuider):
+    """The node's guider: serial at size 1, on the worker group at size >= 2."""
+
+    def __init__(self, model_patcher, policy: CFGPolicy, parallel: ParallelSettings | None = None) -> None:
+        super().__init__(model_patcher, policy)
+        self.parallel = parallel or ParallelSettings()
+        self.last_run: dict = {}
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
+        check_model_options(self.model_patcher.model_options)
+        if self.parallel.size <= 1:
+            dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
+            try:
+                return self.sample_with(dispatcher, noise, latent_image, sampler, sigmas, denoise_mask, callback,
+                                        disable_pbar, seed)
+            finally:
+                self.last_run = {"ranks": 1, **dispatcher.stats.as_dict()}
+                self.dispatcher = None
+        call = SampleCall(self.model_patcher, self.policy, self.original_conds, noise, latent_image, sampler, sigmas,
+                          denoise_mask, seed, callback)
+        value, result = sample_on_group(call, self.parallel)
+        self.last_run = {"ranks": len(result.summaries), "seconds": result.seconds, "per_rank": result.summaries}
+        log.info("cfg-parallel: sampled on %d ranks in %.2f s; %s", len(result.summaries), result.seconds,
+                 "; ".join(f"rank {i}: {s.get('forwards')}" for i, s in enumerate(result.summaries)))
+        return value

@@ -1,0 +1,71 @@
+"""The one worker group of this ComfyUI process: found, started, restarted or shut down here."""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Callable
+
+from ..errors import GroupStartError
+from .handle import WorkerGroup
+from .host import check_host_memory
+from .spec import GroupSpec
+
+log = logging.getLogger("cfg_parallel")
+
+_current: WorkerGroup | None = None
+_current_lock = threading.Lock()
+
+
+def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = None) -> WorkerGroup:
+    """The running group for `spec`, starting (or restarting) it when needed, and done with any
+    interrupted job. An interrupt while waiting raises JobInterrupted and keeps the group (still
+    starting, or finishing that job) for the next prompt."""
+    global _current
+    with _current_lock:
+        for _ in range(2):  # a fault found while settling an interrupted job: one fresh start
+            group = _current
+            if group is not None and group.usable() and _same_processes(group.spec, spec):
+                group.spec = spec  # only deadlines differ: no restart, no reload
+            if group is None or group.spec != spec:
+                check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
+            if group is not None and (group.spec != spec or not group.usable()):
+                if group.state == "ready" and not group.usable():
+                    log.warning("cfg-parallel: a worker died while idle; restarting the group")
+                group.teardown()
+                _current = group = None
+            if group is None:
+                group = WorkerGroup(spec)
+                group.spawn()
+                _current = group
+            group.await_ready(interrupt_requested)
+            group.settle(interrupt_requested)
+            leak = group.fd_leak() if group.alive() else ""
+            if leak:
+                log.warning("cfg-parallel: %s; restarting the group before it runs out of fds", leak)
+                group.teardown(leak)
+                continue
+            if group.alive():
+                return group
+        raise GroupStartError(f"The worker group failed again right after a restart: {group.last_error}")
+
+
+def _same_processes(a: GroupSpec, b: GroupSpec) -> bool:
+    """Whether two specs describe the same worker processes (deadlines aside)."""
+    return (a.devices, a.resolved_backend, a.threads_per_rank, a.worker_init) == \
+        (b.devices, b.resolved_backend, b.threads_per_rank, b.worker_init)
+
+
+def current_group() -> WorkerGroup | None:
+    return _current
+
+
+def shutdown_group() -> None:
+    global _current
+    with _current_lock:
+        if _current is not None:
+            _current.teardown()
+            _current = None
+
+
+atexit.register(shutdown_group)

@@ -1,0 +1,109 @@
+"""Which worker processes to start: devices, backend, deadlines; device names checked."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import GroupConfigError, clip
+
+LOOPBACK_ENV = (("GLOO_SOCKET_IFNAME", "lo"), ("NCCL_SOCKET_IFNAME", "lo"), ("NCCL_NVLS_ENABLE", "0"),
+                ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"))
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Which devices, which backend, and the deadlines."""
+
+    devices: tuple[str, ...]
+    backend: str = ""  # "" = nccl for CUDA devices, gloo for CPU
+    threads_per_rank: int = 1
+    start_timeout_s: float = 180.0
+    step_timeout_s: float = 600.0
+    load_timeout_s: float = 900.0  # until the first step of a job: model shipping and loading
+    collective_timeout_s: float = 600.0
+    interrupt_grace_s: float = 60.0  # for ranks to stop, after an interrupt mid-sampling, before a teardown
+    # After an interrupt, return to ComfyUI after this long and let the ranks finish in the background:
+    detach_after_s: float = 0.25  # before the first step (start-up, model load: the ranks stop only later)
+    detach_mid_sampling_s: float = 1.0  # mid-sampling (the ranks normally stop within the step in flight)
+    worker_init: str = ""  # "module:function" called with the device name before the first job
+    fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
+    host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend:
+            return self.backend
+        return "nccl" if all(d.startswith("cuda") for d in self.devices) else "gloo"
+
+
+_CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
+BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
+
+
+def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
+    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
+    import torch
+
+    if not isinstance(size, int) or size < 1:
+        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {size!r}.")
+    if not isinstance(text, str):
+        raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
+    names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
+    if not names or names == ["auto"]:
+        n_gpu = torch.cuda.device_count()
+        if n_gpu >= size:
+            names = [f"cuda:{i}" for i in range(size)]
+        elif n_gpu == 0:
+            cores = os.cpu_count() or 1
+            if size > cores:
+                raise GroupConfigError(
+                    f"Parallel size {size} would start {size} CPU ranks on a machine with no GPU and {cores} cores "
+                    f"(each rank loads torch and the model). Use at most {cores}, or write devices 'cpu' to insist.")
+            names = ["cpu"] * size
+        else:
+            raise GroupConfigError(
+                f"Parallel size {size} asks for {size} GPUs but this machine has {n_gpu}. Lower the parallel size "
+                f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
+    elif names == ["cpu"]:
+        names = ["cpu"] * size
+    for name in names:
+        if name == "cuda":
+            raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
+        if name != "cpu" and not _CUDA_NAME.fullmatch(name):
+            raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
+                                   f"e.g. 'cuda:0,cuda:1'.")
+    if len(names) != size:
+        listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
+        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
+                               f"list exactly one device per rank, or leave devices empty for automatic choice.")
+    kinds = {n.split(":")[0] for n in names}
+    if len(kinds) > 1:
+        raise GroupConfigError(f"Mixed devices ({clip(', '.join(names), 80)}): all ranks must be CPUs or all GPUs.")
+    check_device_backend(tuple(names), backend)
+    n_gpu = torch.cuda.device_count() if "cuda" in kinds else 0
+    for name in names:
+        if name != "cpu" and int(name[5:]) >= n_gpu:
+            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
+    return tuple(names)
+
+
+def check_device_backend(devices: tuple[str, ...], backend: str) -> None:
+    """Refuse a GPU listed twice unless the backend is gloo (NCCL refuses two ranks on one GPU)."""
+    if backend not in ("", "gloo", "nccl"):
+        raise GroupConfigError(f"Unknown backend {clip(backend, 20)}: use 'nccl' (GPUs) or 'gloo' (CPU, or several "
+                               f"ranks on one GPU), or leave it empty for the default.")
+    if backend == "nccl" and any(d == "cpu" for d in devices):
+        raise GroupConfigError("The nccl backend runs on GPUs only; CPU ranks need gloo (leave the backend empty).")
+    gpus = [d for d in devices if d != "cpu"]
+    twice = sorted({d for d in gpus if gpus.count(d) > 1})
+    if twice and backend != "gloo":
+        raise GroupConfigError(
+            f"{', '.join(twice)} is listed more than once: NCCL, the backend for GPU ranks, refuses two ranks on one "
+            f"GPU. List each GPU once (e.g. 'cuda:0,cuda:1'), or lower the parallel size to the number of GPUs. "
+            f"To run two ranks on one GPU anyway (tests, benchmarks; slower), use the gloo backend: start ComfyUI "
+            f"with the environment variable {BACKEND_ENV}=gloo, or pass GroupSpec(backend='gloo').")
