@@ -123,3 +123,34 @@ def test_sequence_degree_one_stays_bit_identical(model, latent, one_thread):
     out, last_run = sample(model, policy, latent, 2, degree=1)
     assert all(torch.equal(a, b) for a, b in zip(ref, out))
     assert all(s["layout"] == [2, 1] and "sequence" not in s for s in last_run["per_rank"])
+
+
+def test_ltx2_two_stage_stage2_uses_every_rank(model, latent, one_thread, tmp_path, caplog):
+    """The LTX2 Sampler's job (run_ltx2) on 2 ranks, sequence degree planned: stage 1 (4 passes)
+    runs as 2 branch ranks, stage 2 (cond only) as one group of sequence 2; equal to size 1."""
+    import logging
+
+    from cfg_runtime.adapters.ltx_pipeline import StagePlan, run_ltx2
+
+    upscaler = t2.load_latent_upscaler(t2.build_tiny_latent_upscaler(tmp_path / "up.safetensors"))
+    vae = t2.load_ltx_vae(t2.build_tiny_ltx_vae(tmp_path / "vae.safetensors"))
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS).cpu()
+
+    def job(size: int, degree: int):
+        settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
+                                    sequence_degree=degree)
+        with torch.inference_mode():
+            final, _ = run_ltx2(model, t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2), ltx2_policy(), latent,
+                                comfy.samplers.sampler_object("euler"), sigmas, SEED, settings, StagePlan(True),
+                                upscale_model=upscaler, vae=vae)
+        return final["samples"].unbind()
+
+    ref = job(1, 1)
+    with caplog.at_level(logging.INFO, logger="cfg_parallel"):
+        out = job(2, 0)
+    layouts = [r.getMessage() for r in caplog.records if "cfg-parallel layout" in r.getMessage()]
+    assert len(layouts) == 2 and "2 branch rank(s), no sequence split" in layouts[0], layouts
+    assert "1 branch group(s) x sequence degree 2" in layouts[1], layouts
+    f = figures(ref, out)
+    print(f"\nLTX-2 two-stage, stage 1 2x1 / stage 2 1x2: {f}")
+    assert all(v["rel_l2"] <= TOLERANCE for v in f.values())
