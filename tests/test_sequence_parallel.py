@@ -110,6 +110,17 @@ def test_two_sequence_groups_in_one_world(groups):
 
 
 @needs_ltxav
+@pytest.mark.parametrize("route", ["direct", "override"])
+def test_stg_pass_composes_with_the_split(groups, route):
+    """The pack's STG patch (value passthrough on block 1's self-attentions) inside a split
+    evaluation, by either of its routes: block 1 makes no video self-attention call."""
+    from support.sequence_jobs import SplitEvalJob
+
+    stats, _ = _run(groups, SplitEvalJob(2, video_heads=2, stg=route))
+    assert stats["ulysses_calls"] == LAYERS - 1
+
+
+@needs_ltxav
 def test_degree_one_is_the_unchanged_path():
     from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
 

@@ -36,6 +36,16 @@ class SplitEvalJob:
     batch: int = 2
     timestep: str = "scalar"
     seed: int = 0
+    stg: str = ""  # "direct" / "override": the pack's STG patch on block 1 (both streams), that route
+
+    def options(self) -> dict:
+        """transformer_options of both evaluations (the STG patch when asked for)."""
+        if not self.stg:
+            return {}
+        from cfg_runtime.adapters.ltx_stg import PerturbedBlock
+
+        patch = PerturbedBlock(1, via_override=self.stg == "override")
+        return {"patches_replace": {"dit": {("double_block", 1): patch}}}
 
     def inputs(self) -> dict:
         gen = torch.Generator().manual_seed(self.seed + 1)
@@ -69,8 +79,8 @@ class SplitEvalJob:
 
         model = tiny_ltxav_module(self.seed, **ltxav_overrides(self.video_heads))
         group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, self.degree)
-        options, wrapper = with_sequence_parallel({"transformer_options": {}}, group)
-        whole = _outputs(model(**self.inputs(), transformer_options={}))
+        options, wrapper = with_sequence_parallel({"transformer_options": self.options()}, group)
+        whole = _outputs(model(**self.inputs(), transformer_options=self.options()))
         split = _outputs(model(**self.inputs(), transformer_options=options["transformer_options"]))
         stats = vars(wrapper.stats) if wrapper is not None else {}
         ctx.summary.update({"sequence": dict(stats), "split_digest": digest(split)})
