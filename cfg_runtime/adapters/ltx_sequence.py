@@ -64,7 +64,7 @@ class SequenceStats:
     reasons: list = field(default_factory=list)
 
 
-class _SequenceAttention:
+class SequenceAttention:
     """optimized_attention_override for one split model evaluation (see the module doc)."""
 
     def __init__(self, shard: SequenceShard, group: SequenceGroup, previous, stats: SequenceStats) -> None:
@@ -121,7 +121,7 @@ def _unpack(args: tuple, kwargs: dict):
 
 # --- slicing the video stream's per-token inputs ---------------------------------------------
 
-def _slice_rows(t: torch.Tensor, index: torch.Tensor, total: int, what: str) -> torch.Tensor:
+def slice_rows(t: torch.Tensor, index: torch.Tensor, total: int, what: str) -> torch.Tensor:
     """Rows ``index`` of a [B, tokens, ...] tensor; one row (broadcast over tokens) is kept as is."""
     if t.shape[1] == 1:
         return t
@@ -136,9 +136,9 @@ def _slice_timestep(ts, index: torch.Tensor, total: int, what: str):
     if ts is None:
         return None
     if not isinstance(ts, CompressedTimestep):
-        return _slice_rows(ts, index, total, what)
+        return slice_rows(ts, index, total, what)
     if ts.patches_per_frame == 1:
-        return CompressedTimestep(_slice_rows(ts.data, index, total, what), None)
+        return CompressedTimestep(slice_rows(ts.data, index, total, what), None)
     if ts.num_frames * ts.patches_per_frame != total:
         raise RuntimeError(f"sequence parallelism: the {what} covers {ts.num_frames} frames of "
                            f"{ts.patches_per_frame} tokens, not the {total} video tokens")
@@ -149,7 +149,7 @@ def _slice_timestep(ts, index: torch.Tensor, total: int, what: str):
 def _slice_pe(pe, index: torch.Tensor, total: int, what: str):
     """A rotary embedding (rotation matrix [B, tokens, ...], split mode) for this rank's tokens."""
     matrix, split_mode = pe
-    return _slice_rows(matrix, index, total, what), split_mode
+    return slice_rows(matrix, index, total, what), split_mode
 
 
 def _split_inputs(x, timestep, pe, shard: SequenceShard):
@@ -220,7 +220,7 @@ class LTXAVSequenceParallel:
         self.stats.padding = shard.padding
         local_x, local_t, local_pe = _split_inputs(xs, timestep, pe, shard)
         block_to = dict(to)
-        block_to["optimized_attention_override"] = _SequenceAttention(
+        block_to["optimized_attention_override"] = SequenceAttention(
             shard, self.group, to.get("optimized_attention_override"), self.stats)
         vx, ax = model._process_transformer_blocks(local_x, context, mask, local_t, local_pe,
                                                    transformer_options=block_to, self_attention_mask=None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import comfy.patcher_extension
 
 from ..parallel.sequence import SequenceGroup, SequenceShard, gather_tokens, plan_shard
-from .ltx_sequence import SequenceStats, _SequenceAttention, _slice_rows
+from .ltx_sequence import SequenceAttention, SequenceStats, slice_rows
 
 _DIT = "double_block"
 
@@ -46,8 +46,8 @@ class _Evaluation:
 def _slice_pe(pe, index, total: int):
     """0.29: (rotation matrix [B, tokens, ...], split mode); 0.3.75: a tensor [B, 1, tokens, ...]."""
     if isinstance(pe, tuple):
-        return _slice_rows(pe[0], index, total, "positional embedding"), pe[1]
-    return _slice_rows(pe.movedim(2, 1), index, total, "positional embedding").movedim(1, 2)
+        return slice_rows(pe[0], index, total, "positional embedding"), pe[1]
+    return slice_rows(pe.movedim(2, 1), index, total, "positional embedding").movedim(1, 2)
 
 
 class SplitBlock:
@@ -75,9 +75,9 @@ class SplitBlock:
         shard, index = ev.shard, ev.index
         x = args["img"].index_select(1, index) if self.block == 0 else args["img"]
         to = dict(args.get("transformer_options") or {})
-        to["optimized_attention_override"] = _SequenceAttention(shard, ev.group, to.get("optimized_attention_override"),
+        to["optimized_attention_override"] = SequenceAttention(shard, ev.group, to.get("optimized_attention_override"),
                                                                 ev.stats)
-        local = dict(args, img=x, vec=_slice_rows(args["vec"], index, shard.total, "timestep modulation"),
+        local = dict(args, img=x, vec=slice_rows(args["vec"], index, shard.total, "timestep modulation"),
                      pe=_slice_pe(args["pe"], index, shard.total), transformer_options=to)
         out = self._run(local, extra)
         if self.last:
