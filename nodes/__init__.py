@@ -1,23 +1,44 @@
-"""ComfyUI-facing nodes: widgets in, runtime objects out. No engine logic here.
+"""ComfyUI-facing nodes (V3 API, comfy_api.latest.io): widgets in, runtime objects out.
 
 The mappings are plain literals so that ComfyUI-Manager's node scanner can read the node
-names from this file without importing it.
+names from this file without importing it. Every node is registered once, here (the pack
+defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and would ignore
+it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
+workflows load and run; search and the node library hide them.
 """
-from .group_status import CFGParallelGroupStatus
-from .guider import MultiBranchGuiderNode
-from .ltx2_sampler import LTX2Sampler
-from .policy_builder import CFGPolicyBuilder
+from . import group_status, guider, ltx2_sampler, policy_builder
 
 NODE_CLASS_MAPPINGS = {
-    "CFGPolicyBuilder": CFGPolicyBuilder,
-    "MultiBranchGuider": MultiBranchGuiderNode,
-    "LTX2Sampler": LTX2Sampler,
-    "CFGParallelGroupStatus": CFGParallelGroupStatus,
+    "CFGParallel_PolicyBuilder": policy_builder.CFGPolicyBuilder,
+    "CFGParallel_LTX2VideoGuidance": policy_builder.LTX2VideoGuidance,
+    "CFGParallel_LTX2AudioGuidance": policy_builder.LTX2AudioGuidance,
+    "CFGParallel_MultiBranchGuider": guider.MultiBranchGuiderNode,
+    "CFGParallel_LTX2Sampler": ltx2_sampler.LTX2Sampler,
+    "CFGParallel_GroupStatus": group_status.CFGParallelGroupStatus,
+    # deprecated ids (workflows saved before 0.2)
+    "CFGPolicyBuilder": policy_builder.LEGACY["CFGPolicyBuilder"],
+    "MultiBranchGuider": guider.LEGACY["MultiBranchGuider"],
+    "LTX2Sampler": ltx2_sampler.LEGACY["LTX2Sampler"],
+    "CFGParallelGroupStatus": group_status.LEGACY["CFGParallelGroupStatus"],
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "CFGParallel_PolicyBuilder": "CFGPolicy Builder",
+    "CFGParallel_LTX2VideoGuidance": "LTX-2 Video Guidance (CFG, STG, modality)",
+    "CFGParallel_LTX2AudioGuidance": "LTX-2 Audio Guidance (CFG, STG, modality)",
+    "CFGParallel_MultiBranchGuider": "Multi-Branch Guider",
+    "CFGParallel_LTX2Sampler": "LTX2 Sampler",
+    "CFGParallel_GroupStatus": "CFG Parallel Group Status",
     "CFGPolicyBuilder": "CFGPolicy Builder",
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",
     "CFGParallelGroupStatus": "CFG Parallel Group Status",
+}
+
+# Old id -> new id (the README's migration table; tests check both ids load).
+RENAMED = {
+    "CFGPolicyBuilder": "CFGParallel_PolicyBuilder",
+    "MultiBranchGuider": "CFGParallel_MultiBranchGuider",
+    "LTX2Sampler": "CFGParallel_LTX2Sampler",
+    "CFGParallelGroupStatus": "CFGParallel_GroupStatus",
 }
