@@ -9,12 +9,12 @@ workflows load and run; search and the node library hide them.
 from . import group_status, guider, ltx2_sampler, policy_builder
 
 NODE_CLASS_MAPPINGS = {
-    "CFGParallel_PolicyBuilder": policy_builder.CFGPolicyBuilder,
-    "CFGParallel_LTX2VideoGuidance": policy_builder.LTX2VideoGuidance,
-    "CFGParallel_LTX2AudioGuidance": policy_builder.LTX2AudioGuidance,
-    "CFGParallel_MultiBranchGuider": guider.MultiBranchGuiderNode,
-    "CFGParallel_LTX2Sampler": ltx2_sampler.LTX2Sampler,
-    "CFGParallel_GroupStatus": group_status.CFGParallelGroupStatus,
+    "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
+    "CFGParallelMultiGPU_LTX2VideoGuidance": policy_builder.LTX2VideoGuidance,
+    "CFGParallelMultiGPU_LTX2AudioGuidance": policy_builder.LTX2AudioGuidance,
+    "CFGParallelMultiGPU_MultiBranchGuider": guider.MultiBranchGuiderNode,
+    "CFGParallelMultiGPU_LTX2Sampler": ltx2_sampler.LTX2Sampler,
+    "CFGParallelMultiGPU_GroupStatus": group_status.CFGParallelGroupStatus,
     # deprecated ids (workflows saved before 0.2)
     "CFGPolicyBuilder": policy_builder.LEGACY["CFGPolicyBuilder"],
     "MultiBranchGuider": guider.LEGACY["MultiBranchGuider"],
@@ -23,12 +23,12 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "CFGParallel_PolicyBuilder": "CFGPolicy Builder",
-    "CFGParallel_LTX2VideoGuidance": "LTX-2 Video Guidance (CFG, STG, modality)",
-    "CFGParallel_LTX2AudioGuidance": "LTX-2 Audio Guidance (CFG, STG, modality)",
-    "CFGParallel_MultiBranchGuider": "Multi-Branch Guider",
-    "CFGParallel_LTX2Sampler": "LTX2 Sampler",
-    "CFGParallel_GroupStatus": "CFG Parallel Group Status",
+    "CFGParallelMultiGPU_PolicyBuilder": "CFGPolicy Builder",
+    "CFGParallelMultiGPU_LTX2VideoGuidance": "LTX-2 Video Guidance (CFG, STG, modality)",
+    "CFGParallelMultiGPU_LTX2AudioGuidance": "LTX-2 Audio Guidance (CFG, STG, modality)",
+    "CFGParallelMultiGPU_MultiBranchGuider": "Multi-Branch Guider",
+    "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
+    "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
     "CFGPolicyBuilder": "CFGPolicy Builder",
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",
@@ -37,8 +37,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 
 # Old id -> new id (the README's migration table; tests check both ids load).
 RENAMED = {
-    "CFGPolicyBuilder": "CFGParallel_PolicyBuilder",
-    "MultiBranchGuider": "CFGParallel_MultiBranchGuider",
-    "LTX2Sampler": "CFGParallel_LTX2Sampler",
-    "CFGParallelGroupStatus": "CFGParallel_GroupStatus",
+    "CFGPolicyBuilder": "CFGParallelMultiGPU_PolicyBuilder",
+    "MultiBranchGuider": "CFGParallelMultiGPU_MultiBranchGuider",
+    "LTX2Sampler": "CFGParallelMultiGPU_LTX2Sampler",
+    "CFGParallelGroupStatus": "CFGParallelMultiGPU_GroupStatus",
 }

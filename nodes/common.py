@@ -15,11 +15,13 @@ import sys
 from comfy_api.latest import io
 
 PACK = "comfyui-cfg-parallel"
-PREFIX = "CFGParallel_"
+PREFIX = "CFGParallelMultiGPU_"
 
 # Search words for ComfyUI's node search. Frontend 1.47 (ComfyUI 0.29) reads
-# ``search_aliases``; frontend 1.32 (0.3.75) searches the node id and display name only,
-# which is why the ids carry "Parallel" and "MultiGPU".
+# ``search_aliases``; frontend 1.32 (0.3.75) searches the node id and display name only
+# (Fuse, extended search: every word must match one of them, within its first ~30
+# characters at threshold 0.3), which is why the pack prefix carries "Parallel" and
+# "MultiGPU": "parallel", "multi gpu" and "gpu" find every node there too.
 ALIASES_COMMON = ["multi gpu", "multi-gpu", "multigpu", "parallel", "gpu", "cfg parallel", "cfg split",
                   "distributed", "worker group"]
 

@@ -66,6 +66,7 @@ def summary_text(report: dict) -> str:
         s = per_rank[rank] if rank < len(per_rank) else {}
         gpu = f", GPU peak {_gib(s['peak_gpu_bytes'])}" if s.get("peak_gpu_bytes") is not None else ""
         lines.append(f"rank {rank}  {device}  pid {pid}  RAM {mem if mem is not None else '—'} MiB{gpu}")
+    lines.append("(idle: evaluations where the rank had no branch and only exchanged)")
     if per_rank:
         steps = {row[0] for s in per_rank for row in s.get("timeline") or ()}
         lines += ["", f"last job: {job.get('seconds', 0):.2f} s, {len(steps)} steps, "
@@ -73,9 +74,9 @@ def summary_text(report: dict) -> str:
         for rank, s in enumerate(per_rank):
             forwards = ", ".join(f"{b}×{n}" for b, n in (s.get("forwards") or {}).items()) or "none (idle)"
             reloaded = " · model loaded for this job" if s.get("model_reloaded") else ""
-            lines.append(f"rank {rank}: {forwards} · forward {s.get('forward_s', 0):.3f} s · exchange "
-                         f"{s.get('exchange_s', 0):.3f} s · idle {s.get('idle_evaluations', 0)}/"
-                         f"{s.get('evaluations', 0)} evaluations{reloaded}")
+            lines.append(f"rank {rank}: {forwards} · forward {s.get('forward_s', 0):.2f} s · exchange "
+                         f"{s.get('exchange_s', 0):.2f} s · idle {s.get('idle_evaluations', 0)}/"
+                         f"{s.get('evaluations', 0)}{reloaded}")
     return "\n".join(lines)
 
 

@@ -118,7 +118,15 @@ def draw_timeline(last_job: dict, title: str = "") -> Image.Image:
         d.rectangle([x, y + 2, x + 14, y + 14], fill=colour)
         d.text((x + 20, y), label, fill=FG, font=f_small)
         x += 30 + int(d.textlength(label, font=f_small))
-    d.text((12, y + 24), f"0 s {'':>4} time →  {total:.3f} s", fill=MUTED, font=f_small)
+    # time axis under the rows: five ticks, in seconds
+    axis_y = TOP + n_ranks * (ROW_H + ROW_GAP) - ROW_GAP + 2
+    for k in range(5):
+        t = total * k / 4
+        x = LEFT + t * scale
+        d.line([(x, axis_y), (x, axis_y + 4)], fill=MUTED)
+        label = f"{t:.2f} s"
+        w = d.textlength(label, font=f_small)
+        d.text((min(max(x - w / 2, LEFT), WIDTH - RIGHT - w), y + 24), label, fill=MUTED, font=f_small)
     return img
 
 

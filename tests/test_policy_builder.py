@@ -132,7 +132,7 @@ def test_builder_shows_only_the_standard_cfg_widgets(PB):
     optional = info["input"]["optional"]
     assert optional["video"][0] == "CFGP_LTX2_VIDEO_GUIDANCE" and optional["audio"][0] == "CFGP_LTX2_AUDIO_GUIDANCE"
     assert optional["custom_branches"][1]["forceInput"] is True
-    assert info["name"] == "CFGParallel_PolicyBuilder" and info["display_name"] == "CFGPolicy Builder"
+    assert info["name"] == "CFGParallelMultiGPU_PolicyBuilder" and info["display_name"] == "CFGPolicy Builder"
 
 
 def test_tooltips_say_what_each_parameter_does(PB):
@@ -157,6 +157,6 @@ def test_every_input_and_output_has_a_tooltip_and_the_ids_are_registered_once():
         assert info["deprecated"] == (node_id in pack.RENAMED), node_id
         assert info["category"].split("/")[0] in ("sampling", "model", "advanced"), info["category"]
     for old, new in pack.RENAMED.items():
-        assert new.startswith("CFGParallel_") and new in pack.NODE_CLASS_MAPPINGS
+        assert new.startswith("CFGParallelMultiGPU_") and new in pack.NODE_CLASS_MAPPINGS
         assert pack.NODE_DISPLAY_NAME_MAPPINGS[old] == pack.NODE_DISPLAY_NAME_MAPPINGS[new]
     assert len(set(pack.NODE_CLASS_MAPPINGS.values())) == len(pack.NODE_CLASS_MAPPINGS)  # no class twice

@@ -39,8 +39,8 @@ PACK_ID = "comfyui-cfg-parallel"  # [project] name in pyproject.toml (the regist
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Nodes that exist only in the web frontend (never in /object_info, never in a prompt).
 VIRTUAL_TYPES = {"Note", "MarkdownNote"}
-PACK_TYPES = {"CFGParallel_PolicyBuilder", "CFGParallel_LTX2VideoGuidance", "CFGParallel_LTX2AudioGuidance",
-              "CFGParallel_MultiBranchGuider", "CFGParallel_LTX2Sampler", "CFGParallel_GroupStatus",
+PACK_TYPES = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance", "CFGParallelMultiGPU_LTX2AudioGuidance",
+              "CFGParallelMultiGPU_MultiBranchGuider", "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus",
               # the ids before 0.2 (deprecated aliases; the tiny demo keeps them)
               "CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 # Core node types of LTX-2-era ComfyUI (audio+video LTX) that ComfyUI 0.3.75 lacks.
@@ -51,6 +51,7 @@ LTX2_CORE_TYPES = {"LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVEmptyLat
 # ---------------------------------------------------------------------------------------
 # Node schemas: "name:TYPE" in the server's input order; "?" = optional input; "!" = the
 # frontend adds a "control after generate" value after this widget. Outputs: (name, type).
+# "^" = a widget type taken as a socket only (forceInput).
 # Output nodes list no outputs (newer ComfyUI adds pass-through outputs; unused here).
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -59,10 +60,11 @@ class Input:
     type: str
     optional: bool = False
     control: bool = False
+    socket: bool = False  # a widget type the node takes as a socket only (forceInput)
 
     @property
     def is_widget(self) -> bool:
-        return any(t in WIDGET_TYPES for t in self.type.split(","))
+        return not self.socket and any(t in WIDGET_TYPES for t in self.type.split(","))
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ class Schema:
         for tok in inputs.split():
             optional = tok.startswith("?")
             control = tok.endswith("!")
-            name, typ = tok.strip("?!").split(":")
-            parsed.append(Input(name, typ, optional, control))
+            socket = tok.endswith("^")
+            name, typ = tok.strip("?!^").split(":")
+            parsed.append(Input(name, typ, optional, control, socket))
         return cls(tuple(parsed), tuple(outputs))
 
     def input(self, name: str) -> Input:
@@ -142,25 +145,25 @@ SCHEMAS: dict[str, Schema] = {
     "LTXVAudioVAEDecode": _s("samples:LATENT audio_vae:VAE", ("Audio", "AUDIO")),
     "PrimitiveStringMultiline": _s("value:STRING", ("STRING", "STRING")),
     # this pack
-    "CFGParallel_PolicyBuilder": _s(
+    "CFGParallelMultiGPU_PolicyBuilder": _s(
         "preset:COMBO cfg:FLOAT guidance_rescale:FLOAT cfg_zero_star:BOOLEAN zero_init_steps:INT "
-        "?video:CFGP_LTX2_VIDEO_GUIDANCE ?audio:CFGP_LTX2_AUDIO_GUIDANCE",
+        "?video:CFGP_LTX2_VIDEO_GUIDANCE ?audio:CFGP_LTX2_AUDIO_GUIDANCE ?custom_branches:STRING^",
         ("policy", "CFG_POLICY"), ("branches", "STRING")),
-    "CFGParallel_LTX2VideoGuidance": _s(
+    "CFGParallelMultiGPU_LTX2VideoGuidance": _s(
         "cfg:FLOAT stg:FLOAT stg_blocks:STRING modality:FLOAT rescale:FLOAT skip_step:INT",
         ("video", "CFGP_LTX2_VIDEO_GUIDANCE")),
-    "CFGParallel_LTX2AudioGuidance": _s(
+    "CFGParallelMultiGPU_LTX2AudioGuidance": _s(
         "cfg:FLOAT stg:FLOAT stg_blocks:STRING modality:FLOAT rescale:FLOAT skip_step:INT",
         ("audio", "CFGP_LTX2_AUDIO_GUIDANCE")),
-    "CFGParallel_MultiBranchGuider": _s(
+    "CFGParallelMultiGPU_MultiBranchGuider": _s(
         "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
         "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING", ("GUIDER", "GUIDER")),
-    "CFGParallel_LTX2Sampler": _s(
+    "CFGParallelMultiGPU_LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
-    "CFGParallel_GroupStatus": _s("shutdown:BOOLEAN ?after:*", ("status", "STRING"), ("timeline", "IMAGE")),
+    "CFGParallelMultiGPU_GroupStatus": _s("shutdown:BOOLEAN ?after:*", ("status", "STRING"), ("timeline", "IMAGE")),
     # this pack, the ids before 0.2 (deprecated aliases, still registered; the tiny demo uses them)
     "CFGPolicyBuilder": _s(
         "preset:COMBO cfg:FLOAT guidance_rescale:FLOAT cfg_zero_star:BOOLEAN zero_init_steps:INT "

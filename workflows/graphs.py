@@ -40,10 +40,10 @@ def modality_values(d: ModalityGuidance, **overrides) -> dict:
 
 
 def policy_values(preset: str, **overrides) -> dict:
-    """The widgets of the CFGPolicy Builder (CFGParallel_PolicyBuilder) at its defaults."""
+    """The widgets of the CFGPolicy Builder (CFGParallelMultiGPU_PolicyBuilder) at its defaults."""
     unknown = set(overrides) - set(STANDARD_DEFAULTS)
     if unknown:
-        raise KeyError(f"CFGParallel_PolicyBuilder has no widget(s) {sorted(unknown)}")
+        raise KeyError(f"CFGParallelMultiGPU_PolicyBuilder has no widget(s) {sorted(unknown)}")
     return {"preset": preset, **STANDARD_DEFAULTS, **overrides}
 
 
@@ -62,11 +62,11 @@ def legacy_policy_values(preset: str, **overrides) -> dict:
 
 def ltx2_policy(g: Graph, video: dict | None = None, audio: dict | None = None, w: int = 340):
     """LTX-2 Video Guidance + LTX-2 Audio Guidance chained into a CFGPolicy Builder (ltx2_multimodal)."""
-    v = g.node("CFGParallel_LTX2VideoGuidance", title="LTX-2 Video Guidance", w=w,
+    v = g.node("CFGParallelMultiGPU_LTX2VideoGuidance", title="LTX-2 Video Guidance", w=w,
                **(video or modality_values(OFFICIAL_VIDEO)))
-    a = g.node("CFGParallel_LTX2AudioGuidance", title="LTX-2 Audio Guidance", w=w,
+    a = g.node("CFGParallelMultiGPU_LTX2AudioGuidance", title="LTX-2 Audio Guidance", w=w,
                **(audio or modality_values(OFFICIAL_AUDIO)))
-    return g.node("CFGParallel_PolicyBuilder", w=w, **policy_values("ltx2_multimodal"), video=v.out(), audio=a.out())
+    return g.node("CFGParallelMultiGPU_PolicyBuilder", w=w, **policy_values("ltx2_multimodal"), video=v.out(), audio=a.out())
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,8 +106,8 @@ def plain_cfg() -> Graph:
     noise = g.node("RandomNoise", w=360, noise_seed=0)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGParallel_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
-    guider = g.node("CFGParallel_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
                     keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -206,7 +206,7 @@ def ltx2_one_stage() -> Graph:
 
     g.column(3).group(GUIDANCE, GREEN)
     policy = ltx2_policy(g)
-    guider = g.node("CFGParallel_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                     negative=cond.out("negative"), policy=policy.out("policy"), parallel_size=4, devices="",
                     plan="cost_balanced", keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -231,7 +231,7 @@ def ltx2_two_stage() -> Graph:
     g.column(3).group(GUIDANCE, GREEN)
     policy = ltx2_policy(g)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
-    ltx = g.node("CFGParallel_LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    ltx = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                  negative=cond.out("negative"), policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(),
                  sigmas=sigmas.out(), noise_seed=0, mode="two_stage", parallel_size=4, devices="",
                  stage2_sigmas=STAGE2_SIGMAS, stage2_model=stage2.out(), upscale_model=upscaler.out(),
@@ -331,7 +331,7 @@ def tiny_ltx2_demo() -> Graph:
                          audio=modality_values(OFFICIAL_AUDIO, stg_blocks="1"))
     sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
     sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=3, denoise=1.0)
-    sample = g.node("CFGParallel_LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+    sample = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(), sigmas=sigmas.out(),
                     noise_seed=42, mode="one_stage", parallel_size=2, devices="", stage2_sigmas=STAGE2_SIGMAS)
 
@@ -374,8 +374,8 @@ def tiny_status_demo() -> Graph:
     noise = g.node("RandomNoise", w=320, noise_seed=7)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGParallel_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=3.0))
-    guider = g.node("CFGParallel_MultiBranchGuider", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=3.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
                     keep_model_loaded=True, step_timeout_s=600.0)
     g.group("Sampling", PURPLE)
@@ -385,9 +385,9 @@ def tiny_status_demo() -> Graph:
                     sigmas=sigmas.out(), latent_image=latent.out())
 
     g.column(3).group("Status and save", BROWN)
-    g.node("SaveLatent", w=420, samples=sample.out("output"), filename_prefix="cfg_parallel/tiny_status_demo")
-    status = g.node("CFGParallel_GroupStatus", w=420, h=200, shutdown=False, after=sample.out("output"))
-    g.node("SaveImage", title="Save the timeline", w=420, h=260, images=status.out("timeline"),
+    g.node("SaveLatent", w=460, samples=sample.out("output"), filename_prefix="cfg_parallel/tiny_status_demo")
+    status = g.node("CFGParallelMultiGPU_GroupStatus", w=460, h=520, shutdown=False, after=sample.out("output"))
+    g.node("SaveImage", title="Save the timeline", w=460, h=260, images=status.out("timeline"),
            filename_prefix="cfg_parallel/group_timeline")
     return g
 

@@ -1,9 +1,9 @@
 // CFG Parallel Group Status: show the node's text summary on the node itself (read-only).
 // The summary arrives as the node's UI output {"text": [...]} (the timeline picture as
 // {"images": [...]}, which the frontend shows by itself). Works in frontend 1.32 and 1.47.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js"; // served at /extensions/<pack>/js/
 
-const STATUS_TYPES = new Set(["CFGParallel_GroupStatus", "CFGParallelGroupStatus"]);
+const STATUS_TYPES = new Set(["CFGParallelMultiGPU_GroupStatus", "CFGParallelGroupStatus"]);
 
 function statusWidget(node) {
   let widget = node.widgets?.find((w) => w.name === "status_text");
