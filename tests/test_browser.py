@@ -82,6 +82,8 @@ PINNED_SETTINGS = {
     "Comfy.Workflow.ShowMissingNodesWarning": True,   # 1.32: the dialog the LTX-2 load test expects on 0.3.75
     "Comfy.Workflow.ShowMissingModelsWarning": False,  # the user workflows name models the test server lacks
     "Comfy.VueNodes.Enabled": False,            # classic LiteGraph nodes (sizes, widgets)
+    "Comfy.Minimap.Visible": False,             # screenshots and template thumbnails: the graph only
+    "Comfy.Graph.CanvasInfo": False,
 }
 
 
