@@ -41,7 +41,19 @@ def test_pyproject_is_registry_ready():
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
-    return any(path.startswith(p) if p.endswith("/") else fnmatch.fnmatch(path, p) for p in patterns)
+    """gitignore's rules for the patterns used here (comfy-cli reads .comfyignore with pathspec's
+    gitwildmatch): '/x' is anchored at the top, 'x' matches at any depth, 'x/' a folder."""
+    parts = path.split("/")
+    for pat in patterns:
+        anchored, folder = pat.startswith("/"), pat.endswith("/")
+        body = pat.strip("/")
+        starts = [0] if anchored or "/" in body else range(len(parts))
+        n = body.count("/") + 1
+        for i in starts:
+            candidate = "/".join(parts[i:i + n])
+            if fnmatch.fnmatch(candidate, body) and (not folder or i + n < len(parts)):
+                return True
+    return False
 
 
 def test_archive_holds_only_the_pack():
