@@ -59,7 +59,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_archive_holds_only_the_pack():
     patterns = [line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.splitlines()
     if not tracked:  # not a git checkout (e.g. an unpacked archive): judge the folder itself
         tracked = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts]
     shipped = {p for p in tracked if not _ignored(p, patterns)}
