@@ -1,12 +1,18 @@
 """The real ComfyUI web frontend, in Debian's Chromium driven by Playwright.
 
 Opens the test server's frontend (the pack and the test-only nodes loaded), then:
-- finds the pack's three nodes in LiteGraph's registry and through the node search box;
+- finds the pack's nodes in LiteGraph's registry (new ids, and the old ids as deprecated
+  aliases) and through the node search box by what users type ("multi gpu", "parallel",
+  "STG") and by name;
+- checks the node help pages are served where the frontend fetches them;
 - loads every UI workflow (app.loadGraphData, as when a file is dropped on the canvas) and
   checks the missing-node dialog, node sizes, and that the frontend turns the graph into
-  exactly the API version (app.graphToPrompt);
-- finds the example workflows where the template browser looks (/workflow_templates);
-- queues the tiny demo from the page (app.queuePrompt) and polls /history until it ends.
+  exactly the API version (app.graphToPrompt); loads the 0.1 example files (old ids);
+- finds the example workflows and their thumbnails where the template browser looks
+  (/workflow_templates) and opens the template browser on the pack;
+- queues the tiny demos from the page (app.queuePrompt) and polls /history until they end;
+  after a parallel prompt, the Group Status node shows its text and timeline picture.
+CFGP_WRITE_THUMBNAILS=1 rewrites example_workflows/<title>.jpg from the load screenshots.
 Screenshots go to test-artifacts/browser/ (gitignored).
 
 The suite runs on each ComfyUI (scripts/test.sh), so this runs in frontend 1.32.9
@@ -37,12 +43,12 @@ from pathlib import Path
 
 import pytest
 
-from support.paths import NEEDS_029, NEEDS_BROWSER, has_ltx2_av
+from support.paths import NEEDS_029, NEEDS_BROWSER, comfyui_version, has_ltx2_av
 from test_workflows import (EXAMPLE_NAMES, LEGACY_DIR, LEGACY_NAMES, LTX2_WORKFLOWS, NAMES, NodeDef, build, load_api,
                             load_ui, strip_meta)
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts" / "browser"
+ARTIFACTS = REPO / "test-artifacts" / "browser" / f"comfyui-{comfyui_version() or 'unknown'}"  # per version
 CHROMIUM = os.environ.get("CFGP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -384,8 +390,15 @@ def test_ui_workflow_loads(name, frontend, object_info):
     problems = prompt_matches_api(frontend.graph_to_prompt(), load_api(name), object_info, skip_types=absent)
     assert not problems, f"{name}:\n" + "\n".join(problems)
     assert not frontend.page_errors, frontend.page_errors
-    shot = frontend.screenshot(f"workflow_{name}")
+    frontend.screenshot(f"workflow_{name}")
     if THUMBNAILS and name in EXAMPLE_NAMES:
+        # the card shows the graph as a user with the models has it: no missing-model marks, no toasts
+        frontend.page.evaluate("""() => { for (const n of app.graph.nodes) { n.has_errors = false; }
+            document.querySelectorAll('.p-toast, .p-toast-message, [role=alert], [role=status]')
+                .forEach(e => { e.style.display = 'none'; });
+            app.canvas.setDirty(true, true); }""")
+        frontend.page.wait_for_timeout(300)
+        shot = frontend.screenshot(f"thumbnail_{name}")
         write_thumbnail(shot, REPO / "example_workflows" / f"{EXAMPLE_NAMES[name]}.jpg")
 
 
@@ -449,15 +462,22 @@ def test_template_browser_shows_titles_and_thumbnails(frontend):
 
     page = frontend.page
     frontend.close_dialogs()
+    thumbs = []
+    page.on("response", lambda r: thumbs.append((r.url, r.status))
+            if "workflow_templates/comfyui-cfg-parallel/" in r.url and r.url.endswith(".jpg") else None)
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    dialog = page.locator(".p-dialog").filter(has_text="comfyui-cfg-parallel").first
+    dialog = page.get_by_role("dialog").filter(has_text="comfyui-cfg-parallel").first
     expect(dialog).to_be_visible(timeout=20_000)
-    dialog.get_by_text("comfyui-cfg-parallel").first.click()
+    dialog.get_by_text("comfyui-cfg-parallel", exact=True).first.click()
     for title in EXAMPLE_NAMES.values():
         expect(dialog.get_by_text(title).first).to_be_visible(timeout=20_000)
-    page.wait_for_function("""() => { const imgs = Array.from(document.querySelectorAll('.p-dialog img'))
-        .filter(i => i.src.includes('workflow_templates/comfyui-cfg-parallel/'));
-        return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0); }""", timeout=20_000)
+    # the cards fetch <title>.jpg and show it (as a blob: URL once loaded)
+    deadline = time.monotonic() + 20
+    while len({u for u, st in thumbs if st == 200}) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    assert len({u for u, st in thumbs if st == 200}) >= 3, thumbs
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('[role=dialog] img'))
+        .filter(i => i.complete && i.naturalWidth > 0).length >= 3""", timeout=20_000)
     frontend.screenshot("template_browser", fit=False)
 
 
