@@ -363,6 +363,24 @@ def test_node_help_pages_are_served_where_the_frontend_looks(frontend, object_in
         assert got[0] == 200 and got[1].startswith(("# ", "> **Deprecated id**")), (url, got[0], got[1][:80])
 
 
+def test_node_help_page_opens_in_the_frontend(frontend):
+    """Select a Multi-Branch Guider, press the selection toolbox's info button: the frontend
+    shows the pack's help page for it (web/docs/<node id>.md)."""
+    from playwright.sync_api import expect
+
+    page = frontend.page
+    frontend.close_dialogs()
+    page.evaluate("""() => { app.graph.clear(); app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
+        const n = LiteGraph.createNode('CFGParallelMultiGPU_MultiBranchGuider'); n.pos = [500, 300];
+        app.graph.add(n); app.canvas.selectNode(n); app.canvas.setDirty(true, true); }""")
+    page.mouse.click(520, 290 + 15)  # the node's title bar: a real selection for the toolbox
+    button = page.locator("[data-testid=info-button]").first
+    expect(button).to_be_visible(timeout=15_000)
+    button.click()
+    expect(page.get_by_text("Compared with core's MultiGPU CFG Split").first).to_be_visible(timeout=15_000)
+    frontend.screenshot("node_help_page", fit=False)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_workflow_loads(name, frontend, object_info):
     ui = load_ui(name)
