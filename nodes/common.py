@@ -27,8 +27,9 @@ ALIASES_COMMON = ["multi gpu", "multi-gpu", "multigpu", "parallel", "gpu", "cfg 
 
 # Attributes ComfyNode fills from the schema the first time it is read; a subclass (the
 # deprecated aliases) must start without them or it inherits its parent's.
-_SCHEMA_CACHE = [k for k in vars(io.ComfyNode).keys() | {k for base in io.ComfyNode.__mro__ for k in vars(base)}
-                 if k.startswith("_") and k[1:2].isupper() and k.upper() == k]
+_SCHEMA_CACHE = sorted({k for base in io.ComfyNode.__mro__ for k in vars(base)
+                        if k.startswith("_") and k[1:2].isupper() and k.upper() == k
+                        and getattr(io.ComfyNode, k) is None})
 
 
 def _core_category(node_id: str, fallback: str) -> str:
