@@ -633,3 +633,37 @@ def test_tiny_status_demo_saves_the_timeline(comfy_server):
     path = comfy_server.output_dir / saved.get("subfolder", "") / saved["filename"]
     img = Image.open(path)
     assert img.width == 1024 and img.height > 150
+
+
+@pytest.mark.server
+def test_status_read_in_the_prompt_keeps_the_model_loaded(comfy_server):
+    """Group Status with 'after' on the sampler: queueing it alone (what "queue selected output
+    nodes" sends: the status node and everything upstream of it) keeps the loader's output in
+    ComfyUI's cache, so the next parallel prompt finds the model loaded on every rank."""
+    prompt = load_api("tiny_status_demo")
+    status_id = next(nid for nid, n in prompt.items() if n["class_type"] == "CFGParallelMultiGPU_GroupStatus")
+
+    def with_nonce(p, nonce):
+        p = copy.deepcopy(p)
+        for node in p.values():
+            if node["class_type"] == "CFGPTestConditioning":
+                node["inputs"]["nonce"] = nonce
+        return p
+
+    def upstream(p, nid):
+        keep, todo = set(), [nid]
+        while todo:
+            n = todo.pop()
+            if n not in keep:
+                keep.add(n)
+                todo += [v[0] for v in p[n]["inputs"].values() if isinstance(v, list)]
+        return {k: v for k, v in p.items() if k in keep}
+
+    base = zlib.crc32(b"keep-loaded") % 10_000 + 20_000
+    comfy_server.run(with_nonce(prompt, base), timeout=300)  # loads the model on the ranks (if not already)
+    only_status = comfy_server.run(upstream(with_nonce(prompt, base), status_id), timeout=120)
+    assert "rank 1:" in only_status["outputs"][status_id]["text"][0]
+    again = comfy_server.run(with_nonce(prompt, base + 1), timeout=300)  # new conditioning: the sampler runs
+    text = again["outputs"][status_id]["text"][0]
+    assert "cond×4" in text and "negative×4" in text, text
+    assert "model loaded for this job" not in text, text
