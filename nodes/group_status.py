@@ -3,9 +3,9 @@ per-rank timeline picture of the last job.
 
 Reading the status touches no model. Put it in the same prompt as the sampling (its
 optional ``after`` input takes any output, e.g. the sampler's latent, so it runs once the
-job is done): a prompt holding only this node makes ComfyUI 0.3.75's default (classic)
-cache drop every node output the prompt does not hold, the loaded model among them, and
-the next prompt loads it again.
+job is done): a prompt holding only this node makes the next prompt load the model on every
+rank again (ComfyUI 0.3.75's default, classic, cache drops every node output the prompt does
+not hold, the loaded model among them; 0.29 reloads on the ranks too).
 """
 from __future__ import annotations
 
