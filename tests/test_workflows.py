@@ -667,3 +667,34 @@ def test_status_read_in_the_prompt_keeps_the_model_loaded(comfy_server):
     text = again["outputs"][status_id]["text"][0]
     assert "cond×4" in text and "negative×4" in text, text
     assert "model loaded for this job" not in text, text
+
+
+@pytest.mark.server
+def test_a_status_only_prompt_then_the_model_is_not_loaded_again(comfy_server):
+    """Group Status queued on its own (nothing upstream): ComfyUI drops the loader's output and
+    loads the file again for the next prompt. On 0.29 the loader leaves a recipe, so the ranks
+    recognise the same file with the same options and keep the model (and, patches compared by
+    content, the patched model) they hold. On 0.3.75 a reloaded model has no identity but the
+    Python object, so the ranks load it again (README, Group Status)."""
+    from support.paths import comfyui_version
+
+    if not comfyui_version().startswith("0.29"):
+        pytest.skip(f"{NEEDS_029} 0.3.75's loaders leave no recipe: a reloaded file is a new model there")
+    prompt = load_api("tiny_status_demo")
+    status_id = next(nid for nid, n in prompt.items() if n["class_type"] == "CFGParallelMultiGPU_GroupStatus")
+
+    def with_nonce(nonce):
+        p = copy.deepcopy(prompt)
+        for node in p.values():
+            if node["class_type"] == "CFGPTestConditioning":
+                node["inputs"]["nonce"] = nonce
+        return p
+
+    base = zlib.crc32(b"status-alone") % 10_000 + 40_000
+    comfy_server.run(with_nonce(base), timeout=300)
+    alone = {status_id: {"class_type": prompt[status_id]["class_type"], "inputs": {"shutdown": False}}}
+    comfy_server.run(alone, timeout=120)
+    again = comfy_server.run(with_nonce(base + 1), timeout=300)
+    text = again["outputs"][status_id]["text"][0]
+    assert "cond×4" in text and "negative×4" in text, text
+    assert "model loaded for this job" not in text, text
