@@ -26,9 +26,23 @@ class GroupSpec:
     # After an interrupt, return to ComfyUI after this long and let the ranks finish in the background:
     detach_after_s: float = 0.25  # before the first step (start-up, model load: the ranks stop only later)
     detach_mid_sampling_s: float = 1.0  # mid-sampling (the ranks normally stop within the step in flight)
+    first_error_grace_s: float = 10.0  # after a rank's job error, for the others to report it before a teardown
+    # Teardown: ask the ranks to exit, then SIGTERM, then SIGKILL, each after a grace.
+    shutdown_grace_s: float = 3.0  # for the ranks to exit after Shutdown (a clean teardown)
+    fault_shutdown_grace_s: float = 0.5  # the same in a teardown after a fault (a rank may be hung)
+    terminate_grace_s: float = 3.0  # after SIGTERM, before SIGKILL
+    kill_wait_s: float = 5.0  # to reap a rank after SIGKILL
+    handle_release_s: float = 2.0  # for multiprocessing's resource sharer to stop after a fault
+    poll_s: float = 0.05  # how often a wait looks at the interrupt flag
+    parent_poll_s: float = 1.0  # how often a rank checks that its parent lives (read when it starts)
     worker_init: str = ""  # "module:function" called with the device name before the first job
     fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
+
+    DURATIONS = ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
+                 "interrupt_grace_s", "detach_after_s", "detach_mid_sampling_s", "first_error_grace_s",
+                 "shutdown_grace_s", "fault_shutdown_grace_s", "terminate_grace_s", "kill_wait_s",
+                 "handle_release_s", "poll_s", "parent_poll_s")
 
     @property
     def world_size(self) -> int:
