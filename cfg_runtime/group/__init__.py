@@ -20,7 +20,8 @@ _EXPORTS = {
     "Failure": "protocol", "Log": "protocol", "Phase": "protocol", "Stage": "protocol",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["BACKEND_ENV", "Failure", "GroupSpec", "JobResult", "Log", "Phase", "RankContext", "Stage", "WorkerGroup",
+           "current_group", "get_group", "parse_devices", "shutdown_group"]
 
 if TYPE_CHECKING:
     from .flight import JobResult

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import JobFailedError, JobInterrupted
-from .protocol import OUTCOMES, Failure, Interrupted, JobFailed, Outcome, Progress, Result
+from .protocol import OUTCOMES, Failure, Interrupted, JobFailed, Outcome, Phase, Progress, Result
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,23 @@ def job_failed_error(origin: Failure) -> JobFailedError:
     exc.remote_traceback = origin.traceback
     exc.remote_type = origin.type
     return exc
+
+
+class Caller:
+    """The caller's callbacks during one job. The first exception one raises (e.g. ComfyUI's
+    interrupt, from its progress hook) stops the ranks (`stop`) and is kept, to be re-raised
+    once they stopped or were left to finish in the background."""
+
+    def __init__(self, on_progress: Callable[[Any], None] | None, on_phase: Callable[[Phase], None] | None,
+                 stop: Callable[[], None]) -> None:
+        self.on_progress, self.on_phase, self.stop = on_progress, on_phase, stop
+        self.error: BaseException | None = None
+
+    def call(self, callback: Callable[[Any], None] | None, item: Any) -> None:
+        if callback is None or self.error is not None:
+            return
+        try:
+            callback(item)
+        except BaseException as exc:  # stop the ranks first, then re-raise it
+            self.error = exc
+            self.stop()

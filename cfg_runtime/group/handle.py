@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 from ..errors import (CFGParallelError, GroupConfigError, GroupStartError, JobInterrupted, JobTimeoutError,
                       ShippingError, WorkerDiedError)
-from .flight import Flight, JobResult, job_failed_error
+from .flight import Caller, Flight, JobResult, job_failed_error
 from .host import check_host_memory, fd_count, make_store_dir, release_uncollected_handles, sweep_stale_stores
-from .protocol import Job, Log, Phase, Progress, Ready, Stage, StartFailed
-from .rank_io import relog
+from .inbox import EOF, poll
+from .protocol import Job, Phase, Progress, Ready, Stage, StartFailed
 from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir
 from .ranks import Processes, RankProcess
 from .shipping import dumps
@@ -33,15 +33,6 @@ log = logging.getLogger("cfg_parallel")
 __all__ = ["JobResult", "WorkerGroup"]
 
 OnPhase = Callable[[Phase], None]
-_EOF = object()  # what a closed pipe reads as
-
-
-def _log_phase(phase: Phase) -> None:
-    """A rank's phase in the console: its ready line and a job's phases at INFO, the rest at DEBUG."""
-    if phase.stage is Stage.JOB:
-        log.info("[rank %d] %s", phase.rank, phase.text)
-    else:
-        log.log(logging.INFO if phase.stage is Stage.READY else logging.DEBUG, "cfg-parallel: %s", phase.text)
 
 
 class _CallbackFailed(Exception):
@@ -50,25 +41,6 @@ class _CallbackFailed(Exception):
     def __init__(self, exc: BaseException) -> None:
         super().__init__(str(exc))
         self.exc = exc
-
-
-class _Caller:
-    """The caller's callbacks during one job. The first exception one raises (e.g. ComfyUI's
-    interrupt, from its progress hook) stops the ranks and is re-raised once they stopped."""
-
-    def __init__(self, on_progress: Callable[[Any], None] | None, on_phase: OnPhase | None,
-                 stop: Callable[[], None]) -> None:
-        self.on_progress, self.on_phase, self.stop = on_progress, on_phase, stop
-        self.error: BaseException | None = None
-
-    def call(self, callback: Callable[[Any], None] | None, item: Any) -> None:
-        if callback is None or self.error is not None:
-            return
-        try:
-            callback(item)
-        except BaseException as exc:  # stop the ranks first, then re-raise it
-            self.error = exc
-            self.stop()
 
 
 class WorkerGroup:
@@ -170,17 +142,20 @@ class WorkerGroup:
                 raise GroupStartError(
                     f"Worker group did not start within {self.spec.start_timeout_s:.0f} s "
                     f"(ranks {[r.rank for r in pending]} never reported ready).")
-            messages, died = self._poll(pending)
+            messages, died = poll(self._procs.watch, self.spec.poll_s, pending)
+            caller = Caller(None, on_phase, stop=lambda: None)  # a callback's error waits for the batch
             for rank, message in messages:
-                self._take_startup(rank, message, on_phase)
+                self._take_startup(rank, message, caller)
+            if caller.error is not None:
+                raise _CallbackFailed(caller.error)
             if died:
                 dead = next(r for r in self.ranks if r.process in self._procs.watch.dead)
                 raise GroupStartError(f"Rank {dead.rank} ({dead.config.device}) exited during start-up "
                                       f"with code {dead.process.exitcode}.")
 
-    def _take_startup(self, rank: RankProcess, message: Any, on_phase: OnPhase | None) -> None:
+    def _take_startup(self, rank: RankProcess, message: Any, caller: Caller) -> None:
         where = f"Rank {rank.rank} ({rank.config.device})"
-        if message is _EOF:
+        if message is EOF:
             rank.process.join(self.spec.poll_s)
             raise GroupStartError(f"{where} exited during start-up with code {rank.process.exitcode}.")
         if isinstance(message, StartFailed):
@@ -188,11 +163,8 @@ class WorkerGroup:
                                   f"{message.failure.message}")
         if isinstance(message, Ready):
             rank.ready = message
-        elif isinstance(message, Phase) and on_phase is not None:
-            try:
-                on_phase(message)
-            except BaseException as exc:
-                raise _CallbackFailed(exc) from exc
+        elif isinstance(message, Phase):
+            caller.call(caller.on_phase, message)
 
     def usable(self) -> bool:
         """Starting or ready, with every process alive."""
@@ -237,46 +209,6 @@ class WorkerGroup:
     def pids(self) -> list[int]:
         return [r.process.pid for r in self.ranks if r.process.pid]
 
-    # --- reading the pipes ---------------------------------------------------
-    def _poll(self, ranks: list[RankProcess]) -> tuple[list[tuple[RankProcess, Any]], bool]:
-        """Wait up to spec.poll_s for messages from `ranks`. Log messages are re-logged here with the
-        rank named; the others come back in order (a closed pipe as _EOF), and whether a rank died.
-        A dead rank's last messages (its error, probably) are all read before its death counts."""
-        watch = self._procs.watch
-        by_conn = {id(r.conn): r for r in ranks}
-        ready = wait_any([r.conn for r in ranks] + [watch], timeout=self.spec.poll_s)
-        messages = [(by_conn[id(obj)], self._read(by_conn[id(obj)])) for obj in ready if id(obj) in by_conn]
-        died = watch in ready
-        if died:
-            for r in ranks:
-                while r.process in watch.dead and self._readable(r):
-                    messages.append((r, self._read(r)))
-                    if messages[-1][1] is _EOF:
-                        break
-        out = []
-        for rank, message in messages:
-            if isinstance(message, Log):
-                relog(message, log)
-                continue
-            if isinstance(message, Phase):
-                _log_phase(message)
-            out.append((rank, message))
-        return out, died
-
-    @staticmethod
-    def _readable(rank: RankProcess) -> bool:
-        try:
-            return rank.conn.poll(0)
-        except (OSError, EOFError):
-            return False
-
-    @staticmethod
-    def _read(rank: RankProcess) -> Any:
-        try:
-            return rank.conn.recv()
-        except (EOFError, OSError):
-            return _EOF
-
     # --- jobs ----------------------------------------------------------------
     def run(self, job: Any, on_progress: Callable[[Any], None] | None = None,
             interrupt_requested: Callable[[], bool] | None = None, on_phase: OnPhase | None = None) -> JobResult:
@@ -294,7 +226,7 @@ class WorkerGroup:
             flight = Flight(self.jobs_run, len(self.ranks))
             self.jobs_run += 1
             self._send_job(flight.job_id, job)
-            return self._collect(flight, _Caller(on_progress, on_phase, lambda: self._stop(flight)),
+            return self._collect(flight, Caller(on_progress, on_phase, lambda: self._stop(flight)),
                                  interrupt_requested)
 
     def _send_job(self, job_id: int, job: Any) -> None:
@@ -324,7 +256,7 @@ class WorkerGroup:
         flight = self._pending
         if flight is None:
             return
-        caller = _Caller(None, on_phase, stop=lambda: None)
+        caller = Caller(None, on_phase, stop=lambda: None)
         while not flight.complete:
             if interrupt_requested is not None and interrupt_requested():
                 raise JobInterrupted("Interrupted while the ranks were finishing the previous, interrupted job.")
@@ -347,11 +279,11 @@ class WorkerGroup:
             log.warning("cfg-parallel: the interrupted job failed on rank %s after the interrupt: %s: %s",
                         failures[0].rank, failures[0].type, failures[0].message)
 
-    def _receive(self, flight: Flight, caller: _Caller) -> None:
+    def _receive(self, flight: Flight, caller: Caller) -> None:
         """Read what the ranks sent within a poll: record outcomes, pass progress and phases on."""
-        messages, died = self._poll([r for r in self.ranks if r.rank not in flight.outcome])
+        messages, died = poll(self._procs.watch, self.spec.poll_s, [r for r in self.ranks if r.rank not in flight.outcome])
         for rank, message in messages:
-            if message is _EOF:
+            if message is EOF:
                 rank.process.join(self.spec.poll_s)
                 died = True
             elif isinstance(message, Phase):
@@ -379,7 +311,7 @@ class WorkerGroup:
                 f"No progress for {limit:.0f} s {phase} (ranks {waiting} still busy); the group was shut down "
                 f"and will be restarted by the next job. Raise the step timeout for very slow steps.")
 
-    def _detach_if_stopped(self, flight: Flight, caller: _Caller) -> None:
+    def _detach_if_stopped(self, flight: Flight, caller: Caller) -> None:
         """Once the ranks were asked to stop and have not within the detach time, return to the
         caller and let them finish in the background (they are loading the model or inside a long
         step; they stop at their next model evaluation) and keep the group."""
@@ -395,7 +327,7 @@ class WorkerGroup:
                                                "while the ranks were loading the model") +
                              "; they finish it in the background and keep it for the next prompt.")
 
-    def _collect(self, flight: Flight, caller: _Caller, interrupt_requested) -> JobResult:
+    def _collect(self, flight: Flight, caller: Caller, interrupt_requested) -> JobResult:
         while not flight.complete:
             if interrupt_requested is not None and flight.stop_sent_at is None and interrupt_requested():
                 self._stop(flight)
