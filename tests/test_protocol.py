@@ -146,7 +146,9 @@ def test_an_on_phase_that_raises_during_start_up_leaves_the_ranks_starting():
         g.teardown()
 
 
-def test_every_grace_is_validated():
+def test_every_grace_is_in_the_spec_and_validated():
+    seconds = {f.name for f in dataclasses.fields(GroupSpec) if f.name.endswith("_s")}
+    assert seconds == set(GroupSpec.DURATIONS)
     for name in GroupSpec.DURATIONS:
         with pytest.raises(Exception, match=name):
             WorkerGroup(GroupSpec(("cpu",), **{name: 0}))

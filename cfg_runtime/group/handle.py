@@ -223,7 +223,7 @@ class WorkerGroup:
             if interrupt_requested is not None and interrupt_requested():  # e.g. during the model's capture
                 raise JobInterrupted("Interrupted before the job was sent to the ranks.")
             self._stop_event.clear()
-            flight = Flight(self.jobs_run, len(self.ranks))
+            flight = Flight(self.jobs_run, self.spec.world_size)
             self.jobs_run += 1
             self._send_job(flight.job_id, job)
             return self._collect(flight, Caller(on_progress, on_phase, lambda: self._stop(flight)),
@@ -281,7 +281,8 @@ class WorkerGroup:
 
     def _receive(self, flight: Flight, caller: Caller) -> None:
         """Read what the ranks sent within a poll: record outcomes, pass progress and phases on."""
-        messages, died = poll(self._procs.watch, self.spec.poll_s, [r for r in self.ranks if r.rank not in flight.outcome])
+        waiting = [r for r in self.ranks if r.rank not in flight.outcome]
+        messages, died = poll(self._procs.watch, self.spec.poll_s, waiting)
         for rank, message in messages:
             if message is EOF:
                 rank.process.join(self.spec.poll_s)

@@ -47,7 +47,8 @@ class DeathWatch:
                 return
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the thread and close the fds. Idempotent."""
+        """Stop the thread (it wakes on the stop byte at once; `timeout` only bounds the join) and
+        close the fds. Idempotent."""
         if self._closed:
             return
         self._closed = True

@@ -194,7 +194,5 @@ class JobFailed:
         return self.failure.rank
 
 
-ToRank = Union[Job, Shutdown]
 Outcome = Union[Result, Done, Interrupted, JobFailed]  # a rank's last word on a job
-FromRank = Union[Phase, Ready, StartFailed, Log, Progress, Result, Done, Interrupted, JobFailed]
 OUTCOMES = (Result, Done, Interrupted, JobFailed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import GroupConfigError, clip
 
@@ -39,10 +40,10 @@ class GroupSpec:
     fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
 
-    DURATIONS = ("start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s",
-                 "interrupt_grace_s", "detach_after_s", "detach_mid_sampling_s", "first_error_grace_s",
-                 "shutdown_grace_s", "fault_shutdown_grace_s", "terminate_grace_s", "kill_wait_s",
-                 "handle_release_s", "poll_s", "parent_poll_s")
+    DURATIONS: ClassVar[tuple[str, ...]] = (  # every field in seconds, each checked to be positive
+        "start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s", "interrupt_grace_s",
+        "detach_after_s", "detach_mid_sampling_s", "first_error_grace_s", "shutdown_grace_s", "fault_shutdown_grace_s",
+        "terminate_grace_s", "kill_wait_s", "handle_release_s", "poll_s", "parent_poll_s")
 
     @property
     def world_size(self) -> int:
@@ -59,41 +60,43 @@ _CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
 BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
 
 
-def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
-    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
+def parse_devices(text: str, world_size: int, backend: str = "") -> tuple[str, ...]:
+    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + world_size -> validated device tuple."""
     import torch
 
-    if not isinstance(size, int) or size < 1:
-        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {size!r}.")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {world_size!r}.")
     if not isinstance(text, str):
         raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
     names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
     if not names or names == ["auto"]:
         n_gpu = torch.cuda.device_count()
-        if n_gpu >= size:
-            names = [f"cuda:{i}" for i in range(size)]
+        if n_gpu >= world_size:
+            names = [f"cuda:{i}" for i in range(world_size)]
         elif n_gpu == 0:
             cores = os.cpu_count() or 1
-            if size > cores:
+            if world_size > cores:
                 raise GroupConfigError(
-                    f"Parallel size {size} would start {size} CPU ranks on a machine with no GPU and {cores} cores "
-                    f"(each rank loads torch and the model). Use at most {cores}, or write devices 'cpu' to insist.")
-            names = ["cpu"] * size
+                    f"Parallel size {world_size} would start {world_size} CPU ranks on a machine with no GPU and "
+                    f"{cores} cores (each rank loads torch and the model). Use at most {cores}, or write devices "
+                    f"'cpu' to insist.")
+            names = ["cpu"] * world_size
         else:
             raise GroupConfigError(
-                f"Parallel size {size} asks for {size} GPUs but this machine has {n_gpu}. Lower the parallel size "
-                f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
+                f"Parallel size {world_size} asks for {world_size} GPUs but this machine has {n_gpu}. Lower the "
+                f"parallel size to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the "
+                f"CPU).")
     elif names == ["cpu"]:
-        names = ["cpu"] * size
+        names = ["cpu"] * world_size
     for name in names:
         if name == "cuda":
             raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
         if name != "cpu" and not _CUDA_NAME.fullmatch(name):
             raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
                                    f"e.g. 'cuda:0,cuda:1'.")
-    if len(names) != size:
+    if len(names) != world_size:
         listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
-        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
+        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {world_size}: "
                                f"list exactly one device per rank, or leave devices empty for automatic choice.")
     kinds = {n.split(":")[0] for n in names}
     if len(kinds) > 1:
