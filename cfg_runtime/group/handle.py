@@ -59,7 +59,6 @@ class WorkerGroup:
         self.last_error = ""
         self.jobs_run = 0
         self.last_job: dict = {}
-        self.facts: dict = {}  # what the parent knows the ranks hold (e.g. the loaded model's token)
         self._procs = Processes()
         self._finalizer: weakref.finalize | None = None
         self._ctx = mp.get_context("spawn")
@@ -359,6 +358,5 @@ class WorkerGroup:
             "pids": self.pids(),
             "jobs_run": self.jobs_run,
             "last_error": self.last_error,
-            "loaded_model": self.facts.get("base_token"),
             "last_job": self.last_job,
         }
