@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import JobInterrupted, PredictionError
+from ..errors import JobInterrupted, PeerFailed, PredictionError
 from .exchange import Exchange, LocalExchange
 from .plan import BranchPlan, make_plan
 from ..guidance.policy import CFGBranch, CFGPolicy, CombineContext
@@ -20,10 +20,6 @@ from ..guidance.policy import CFGBranch, CFGPolicy, CombineContext
 log = logging.getLogger("cfg_parallel")
 
 Evaluate = Callable[[CFGBranch], torch.Tensor]
-
-
-class PeerFailed(RuntimeError):
-    """Another rank failed in this step; this rank leaves the job cleanly."""
 
 
 @dataclass
