@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from build import Graph
 
+from cfg_runtime.guidance.ltx import ModalityGuidance
+
 GUIDANCE = "CFG parallel (this pack)"
 GREEN, BLUE, PURPLE, BROWN, GREY = "#8A8", "#3f789e", "#a1309b", "#b06634", "#88A"
 
@@ -22,21 +24,49 @@ POSITIVE_VIDEO = ("A red fox trots through fresh snow at golden hour, its breath
 NEGATIVE_VIDEO = "blurry, low quality, still frame, watermark, text, distorted audio, noise"
 
 
+# The official LTX-2 guidance values, from their one home in the runtime.
+OFFICIAL_VIDEO, OFFICIAL_AUDIO = ModalityGuidance.official("2.0")
+STANDARD_DEFAULTS = {"cfg": 4.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0}
+
+
+def modality_values(d: ModalityGuidance, **overrides) -> dict:
+    """The widgets of an LTX-2 Video/Audio Guidance node for the parameters ``d``."""
+    values = {"cfg": d.cfg, "stg": d.stg, "stg_blocks": ",".join(str(b) for b in d.stg_blocks),
+              "modality": d.modality, "rescale": d.rescale, "skip_step": d.skip_step}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise KeyError(f"LTX-2 guidance nodes have no widget(s) {sorted(unknown)}")
+    return {**values, **overrides}
+
+
 def policy_values(preset: str, **overrides) -> dict:
-    """Every widget of the CFGPolicy Builder, at the node's defaults (the official LTX-2 ones)."""
-    values = {
-        "preset": preset, "cfg": 4.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0,
-        "video_cfg": 3.0, "video_stg": 1.0, "video_stg_blocks": "29", "video_modality": 3.0, "video_rescale": 0.7,
-        "video_skip_step": 0,
-        "audio_cfg": 7.0, "audio_stg": 1.0, "audio_stg_blocks": "29", "audio_modality": 3.0, "audio_rescale": 0.7,
-        "audio_skip_step": 0,
-        "custom_branches": "negative:negative:3.0",
-    }
+    """The widgets of the CFGPolicy Builder (CFGParallelMultiGPU_PolicyBuilder) at its defaults."""
+    unknown = set(overrides) - set(STANDARD_DEFAULTS)
+    if unknown:
+        raise KeyError(f"CFGParallelMultiGPU_PolicyBuilder has no widget(s) {sorted(unknown)}")
+    return {"preset": preset, **STANDARD_DEFAULTS, **overrides}
+
+
+def legacy_policy_values(preset: str, **overrides) -> dict:
+    """Every widget of the deprecated CFGPolicyBuilder id (all presets on one node)."""
+    values = {"preset": preset, **STANDARD_DEFAULTS,
+              **{f"video_{k}": v for k, v in modality_values(OFFICIAL_VIDEO).items()},
+              **{f"audio_{k}": v for k, v in modality_values(OFFICIAL_AUDIO).items()},
+              "custom_branches": "negative:negative:3.0"}
     unknown = set(overrides) - set(values)
     if unknown:
         raise KeyError(f"CFGPolicyBuilder has no widget(s) {sorted(unknown)}")
     values.update(overrides)
     return values
+
+
+def ltx2_policy(g: Graph, video: dict | None = None, audio: dict | None = None, w: int = 340):
+    """LTX-2 Video Guidance + LTX-2 Audio Guidance chained into a CFGPolicy Builder (ltx2_multimodal)."""
+    v = g.node("CFGParallelMultiGPU_LTX2VideoGuidance", title="LTX-2 Video Guidance", w=w,
+               **(video or modality_values(OFFICIAL_VIDEO)))
+    a = g.node("CFGParallelMultiGPU_LTX2AudioGuidance", title="LTX-2 Audio Guidance", w=w,
+               **(audio or modality_values(OFFICIAL_AUDIO)))
+    return g.node("CFGParallelMultiGPU_PolicyBuilder", w=w, **policy_values("ltx2_multimodal"), video=v.out(), audio=a.out())
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,8 +106,8 @@ def plain_cfg() -> Graph:
     noise = g.node("RandomNoise", w=360, noise_seed=0)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
-    guider = g.node("MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
                     keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -167,7 +197,7 @@ Settings
 
 
 def ltx2_one_stage() -> Graph:
-    g = Graph("ltx2_one_stage", "LTX-2 one stage, multimodal guidance on four GPUs")
+    g = Graph("ltx2_one_stage", "LTX-2 one stage on four GPUs (multimodal guidance)")
     g.column(0).group(None)
     g.note(ONE_STAGE_NOTE, w=440, h=900)
     ckpt, audio_vae, cond, av, sampler, sigmas = _ltx2_inputs(g)
@@ -175,8 +205,8 @@ def ltx2_one_stage() -> Graph:
     noise = g.node("RandomNoise", w=320, noise_seed=0)
 
     g.column(3).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("ltx2_multimodal"))
-    guider = g.node("MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    policy = ltx2_policy(g)
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                     negative=cond.out("negative"), policy=policy.out("policy"), parallel_size=4, devices="",
                     plan="cost_balanced", keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -189,7 +219,7 @@ def ltx2_one_stage() -> Graph:
 
 
 def ltx2_two_stage() -> Graph:
-    g = Graph("ltx2_two_stage", "LTX-2 two stage with the LTX2 Sampler")
+    g = Graph("ltx2_two_stage", "LTX-2 two stage on four GPUs (LTX2 Sampler)")
     g.column(0).group(None)
     g.note(TWO_STAGE_NOTE, w=440, h=960)
     ckpt, audio_vae, cond, av, sampler, sigmas = _ltx2_inputs(g)
@@ -199,9 +229,9 @@ def ltx2_two_stage() -> Graph:
     upscaler = g.node("LatentUpscaleModelLoader", title="Spatial upscaler x2", w=320, model_name=LTX2_UPSCALER)
 
     g.column(3).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("ltx2_multimodal"))
+    policy = ltx2_policy(g)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
-    ltx = g.node("LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    ltx = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                  negative=cond.out("negative"), policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(),
                  sigmas=sigmas.out(), noise_seed=0, mode="two_stage", parallel_size=4, devices="",
                  stage2_sigmas=STAGE2_SIGMAS, stage2_model=stage2.out(), upscale_model=upscaler.out(),
@@ -247,7 +277,7 @@ def tiny_demo() -> Graph:
     noise = g.node("RandomNoise", id=5, w=320, noise_seed=42)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", id=12, w=340, **policy_values(
+    policy = g.node("CFGPolicyBuilder", id=12, w=340, **legacy_policy_values(
         "ltx2_multimodal", cfg=3.0, video_stg_blocks="1", video_modality=1.0, audio_cfg=3.0, audio_stg_blocks="1",
         audio_modality=1.0, custom_branches="negative:negative:2.0"))
     guider = g.node("MultiBranchGuider", id=7, w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
@@ -297,11 +327,11 @@ def tiny_ltx2_demo() -> Graph:
     av = g.node("LTXVConcatAVLatent", w=320, video_latent=video.out(), audio_latent=audio.out())
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values(
-        "ltx2_multimodal", cfg=3.0, video_stg_blocks="1", audio_stg_blocks="1"))
+    policy = ltx2_policy(g, video=modality_values(OFFICIAL_VIDEO, stg_blocks="1"),
+                         audio=modality_values(OFFICIAL_AUDIO, stg_blocks="1"))
     sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
     sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=3, denoise=1.0)
-    sample = g.node("LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+    sample = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(), sigmas=sigmas.out(),
                     noise_seed=42, mode="one_stage", parallel_size=2, devices="", stage2_sigmas=STAGE2_SIGMAS)
 
@@ -314,5 +344,53 @@ def tiny_ltx2_demo() -> Graph:
     return g
 
 
+TINY_STATUS_NOTE = """
+TINY PARALLEL PROMPT WITH THE GROUP STATUS (runs on a CPU)
+
+Plain CFG (cond + negative) on two worker ranks with the pack's current node ids, then the CFG Parallel Group Status in the same prompt: its 'after' input takes the sampler's latent, so it reports the job just run, and its timeline output (one row per rank: forward per branch, idle, exchange per step) is saved as an image.
+
+It needs what the project's test suite provides: the 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors) and the test-only node CFGP Test Conditioning. In a normal ComfyUI those show up as missing.
+
+Settings
+- CFGPolicy Builder: standard_cfg, cfg 3: two branches per step (cond, negative).
+- Multi-Branch Guider: parallel_size 2, devices empty: two GPUs, or two CPU ranks (gloo) without GPUs; one branch per rank.
+- 4 steps, euler, simple schedule, seed 7; 64x64, 9 frames.
+- Output: the latent (SaveLatent) and the timeline picture (SaveImage) under output/cfg_parallel/.
+"""
+
+
+def tiny_status_demo() -> Graph:
+    g = Graph("tiny_status_demo", "Tiny parallel prompt with the Group Status (CPU, test models)", example=False)
+    g.column(0).group(None)
+    g.note(TINY_STATUS_NOTE, w=400, h=640)
+
+    g.column(1).group("Tiny model, random prompts", BLUE)
+    unet = g.node("UNETLoader", title="Tiny LTX-Video model", w=320, unet_name="tiny_ltxv.safetensors",
+                  weight_dtype="default")
+    pos = g.node("CFGPTestConditioning", title="Positive (random)", w=320, seed=1, tokens=8, channels=32, nonce=0)
+    neg = g.node("CFGPTestConditioning", title="Negative (random)", w=320, seed=2, tokens=8, channels=32, nonce=0)
+    g.group("Latent and noise", GREY)
+    latent = g.node("EmptyLTXVLatentVideo", w=320, width=64, height=64, length=9, batch_size=1)
+    noise = g.node("RandomNoise", w=320, noise_seed=7)
+
+    g.column(2).group(GUIDANCE, GREEN)
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=3.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+                    policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
+                    keep_model_loaded=True, step_timeout_s=600.0)
+    g.group("Sampling", PURPLE)
+    sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
+    sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=4, denoise=1.0)
+    sample = g.node("SamplerCustomAdvanced", w=340, noise=noise.out(), guider=guider.out(), sampler=sampler.out(),
+                    sigmas=sigmas.out(), latent_image=latent.out())
+
+    g.column(3).group("Status and save", BROWN)
+    g.node("SaveLatent", w=460, samples=sample.out("output"), filename_prefix="cfg_parallel/tiny_status_demo")
+    status = g.node("CFGParallelMultiGPU_GroupStatus", w=460, h=520, shutdown=False, after=sample.out("output"))
+    g.node("SaveImage", title="Save the timeline", w=460, h=260, images=status.out("timeline"),
+           filename_prefix="cfg_parallel/group_timeline")
+    return g
+
+
 def all_graphs() -> list[Graph]:
-    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo(), tiny_ltx2_demo()]
+    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo(), tiny_ltx2_demo(), tiny_status_demo()]

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import JobInterrupted, PredictionError
+from ..errors import JobInterrupted, PeerFailed, PredictionError
 from .exchange import Exchange, LocalExchange
 from .plan import BranchPlan, make_plan
 from ..guidance.policy import CFGBranch, CFGPolicy, CombineContext
@@ -22,13 +22,13 @@ log = logging.getLogger("cfg_parallel")
 Evaluate = Callable[[CFGBranch], torch.Tensor]
 
 
-class PeerFailed(RuntimeError):
-    """Another rank failed in this step; this rank leaves the job cleanly."""
-
-
 @dataclass
 class DispatchStats:
-    """What this rank did: forwards per branch, evaluations, idle evaluations."""
+    """What this rank did: forwards per branch, evaluations, idle evaluations, and per
+    evaluation ``timeline`` rows (step, this rank's branch names, forward_s, exchange_s);
+    the first MAX_TIMELINE evaluations are kept (Group Status draws them)."""
+
+    MAX_TIMELINE = 4096
 
     forwards: dict = field(default_factory=dict)
     evaluations: int = 0
@@ -36,11 +36,18 @@ class DispatchStats:
     forward_s: float = 0.0
     exchange_s: float = 0.0
     combine_s: float = 0.0
+    timeline: list = field(default_factory=list)
+
+    def record(self, step: int, branches: tuple[str, ...], forward_s: float, exchange_s: float) -> None:
+        self.forward_s += forward_s
+        self.exchange_s += exchange_s
+        if len(self.timeline) < self.MAX_TIMELINE:
+            self.timeline.append((int(step), tuple(branches), round(forward_s, 6), round(exchange_s, 6)))
 
     def as_dict(self) -> dict:
         return {"forwards": dict(self.forwards), "evaluations": self.evaluations,
                 "idle_evaluations": self.idle_evaluations, "forward_s": self.forward_s,
-                "exchange_s": self.exchange_s, "combine_s": self.combine_s}
+                "exchange_s": self.exchange_s, "combine_s": self.combine_s, "timeline": list(self.timeline)}
 
 
 class BranchDispatcher:
@@ -102,8 +109,7 @@ class BranchDispatcher:
         gathered = self.exchange.gather(local if error is None else [], plan.slots, x, stop=stop,
                                         failed=error is not None)
         t2 = time.perf_counter()
-        self.stats.forward_s += t1 - t0
-        self.stats.exchange_s += t2 - t1
+        self.stats.record(step, mine, t1 - t0, t2 - t1)
         if error is not None:
             raise error
         if gathered.failed_ranks:
