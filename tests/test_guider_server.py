@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from support.comfy_server import PromptRejected
-from support.tiny_models import tiny_ltxv_graph
+from devkit.comfy_server import PromptRejected
+from devkit.tiny_models import tiny_ltxv_graph
 
 pytestmark = pytest.mark.server
 
