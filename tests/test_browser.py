@@ -581,3 +581,33 @@ def test_queue_demo_from_the_page(frontend, pinned_server):
     assert tuple(latent.shape) == (1, 128, 2, 2, 2)
     frontend.screenshot("tiny_demo_after_run")
     assert not frontend.page_errors, frontend.page_errors
+
+
+def test_start_up_progress_text_on_the_page(frontend, pinned_server):
+    """A first parallel prompt (group shut down before it), queued from the page: the page gets
+    the sampler node's progress text from the first second — workers starting, n/N ready, the
+    ranks loading the model — and then the result; a screenshot is taken while the workers start."""
+    pinned_server.run({"1": {"class_type": "CFGParallelMultiGPU_GroupStatus", "inputs": {"shutdown": True}}})
+    page = frontend.page
+    page.evaluate("""() => { window.__cfgpTexts = [];
+        const api = (window.comfyAPI && window.comfyAPI.api && window.comfyAPI.api.api) || app.api;
+        api.addEventListener('progress_text', (e) => window.__cfgpTexts.push(e.detail.text)); }""")
+    frontend.load(load_ui("tiny_demo"), expect_dialog=False)
+    nonce = int(time.time() * 1000) % 1_000_000 + 2000
+    page.evaluate("""(nonce) => { for (const n of app.graph.nodes)
+        for (const w of n.widgets || []) if (w.name === 'nonce') w.value = nonce; }""", nonce)
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
+                              timeout=60_000) as response:
+        page.evaluate("() => app.queuePrompt(0, 1)")
+    prompt_id = response.value.json()["prompt_id"]
+    page.wait_for_function("() => window.__cfgpTexts.some(t => t.includes('starting 2 workers'))", timeout=60_000)
+    frontend.screenshot("start_up_progress")  # while the workers start
+    entry = pinned_server.wait(prompt_id, timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    page.wait_for_function("() => window.__cfgpTexts.some(t => t.includes('sampled on 2 ranks'))", timeout=30_000)
+    texts = page.evaluate("() => window.__cfgpTexts")
+    joined = "\n".join(texts)
+    assert "starting 2 workers, 0/2 ready" in joined and "2 workers ready in" in joined, texts
+    assert "loading the model" in joined, texts
+    frontend.screenshot("start_up_progress_done")
+    assert not frontend.page_errors, frontend.page_errors

@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from support.comfy_server import ComfyServer, execution_error
+from devkit.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.sockets import established_peers, fd_targets, is_loopback, listening_sockets, pid_alive
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support.comfy_server import ComfyServer, execution_error
+from devkit.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
 from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, fd_count, history_messages,

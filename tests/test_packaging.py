@@ -66,7 +66,7 @@ def test_archive_holds_only_the_pack():
     top = {p.split("/")[0] for p in shipped}
     assert {"__init__.py", "nodes", "cfg_runtime", "web", "example_workflows", "workflows", "LICENSE",
             "pyproject.toml", "README.md"} <= top, top
-    assert not top & {"tests", "bench", "scripts", ".ci", "docs"}, top
+    assert not top & {"tests", "devkit", "bench", "scripts", ".ci", "docs"}, top
     assert "workflows/build.py" not in shipped and "workflows/api/plain_cfg.json" in shipped
     # every example workflow ships with its thumbnail, every node with its help page
     examples = {p for p in shipped if p.startswith("example_workflows/")}

@@ -179,7 +179,7 @@ SCHEMAS: dict[str, Schema] = {
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
-    # test-only node pack (tests/comfy_test_nodes)
+    # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
 }
 

@@ -249,7 +249,7 @@ TINY DEMO (runs on a CPU)
 
 The README's demo command sends the API version of this graph (workflows/api/tiny_demo.json) to ComfyUI with POST /prompt.
 
-It needs what the project's test suite provides: a 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors, built by tests/support/tiny_models.py) and the test-only node CFGP Test Conditioning (tests/comfy_test_nodes: random text embeddings, since no text encoder is tiny). In a normal ComfyUI those two show up as missing.
+It needs what the project's test suite provides: a 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors, built by devkit/tiny_models.py) and the test-only node CFGP Test Conditioning (devkit/comfy_test_nodes: random text embeddings, since no text encoder is tiny). In a normal ComfyUI those two show up as missing.
 
 Settings
 - CFGPolicy Builder: ltx2_multimodal with STG on block 1 of the tiny model, modality 1 (LTX-Video has no audio) and rescale 0.7: three branches per step (cond, negative, STG-perturbed).

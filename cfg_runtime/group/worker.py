@@ -186,8 +186,12 @@ class _Rank:
         import torch
 
         rank = self.config.rank
+        first = not self.cache.get("jobs_unpacked")
+        self.outbox.send(Phase(rank, Stage.JOB, "unpacking the job" + (" (the first one also imports its libraries)"
+                                                                       if first else ""), job_id=message.job_id))
         try:
             job = pickle.loads(message.blob)
+            self.cache["jobs_unpacked"] = True
         except Exception as exc:  # a job that cannot be rebuilt here
             self.outbox.send(JobFailed(message.job_id, Failure.of(exc, rank)))
             return

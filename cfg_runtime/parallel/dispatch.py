@@ -89,19 +89,8 @@ class BranchDispatcher:
         if not mine:
             self.stats.idle_evaluations += 1
 
-        local: list[torch.Tensor | None] = []
-        error: BaseException | None = None
         t0 = time.perf_counter()
-        for name in mine:
-            try:
-                pred = evaluate(by_name[name])
-                pred = _checked(name, pred, x)
-            except BaseException as exc:  # the peers must still get this step's exchange
-                error = exc
-                break
-            self.stats.forwards[name] = self.stats.forwards.get(name, 0) + 1
-            local.append(pred)
-
+        local, error = self._forwards(evaluate, [by_name[name] for name in mine], x)
         stop = bool(self.exchange.rank == 0 and self.stop_requested is not None and self.stop_requested())
         if x.is_cuda:
             torch.cuda.synchronize(x.device)  # so the timings split forwards from the exchange
@@ -117,16 +106,7 @@ class BranchDispatcher:
         if gathered.stop:
             raise JobInterrupted(f"Interrupted at step {step}.", step=step)
 
-        preds = {}
-        for b in branches:
-            rank, slot = plan.location(b.name)
-            pred = gathered.preds[rank][slot]
-            if not torch.isfinite(pred).all():
-                raise PredictionError(
-                    f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
-                    f"(fp16 overflow?) and the guidance scales.")
-            preds[b.name] = pred
-        self.last_preds = preds
+        self.last_preds = preds = _finite_predictions(branches, plan, gathered, step)
         ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
         out = self.policy.combine({n: p for n, p in preds.items() if n in self.policy.names}, ctx)
         if not torch.isfinite(out).all():
@@ -137,6 +117,33 @@ class BranchDispatcher:
                 f"Lower them.")
         self.stats.combine_s += time.perf_counter() - t2
         return out
+
+    def _forwards(self, evaluate: Evaluate, branches: list[CFGBranch], x: torch.Tensor):
+        """This rank's predictions, in plan order; on an error, the ones before it and the error
+        (raised only after the step's exchange, which the peers wait for)."""
+        local: list[torch.Tensor | None] = []
+        for branch in branches:
+            try:
+                pred = _checked(branch.name, evaluate(branch), x)
+            except BaseException as exc:
+                return local, exc
+            self.stats.forwards[branch.name] = self.stats.forwards.get(branch.name, 0) + 1
+            local.append(pred)
+        return local, None
+
+
+def _finite_predictions(branches, plan: BranchPlan, gathered, step: int) -> dict[str, torch.Tensor]:
+    """Every branch's prediction from the rank and slot that computed it; NaN/inf refused."""
+    preds = {}
+    for b in branches:
+        rank, slot = plan.location(b.name)
+        pred = gathered.preds[rank][slot]
+        if not torch.isfinite(pred).all():
+            raise PredictionError(
+                f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
+                f"(fp16 overflow?) and the guidance scales.")
+        preds[b.name] = pred
+    return preds
 
 
 def _largest_scale(policy: CFGPolicy) -> str:
