@@ -52,7 +52,7 @@ def test_ltxv_split_matches_whole(groups, degree, per_token, shape):
 
 @pytest.fixture(scope="module")
 def ltxv_model(tmp_path_factory):
-    from support.tiny_models import build_tiny_ltxv, load_tiny_ltxv
+    from devkit.tiny_models import build_tiny_ltxv, load_tiny_ltxv
 
     return load_tiny_ltxv(build_tiny_ltxv(tmp_path_factory.mktemp("seq_ltxv") / "tiny_ltxv.safetensors", std=0.2))
 
@@ -64,7 +64,7 @@ def _sample(model, size: int, degree: int):
 
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
-    from support.tiny_models import tiny_conditioning
+    from devkit.tiny_models import tiny_conditioning
 
     guider = MultiBranchGuider(model, standard_cfg(3.0), ParallelSettings(size=size, devices="cpu",
                                step_timeout_s=300, start_timeout_s=300, sequence_degree=degree))

@@ -129,7 +129,7 @@ class LTXVSplitEvalJob:
         from cfg_runtime.adapters.ltxv_sequence import BlockSplit
         from cfg_runtime.parallel.sequence import cached_sequence_group
 
-        from .tiny_models import tiny_ltxv_module
+        from devkit.tiny_models import tiny_ltxv_module
 
         model = tiny_ltxv_module(self.seed, std=0.2)
         group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, self.degree)
