@@ -13,6 +13,7 @@ ComfyUI 0.29's LTXAVModel at LTX-2 width (video 32 heads x 128, audio 32 x 64, t
 from __future__ import annotations
 
 import argparse
+import queue as queue_module
 import json
 import os
 import sys
@@ -70,7 +71,8 @@ def measure(model, call: dict, options: dict, device: str, reps: int) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if cuda else 0
     return {"weights_gib": base / GIB, "peak_gib": peak / GIB, "activations_gib": (peak - base) / GIB,
-            "eval_s": sorted(times)[len(times) // 2], "out": [t.float().cpu() for t in out]}
+            "eval_s": sorted(times)[len(times) // 2],
+            "out": [t.float().cpu().numpy() for t in out]}  # by value: a rank may exit before the parent reads
 
 
 def rank_main(rank: int, world: int, args, queue) -> None:
@@ -88,13 +90,21 @@ def rank_main(rank: int, world: int, args, queue) -> None:
     from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
     from cfg_runtime.parallel.sequence import make_sequence_group
 
+    t0 = time.monotonic()
+
+    def say(what: str) -> None:
+        print(f"[degree {world} rank {rank} {time.monotonic() - t0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+    say("process group joined")
     with torch.inference_mode():
         dims = TINY if args.tiny else LTX2
         model = build(args.blocks, device, dims)
+        say("model built")
         call = inputs(device, dims, args.tiny)
         options, wrapper = with_sequence_parallel({"transformer_options": {}}, make_sequence_group(rank, world, world))
         split = measure(model, call, options["transformer_options"], device, args.reps)
         split["stats"] = vars(wrapper.stats).copy() if wrapper is not None else {}
+        say(f"split evaluation measured ({split['eval_s']:.2f} s)")
         dist.barrier()
         whole = measure(model, call, {}, device, 1) if rank == 0 else None
     queue.put((rank, split, whole))
@@ -103,7 +113,8 @@ def rank_main(rank: int, world: int, args, queue) -> None:
 
 
 def rel_l2(a, b) -> float:
-    return float((b.double() - a.double()).norm() / a.double().norm())
+    a, b = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    return float((b - a).norm() / a.norm())
 
 
 def run_degree(world: int, args) -> list:
@@ -122,7 +133,7 @@ def run_degree(world: int, args) -> list:
             raise RuntimeError(f"a rank failed or timed out (exit codes {[p.exitcode for p in procs]})")
         try:
             got.append(queue.get(timeout=1.0))
-        except Exception:  # queue.Empty
+        except queue_module.Empty:
             continue
     got.sort(key=lambda r: r[0])
     for p in procs:
