@@ -9,7 +9,7 @@ from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
-from .guider import parallel_inputs
+from .guider import parallel_inputs, sequence_degree, sequence_input
 from .policy_builder import CFG_POLICY
 
 
@@ -25,7 +25,8 @@ class LTX2Sampler(io.ComfyNode):
             description=("Runs LTX-2 sampling in one node, on several GPUs. Stage 1 evaluates the policy's branches "
                          "(cond, negative, STG, modality) in parallel on the worker group. two_stage then upsamples "
                          "the video latent, joins the stage-1 audio again and refines with stage2_model and the "
-                         "distilled sigmas. Stage 2 has one branch, so it runs on one rank while the others wait."),
+                         "distilled sigmas. Stage 2 has one branch: with sequence_split auto it is split over every rank, "
+                         "with off it runs on one rank while the others wait."),
             search_aliases=ALIASES_COMMON + ["LTX-2", "LTX2", "LTXV", "two stage", "audio video", "STG", "sampler"],
             inputs=[
                 io.Model.Input("model", tooltip="LTX-2 (audio+video) or LTX-Video model for stage 1."),
@@ -49,6 +50,7 @@ class LTX2Sampler(io.ComfyNode):
                 io.LatentUpscaleModel.Input("upscale_model", optional=True,
                                             tooltip="LTX-2 spatial upscaler (two_stage)."),
                 io.Vae.Input("vae", optional=True, tooltip="Video VAE, for the upsampler's normalisation (two_stage)."),
+                sequence_input(),
             ],
             outputs=[io.Latent.Output("final_latent", display_name="latent", tooltip="The final audio+video latent."),
                      io.Latent.Output("stage1_latent_out", display_name="stage1_latent",
@@ -57,11 +59,12 @@ class LTX2Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, policy, latent, sampler, sigmas, noise_seed, mode, parallel_size,
-                devices, stage2_sigmas, stage2_model=None, upscale_model=None, vae=None) -> io.NodeOutput:
+                devices, stage2_sigmas, stage2_model=None, upscale_model=None, vae=None,
+                sequence_split="off") -> io.NodeOutput:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
-        settings = ParallelSettings(size=parallel_size, devices=devices)
+        settings = ParallelSettings(size=parallel_size, devices=devices, sequence_degree=sequence_degree(sequence_split))
         settings.group_spec()  # a bad device request fails here, at any size, before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)

@@ -698,3 +698,29 @@ def test_a_status_only_prompt_then_the_model_is_not_loaded_again(comfy_server):
     text = again["outputs"][status_id]["text"][0]
     assert "cond×4" in text and "negative×4" in text, text
     assert "model loaded for this job" not in text, text
+
+
+@pytest.mark.server
+def test_tiny_ltx2_demo_with_the_sequence_split(comfy_server):
+    """The same LTX-2 audio+video graph with the node's sequence_split at 2 (each of the four
+    passes split over both ranks: layout 1 x 2) against off (2 x 1, bit-exact to one GPU): equal
+    within rounding, and the layout is in the ComfyUI console."""
+    import torch
+
+    if not has_ltx2_av():
+        pytest.skip(f"{NEEDS_029} the tiny LTX-2 demo uses LTX-2 audio+video nodes")
+    results = {}
+    for split in ("off", "2"):
+        prompt = load_api("tiny_ltx2_demo")
+        nodes = [n for n in prompt.values() if "parallel_size" in n["inputs"]]
+        assert nodes, "the demo has a node with parallel_size"
+        for node in nodes:
+            node["inputs"]["sequence_split"] = split
+        entry = comfy_server.run(prompt, timeout=300)
+        results[split] = {nid: comfy_server.saved_latent(entry, node_id=nid) for nid in entry["outputs"]}
+    for nid, whole in results["off"].items():
+        split = results["2"][nid]
+        rel = float((split.double() - whole.double()).norm() / whole.double().norm())
+        assert rel <= 1e-5, (nid, rel)
+        print(f"node {nid}: relative L2 split vs off = {rel:.2e}")
+    assert "1 branch group(s) x sequence degree 2" in comfy_server.log_text(), comfy_server.log_tail()

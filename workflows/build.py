@@ -157,11 +157,11 @@ SCHEMAS: dict[str, Schema] = {
         ("audio", "CFGP_LTX2_AUDIO_GUIDANCE")),
     "CFGParallelMultiGPU_MultiBranchGuider": _s(
         "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
-        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING", ("GUIDER", "GUIDER")),
+        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO", ("GUIDER", "GUIDER")),
     "CFGParallelMultiGPU_LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
-        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
+        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
     "CFGParallelMultiGPU_GroupStatus": _s("shutdown:BOOLEAN ?after:*", ("status", "STRING"), ("timeline", "IMAGE")),
     # this pack, the ids before 0.2 (deprecated aliases, still registered; the tiny demo uses them)
@@ -173,11 +173,11 @@ SCHEMAS: dict[str, Schema] = {
         ("policy", "CFG_POLICY"), ("branches", "STRING")),
     "MultiBranchGuider": _s(
         "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
-        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING", ("GUIDER", "GUIDER")),
+        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO", ("GUIDER", "GUIDER")),
     "LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
-        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
+        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
     # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
