@@ -73,8 +73,18 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
 
 
+class _EveryBranchEveryStep:
+    """A rule that runs all its branches, both streams, on every step."""
+
+    def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
+        return names
+
+    def streams(self, step: int, modalities: int = 1) -> tuple[bool, bool]:
+        return True, True
+
+
 @dataclass(frozen=True)
-class StandardCFG:
+class StandardCFG(_EveryBranchEveryStep):
     """pred = u + scale (c - u), optionally CFG-Zero* and guidance rescale."""
 
     scale: float
@@ -96,12 +106,6 @@ class StandardCFG:
     def cfg_scale(self) -> float:
         """The classifier-free guidance scale this rule applies to cond against the negative."""
         return self.scale
-
-    def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
-        return names
-
-    def streams(self, step: int, modalities: int = 1) -> tuple[bool, bool]:
-        return True, True
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         cond = preds["cond"]
@@ -126,7 +130,7 @@ class StandardCFG:
 
 
 @dataclass(frozen=True)
-class WeightedBranches:
+class WeightedBranches(_EveryBranchEveryStep):
     """Custom rule: pred = c + sum_i w_i (c - b_i) over the named branches."""
 
     weights: tuple[tuple[str, float], ...]
@@ -142,12 +146,6 @@ class WeightedBranches:
     def cfg_scale(self) -> float:
         """The CFG scale equivalent to the negative branch's weight: c + w (c - u) = u + (1 + w)(c - u)."""
         return 1.0 + sum(w for n, w in self.weights if n == "negative")
-
-    def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
-        return names
-
-    def streams(self, step: int, modalities: int = 1) -> tuple[bool, bool]:
-        return True, True
 
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         cond = preds["cond"]
