@@ -3,6 +3,7 @@
 The mappings are plain literals so that ComfyUI-Manager's node scanner can read the node
 names from this file without importing it.
 """
+from .cfg_parallel import CFGParallelModel
 from .group_status import CFGParallelGroupStatus
 from .guider import MultiBranchGuiderNode
 from .ltx2_sampler import LTX2Sampler
@@ -13,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "MultiBranchGuider": MultiBranchGuiderNode,
     "LTX2Sampler": LTX2Sampler,
     "CFGParallelGroupStatus": CFGParallelGroupStatus,
+    "CFGParallel_Model": CFGParallelModel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -20,4 +22,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",
     "CFGParallelGroupStatus": "CFG Parallel Group Status",
+    "CFGParallel_Model": "CFG Parallel",
 }

@@ -63,4 +63,4 @@ def test_node_mappings_are_literals_the_manager_scanner_reads():
     classes = literal.get("NODE_CLASS_MAPPINGS")
     assert classes, "NODE_CLASS_MAPPINGS must be a dict literal in nodes/__init__.py"
     assert sorted(classes) == sorted(literal.get("NODE_DISPLAY_NAME_MAPPINGS") or [])
-    assert {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"} == set(classes)
+    assert {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus", "CFGParallel_Model"} == set(classes)

@@ -16,7 +16,7 @@ import torch
 from ..errors import PolicyError
 from .ltx import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
 
-CONDS = ("positive", "negative")
+CONDS = ("positive", "negative", "middle")  # middle: DualCFGGuider's second conditioning (cond2)
 
 
 @dataclass(frozen=True)
