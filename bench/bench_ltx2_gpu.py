@@ -18,7 +18,7 @@ a ``ModelPatcher``). Then, in one process and one run, side by side:
   D   (not in the default set) a group run right after an in-process run on the same GPU,
       with no cache release by the bench: does the rank get the memory back?
 
-Group runs go through the guider's own ``MultiBranchGuider._sample_on_group``; the bench
+Group runs go through the guider's own ``group_sampling.sample_on_group``; the bench
 only swaps its ``ComfySampleJob`` for ``TimedSampleJob`` (a subclass that wraps the rank's
 exchange with a timer and reports memory).
 
@@ -172,7 +172,7 @@ def patch_model_config_pickling() -> bool:
 
 
 def _make_timed_job():
-    from cfg_runtime.adapters.guider import ComfySampleJob
+    from cfg_runtime.adapters.sample_job import ComfySampleJob
 
     # On a rank this runs while the job is unpickled, before the model it carries.
     patch_model_config_pickling()
@@ -493,15 +493,16 @@ class Bench:
             "ranks": "in-process", "dispatch": g.last_run})
 
     def run_group(self, name, patcher, policy, pos, neg, stage, steps, devices, backend=""):
-        """The guider's own group path (MultiBranchGuider._sample_on_group, which ships the base weights
+        """The guider's own group path (group_sampling.sample_on_group, which ships the base weights
         only when the ranks lack them) with TimedSampleJob in place of ComfySampleJob."""
         import comfy.samplers
+        import cfg_runtime.adapters.group_sampling as gs
         import cfg_runtime.adapters.guider as cg
         from cfg_runtime.group import current_group, get_group
 
         job_cls = globals().get("TimedSampleJob") or __getattr__("TimedSampleJob")
-        if cg.ComfySampleJob is not job_cls:
-            cg.ComfySampleJob = job_cls  # the guider builds its job by this name at call time
+        if gs.ComfySampleJob is not job_cls:
+            gs.ComfySampleJob = job_cls  # group_sampling builds its job by this name at call time
         latent, noise = self.latent(stage)
         marks: list = []
         settings = _bench_parallel_settings(len(devices), ",".join(devices), backend)
@@ -509,7 +510,7 @@ class Bench:
         cur = current_group()
         started = cur is None or not cur.alive() or (cur.spec.devices, cur.spec.resolved_backend) != (
             spec.devices, spec.resolved_backend)
-        had_model = None if started else cur.facts.get("base_token")
+        had_model = None if started else gs.resident_model(cur)
         t_call = _now()
         g = cg.MultiBranchGuider(patcher, policy, settings)
         g.set_conds(pos, neg)
@@ -520,8 +521,8 @@ class Bench:
         try:
             get_group(spec)  # what the guider does first; timed here to split the first prompt's wait
             t_ready = _now()
-            out = g._sample_on_group(noise, latent, comfy.samplers.ksampler("euler"), self.sigmas(steps), None,
-                                     on_progress, 1)
+            out = g.sample(noise, latent, comfy.samplers.ksampler("euler"), self.sigmas(steps), None,
+                           on_progress, True, 1)
         except Exception as exc:
             self.results["runs"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                           "remote_traceback": getattr(exc, "remote_traceback", "")}
@@ -579,7 +580,8 @@ class Bench:
     def probe(self, name, patcher, policy, pos, neg, stage, plan: list[tuple[str, tuple[str, ...]]], reps: int):
         """Time single forwards at one shape inside a real sampling set-up (conds processed by ComfyUI)."""
         import comfy.samplers
-        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings, branch_options
+        from cfg_runtime.adapters.branch_guider import branch_options
+        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
         from cfg_runtime.guidance.policy import CombineContext
 
         bench = self

@@ -72,6 +72,7 @@ def main() -> None:
     import comfy.ops
 
     from cfg_runtime.adapters import ltx_options as lb
+    from cfg_runtime.adapters import ltx_stg
 
     dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
     t0 = time.perf_counter()
@@ -145,7 +146,7 @@ def main() -> None:
     modules = {}
     for stream, attn, x, pe in (("video", blk.attn1, rope["vx"], rope["v_pe"]),
                                 ("audio", blk.audio_attn1, rope["ax"], rope["a_pe"])):
-        passthrough = lb._ValuePassthrough(attn, fail, stream)
+        passthrough = ltx_stg._ValuePassthrough(attn, fail, stream)
         over_to = {"optimized_attention_override": lambda func, q, k, v, *r, **kw: v}
         runs = {"attention": lambda: attn(x, pe=pe),
                 "override route (q, k, norms, RoPE; no attention)": lambda: attn(x, pe=pe,

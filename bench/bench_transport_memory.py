@@ -81,8 +81,8 @@ def run_group(patcher, ranks: int) -> dict:
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(7))
     t0 = time.monotonic()
     with torch.inference_mode():
-        g._sample_on_group(noise, latent, comfy.samplers.ksampler("euler"), torch.tensor([1.0, 0.5, 0.0]), None,
-                           None, 7)
+        g.sample(noise, latent, comfy.samplers.ksampler("euler"), torch.tensor([1.0, 0.5, 0.0]), None, None,
+                 True, 7)
     seconds = time.monotonic() - t0
     group = current_group()
     time.sleep(1.0)

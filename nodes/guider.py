@@ -1,7 +1,8 @@
 """Multi-Branch Guider: model + conditioning + policy -> GUIDER for SamplerCustomAdvanced."""
 from __future__ import annotations
 
-from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
+from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+from cfg_runtime.adapters.model_checks import check_policy_fits_model
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.parallel.plan import PLANNERS
 from cfg_runtime.guidance.policy import CFGPolicy

@@ -459,9 +459,16 @@ def test_out_of_range_blocks(comfy, ltxv):
 
 
 def test_isolation_needs_ltxav(comfy, ltxv):
-    lb.check_branch(ltxv, perturb_blocks=(1,))
-    with pytest.raises(ValueError, match="modality-isolated pass needs an LTX-2"):
-        lb.check_branch(ltxv, isolate_modalities=True)
+    from cfg_runtime.adapters.model_checks import check_policy_fits_model
+    from cfg_runtime.errors import PolicyError
+    from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
+
+    def policy(branch):
+        return CFGPolicy("p", (CFGBranch("cond"), branch), WeightedBranches((("cond", 1.0), (branch.name, 0.5))))
+
+    check_policy_fits_model(policy(CFGBranch("ptb", perturb_blocks=(1,))), ltxv)
+    with pytest.raises(PolicyError, match="modality-isolated pass, which needs an LTX-2"):
+        check_policy_fits_model(policy(CFGBranch("iso", isolate_modalities=True)), ltxv)
 
 
 @pytest.fixture(scope="module")

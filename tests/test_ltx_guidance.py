@@ -246,7 +246,7 @@ def test_validation_errors(kwargs, match):
 
 def test_validation_against_block_count():
     ModalityGuidance(stg=1.0, stg_blocks=(47,)).validate(num_blocks=48)
-    with pytest.raises(ValueError, match="only 48 blocks"):
+    with pytest.raises(ValueError, match="out of range: this model has 48 transformer blocks"):
         ModalityGuidance(stg=1.0, stg_blocks=(48,)).validate(num_blocks=48)
     ModalityGuidance(stg=0.0, stg_blocks=()).validate()  # STG off: no blocks needed
 

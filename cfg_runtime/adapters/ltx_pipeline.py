@@ -19,7 +19,8 @@ import comfy.nested_tensor
 import comfy.sample
 import comfy.utils
 
-from .guider import MultiBranchGuider, ParallelSettings, check_policy_fits_model
+from .guider import MultiBranchGuider, ParallelSettings
+from .model_checks import check_policy_fits_model
 from ..errors import PolicyError, clip
 from .ltx_options import model_family
 from ..guidance.policy import CFGPolicy

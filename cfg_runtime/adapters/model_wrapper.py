@@ -33,6 +33,7 @@ import comfy.utils
 from ..errors import PolicyError
 from ..guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
 from ..guidance.presets import standard_cfg
+from .branch_guider import BranchGuider
 from .guider import MultiBranchGuider, ParallelSettings
 
 log = logging.getLogger("cfg_parallel")
@@ -71,7 +72,7 @@ def dual_cfg_policy(cfg1: float, cfg2: float, nested: bool) -> CFGPolicy:
 def guider_policy(guider: Any, connected: CFGPolicy | None) -> CFGPolicy:
     """The policy that computes what ``guider`` computes (or the connected one); refuses the rest."""
     name = type(guider).__name__
-    if isinstance(guider, MultiBranchGuider):
+    if isinstance(guider, BranchGuider):
         return guider.policy
     if _is_dual_cfg(guider):
         if connected is not None:
@@ -98,7 +99,7 @@ def guider_policy(guider: Any, connected: CFGPolicy | None) -> CFGPolicy:
 
 
 def check_conds(policy: CFGPolicy, conds: dict, guider_name: str) -> None:
-    missing = sorted({b.conds for b in policy.branches} - {k for k, v in conds.items() if v is not None})
+    missing = sorted({b.cond for b in policy.branches} - {k for k, v in conds.items() if v is not None})
     if missing:
         raise PolicyError(f"The CFG policy has a branch on the '{missing[0]}' conditioning, which {guider_name} "
                           f"does not provide (it has: {', '.join(sorted(conds)) or 'none'}). Connect a policy "
@@ -162,7 +163,7 @@ class GroupSampleWrapper:
     def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                  disable_pbar=False, seed=None, latent_shapes=None, **kwargs):
         core = executor.class_obj
-        if isinstance(core, MultiBranchGuider):  # the pack's own guider: its settings rule
+        if isinstance(core, BranchGuider):  # the pack's own guider: its settings rule
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
                             latent_shapes=latent_shapes, **kwargs)
         policy = guider_policy(core, self.policy)

@@ -22,35 +22,24 @@ recorded one: the same file loaded again with the same options is the same model
 ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
 applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
 in the options, quantized weights without a recipe) is refused here, before a rank starts.
-Worker side: `ModelCache.patcher_for()` rebuilds a ModelPatcher, reusing the base model,
-and the patcher itself while the patches are unchanged.
+The rank side is model_cache.py.
 """
 from __future__ import annotations
 
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from ..errors import ShippingError
 from ..group.shipping import check_shippable, fingerprint
+from .model_checks import check_model_options
+from .rank_setup import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
-
-# Model options that replace or reorder the guidance combine: they cannot coexist with a policy.
-CONFLICTING_OPTIONS = {
-    "sampler_cfg_function": "a custom CFG function (set by a node such as RescaleCFG or a guidance patch)",
-    "sampler_pre_cfg_function": "a pre-CFG function (set by a node such as PerpNeg or a guidance patch)",
-    "sampler_calc_cond_batch_function": "a custom cond-batch function",
-}
-
-
-class ModelNotCached(RuntimeError):
-    """The job left the base model out, but this rank does not hold it (the parent resends it)."""
-
 
 @dataclass(frozen=True)
 class ModelShipment:
@@ -64,50 +53,6 @@ class ModelShipment:
     model_options: dict
     weight_inplace_update: bool = False
     recipe: tuple | None = None  # with base_model None: the rank loads the base itself with this
-
-
-RANK_DYNAMIC_VRAM_ENV = "CFG_PARALLEL_RANK_DYNAMIC_VRAM"  # set by a ComfyUI process that runs dynamic VRAM
-
-
-def init_worker(device: str) -> None:
-    """Configure ComfyUI in a worker before anything imports comfy.model_management.
-
-    When the ComfyUI process runs 0.29's dynamic VRAM, a GPU rank turns it on too (comfy-aimdo
-    for its device, ModelPatcherDynamic as the core patcher): the rank then loads the model
-    from its file the way ComfyUI does, with the same numerics."""
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    comfy.cli_args.args.disable_smart_memory = False
-    if device.startswith("cuda") and os.environ.get(RANK_DYNAMIC_VRAM_ENV) == "1":
-        _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0)
-
-
-def _enable_dynamic_vram(index: int) -> None:
-    import comfy_aimdo.control
-
-    if not comfy_aimdo.control.init():
-        raise RuntimeError("comfy-aimdo did not load in the worker, but the ComfyUI process runs dynamic VRAM")
-    import comfy.memory_management
-    import comfy.model_patcher
-
-    try:
-        ok = comfy_aimdo.control.init_devices([(index, 0)])
-    except TypeError:  # older comfy-aimdo: plain device indices
-        ok = comfy_aimdo.control.init_devices([index])
-    if not ok:
-        raise RuntimeError(f"comfy-aimdo could not initialise cuda:{index} in the worker")
-    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
-    comfy.memory_management.aimdo_enabled = True
-
-
-def parent_runs_dynamic_vram() -> bool:
-    try:
-        import comfy.memory_management
-
-        return bool(getattr(comfy.memory_management, "aimdo_enabled", False))
-    except ImportError:
-        return False
 
 
 def _recipe(model_patcher) -> tuple | None:
@@ -249,16 +194,6 @@ def patches_token(model_patcher) -> str:
     return f"{model_patcher.patches_uuid}:{len(model_patcher.patches)}:{fingerprint(model_patcher.object_patches)}"
 
 
-def check_model_options(model_options: dict) -> None:
-    """Refuse options that would silently change the combine."""
-    for key, what in CONFLICTING_OPTIONS.items():
-        if model_options.get(key):
-            raise ShippingError(
-                f"The model carries {what} ('{key}'). The Multi-Branch Guider combines the branches with its "
-                f"policy, so that node's effect would be lost: remove it from the graph, or use the matching "
-                f"option of the CFGPolicy Builder (guidance rescale, CFG-Zero*).")
-
-
 def _unpicklable_keys(obj: Any, prefix: str) -> list[str]:
     """Keys (dotted paths) of `obj` that the worker pickler cannot carry."""
     bad = []
@@ -274,7 +209,7 @@ def _unpicklable_keys(obj: Any, prefix: str) -> list[str]:
     return bad
 
 
-def _release_from_comfy(model_patcher, unpatch: bool = True) -> None:
+def release_from_comfy(model_patcher, unpatch: bool = True) -> None:
     """Unload the model from ComfyUI's own memory management (and unpatch its weights)."""
     import comfy.model_management as mm
 
@@ -288,11 +223,9 @@ def _release_from_comfy(model_patcher, unpatch: bool = True) -> None:
     mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
-def capture(model_patcher, with_base: bool = True, plan: BasePlan | None = None) -> ModelShipment:
-    """Describe the model for the ranks; raises ShippingError naming what cannot travel.
-
-    with_base=False leaves the base weights out, for ranks that already hold them.
-    """
+def capture(model_patcher, plan: BasePlan) -> ModelShipment:
+    """Describe the model for the ranks without its base weights (for ranks that hold them);
+    raises ShippingError naming what cannot travel. `with_base` adds the weights."""
     check_model_options(model_patcher.model_options)
     bad = _unpicklable_keys(model_patcher.model_options, "model_options.")
     bad += _unpicklable_keys({"patches": model_patcher.patches}, "")
@@ -301,82 +234,30 @@ def capture(model_patcher, with_base: bool = True, plan: BasePlan | None = None)
         raise ShippingError(
             "These model settings cannot be sent to the worker processes (they are Python closures or objects "
             f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
-    plan = plan or plan_base(model_patcher)
-    base = recipe = None
-    if with_base:
-        _release_from_comfy(model_patcher, unpatch=not plan.from_recipe)
-        if not plan.from_recipe or plan.ranks_load:
-            _DELEGATE.clear()  # another model now: release the previous copy's shared memory
-        if plan.ranks_load:
-            recipe = _recipe(model_patcher)
-            log.info("cfg-parallel: the ranks load the model from its file themselves (dynamic VRAM): %s",
-                     next((a for a in recipe[1] if isinstance(a, str)), "?"))
-        elif plan.from_recipe:
-            base = _recipe_model(model_patcher, plan.token)
-        else:
-            base = model_patcher.model
-            if any(p.device.type != "cpu" for p in base.parameters()):
-                base.to("cpu")  # the single host copy that every rank maps
     return ModelShipment(
         base_token=plan.token,
-        base_model=base,
+        base_model=None,
         patches_token=patches_token(model_patcher),
         patches=model_patcher.patches,
         object_patches=model_patcher.object_patches,
         model_options=model_patcher.model_options,
         weight_inplace_update=model_patcher.weight_inplace_update,
-        recipe=recipe,
     )
 
 
-class ModelCache:
-    """Per-rank cache: the base model by token, and the patcher for the current patches."""
-
-    def __init__(self, store: dict) -> None:
-        self.store = store.setdefault("comfy_models", {})
-        self.base_loaded = False  # whether the last patcher_for() took a new base (sent, or loaded here)
-
-    def patcher_for(self, shipment: ModelShipment, device: torch.device):
-        import comfy.model_patcher
-
-        key = (shipment.base_token, shipment.patches_token)
-        entry = self.store.get("patcher")
-        if entry is not None and entry[0] == key:
-            patcher = entry[1]  # options (transformer patches, ...) are cheap: always this job's
-            patcher.model_options = comfy.model_patcher.create_model_options_clone(shipment.model_options)
-            return patcher, False
-        if entry is not None and entry[0][0] != shipment.base_token:
-            self.drop()
-            entry = None
-        base, patcher_class = shipment.base_model, comfy.model_patcher.ModelPatcher
-        self.base_loaded = base is not None or shipment.recipe is not None
-        if base is None and shipment.recipe is not None:  # load it here, as ComfyUI does (dynamic VRAM)
-            recipe = shipment.recipe
-            loaded = recipe[0](*recipe[1])
-            base = (loaded[recipe[2]] if len(recipe) > 2 else loaded).model
-            patcher_class = comfy.model_patcher.CoreModelPatcher
-        elif base is None:
-            if entry is None:
-                raise ModelNotCached(shipment.base_token)
-            base = entry[1].model
-            patcher_class = type(entry[1])
-        if device.type == "cpu" and shipment.patches and shipment.weight_inplace_update:
-            raise ShippingError("In-place weight patches cannot share one host copy of the weights; "
-                                "turn off in-place weight updates for this model.")
-        patcher = patcher_class(base, load_device=device, offload_device=torch.device("cpu"),
-                                weight_inplace_update=False)
-        patcher.patches = {k: list(v) for k, v in shipment.patches.items()}
-        patcher.object_patches = dict(shipment.object_patches)
-        patcher.model_options = comfy.model_patcher.create_model_options_clone(shipment.model_options)
-        patcher.patches_uuid = shipment.patches_token
-        if entry is not None:
-            _release_from_comfy(entry[1])  # new patches on the same base: unpatch the old ones first
-        self.store["patcher"] = (key, patcher)
-        return patcher, True
-
-    def drop(self) -> None:
-        import comfy.model_management as mm
-
-        self.store.pop("patcher", None)
-        mm.unload_all_models()
-        mm.soft_empty_cache()
+def with_base(shipment: ModelShipment, model_patcher, plan: BasePlan) -> ModelShipment:
+    """The shipment with the base weights (shared memory) or the recipe the ranks load them with."""
+    release_from_comfy(model_patcher, unpatch=not plan.from_recipe)
+    if not plan.from_recipe or plan.ranks_load:
+        _DELEGATE.clear()  # another model now: release the previous copy's shared memory
+    if plan.ranks_load:
+        recipe = _recipe(model_patcher)
+        log.info("cfg-parallel: the ranks load the model from its file themselves (dynamic VRAM): %s",
+                 next((a for a in recipe[1] if isinstance(a, str)), "?"))
+        return replace(shipment, recipe=recipe)
+    if plan.from_recipe:
+        return replace(shipment, base_model=_recipe_model(model_patcher, plan.token))
+    base = model_patcher.model
+    if any(p.device.type != "cpu" for p in base.parameters()):
+        base.to("cpu")  # the single host copy that every rank maps
+    return replace(shipment, base_model=base)

@@ -29,6 +29,8 @@ from typing import ClassVar, Optional
 
 import torch
 
+from .blocks import block_indices
+
 __all__ = [
     "BRANCHES",
     "ModalityGuidance",
@@ -108,21 +110,7 @@ class ModalityGuidance:
                 f"skip_step must be >= 0, got {self.skip_step}: 0 guides every step, "
                 "N guides one step in N + 1 and reuses that result on the N steps after it."
             )
-        for block in self.stg_blocks:
-            if isinstance(block, bool) or not isinstance(block, int):
-                raise ValueError(f"stg_blocks must hold whole numbers, got {block!r} in {self.stg_blocks}.")
-            if block < 0:
-                raise ValueError(
-                    f"stg_blocks {self.stg_blocks} holds the negative index {block}: block indices "
-                    "count from 0 (the last LTX-2 block is 47)."
-                )
-            if num_blocks is not None and block >= num_blocks:
-                raise ValueError(
-                    f"stg_blocks {self.stg_blocks} holds block {block}, but the model has only "
-                    f"{num_blocks} blocks (0..{num_blocks - 1}); pick a block below {num_blocks}."
-                )
-        if len(set(self.stg_blocks)) != len(self.stg_blocks):
-            raise ValueError(f"stg_blocks {self.stg_blocks} lists a block twice; list each block once.")
+        block_indices(self.stg_blocks, num_blocks, unique=True)
         if self.needs_perturbed and not self.stg_blocks:
             raise ValueError(
                 f"stg is {self.stg} but stg_blocks is empty, so the perturbed pass would equal cond "
@@ -220,7 +208,11 @@ def guide_modality(
         if weight != 0.0:  # a zero term adds exactly 0 in ltx-core: skipping it changes no bit
             pred = pred + weight * (c - branch.float())
     if params.rescale != 0:
-        factor = c.std() / pred.std()
-        factor = params.rescale * factor + (1 - params.rescale)
-        pred = pred * factor
+        pred = rescale_to_cond(pred, c, params.rescale)
     return pred.to(cond.dtype)
+
+
+def rescale_to_cond(pred: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (fp32): pull pred's std toward cond's by `rescale` (0 off, 1 full match)."""
+    factor = cond.std() / pred.std()
+    return pred * (rescale * factor + (1 - rescale))

@@ -14,7 +14,9 @@ from typing import Any, Mapping, Union
 import torch
 
 from ..errors import PolicyError
-from .ltx import BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, skips_step
+from .blocks import block_indices
+from .ltx import (BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, rescale_to_cond,
+                  skips_step)
 
 CONDS = ("positive", "negative", "middle")  # middle: DualCFGGuider's second conditioning (cond2)
 
@@ -30,7 +32,7 @@ class CFGBranch:
     """
 
     name: str
-    conds: str = "positive"
+    cond: str = "positive"  # the conditioning it sees: "positive", "negative" (or DualCFG's "middle")
     perturb_blocks: tuple[int, ...] = ()
     perturb_audio_blocks: tuple[int, ...] = ()
     isolate_modalities: bool = False
@@ -41,13 +43,14 @@ class CFGBranch:
     def validate(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise PolicyError("A branch needs a non-empty name.")
-        if self.conds not in CONDS:
-            raise PolicyError(f"Branch '{self.name}': conds must be one of {CONDS}, got {self.conds!r}.")
+        if self.cond not in CONDS:
+            raise PolicyError(f"Branch '{self.name}': cond must be one of {CONDS}, got {self.cond!r}.")
         if not (self.cost > 0 and math.isfinite(self.cost)):
             raise PolicyError(f"Branch '{self.name}': cost must be a positive number, got {self.cost}.")
-        for block in self.perturb_blocks + self.perturb_audio_blocks:
-            if not isinstance(block, int) or block < 0:
-                raise PolicyError(f"Branch '{self.name}': STG block indices must be integers >= 0, got {block!r}.")
+        try:
+            block_indices(self.perturb_blocks + self.perturb_audio_blocks)
+        except ValueError as exc:
+            raise PolicyError(f"Branch '{self.name}': {exc}.") from None
 
     @property
     def is_plain(self) -> bool:
@@ -113,13 +116,8 @@ class StandardCFG:
         else:
             pred = u + self.scale * (c - u)
         if self.rescale:
-            pred = _rescale(pred, c, self.rescale)
+            pred = rescale_to_cond(pred, c, self.rescale)
         return pred.to(cond.dtype)
-
-
-def _rescale(pred: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
-    factor = cond.std() / pred.std()
-    return pred * (rescale * factor + (1.0 - rescale))
 
 
 @dataclass(frozen=True)
@@ -313,7 +311,7 @@ class CFGPolicy:
                 extra.append(f"STG audio blocks {list(b.perturb_audio_blocks)}")
             if b.isolate_modalities:
                 extra.append("a2v/v2a cross-attention off")
-            lines.append(f"  - {b.name}: {b.conds} conditioning" + (f", {', '.join(extra)}" if extra else ""))
+            lines.append(f"  - {b.name}: {b.cond} conditioning" + (f", {', '.join(extra)}" if extra else ""))
         return "\n".join(lines)
 
     # --- serialisation -------------------------------------------------
@@ -343,6 +341,8 @@ class CFGPolicy:
 
 def _branch_from_dict(d: Mapping[str, Any]) -> CFGBranch:
     d = dict(d)
+    if "conds" in d:  # the field's name before 0.2
+        d.setdefault("cond", d.pop("conds"))
     for key in ("perturb_blocks", "perturb_audio_blocks"):
         d[key] = tuple(d.get(key, ()))
     return CFGBranch(**d)

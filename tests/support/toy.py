@@ -32,7 +32,7 @@ class ToyDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: float, branch: CFGBranch) -> torch.Tensor:
         h = x @ self.inp
         if not branch.isolate_modalities:
-            h = h + self.embeddings[branch.conds].to(x.device) @ self.cond
+            h = h + self.embeddings[branch.cond].to(x.device) @ self.cond
         h = torch.tanh(h * (1.0 / (1.0 + sigma)))
         for i, layer in enumerate(self.hidden):
             if i in branch.perturb_blocks:

@@ -1,0 +1,115 @@
+"""Parent side of a parallel sample(): check and capture the job, find the group, send the
+base model only to ranks that lack it, relay progress, and keep track of what the ranks hold.
+
+Residency (which base model the ranks hold) is owned here, from what the ranks report in
+their summaries; the group itself knows nothing of models.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import comfy.model_management
+
+from ..errors import JobInterrupted, ShippingError
+from ..group import JobResult, WorkerGroup, get_group
+from ..group.shipping import check_shippable
+from ..guidance.policy import CFGPolicy
+from .model_checks import check_model_options
+from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
+from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
+from .transport import BasePlan, capture, plan_base, with_base
+
+log = logging.getLogger("cfg_parallel")
+
+_resident: "weakref.WeakKeyDictionary[WorkerGroup, str]" = weakref.WeakKeyDictionary()
+
+
+def resident_model(group: WorkerGroup | None) -> str | None:
+    """The base model token every rank of `group` holds now (None: none, or not known)."""
+    return _resident.get(group) if group is not None else None
+
+
+@dataclass(frozen=True)
+class SampleCall:
+    """One guider sample() as the ranks will run it."""
+
+    model_patcher: Any
+    policy: CFGPolicy
+    conds: dict
+    noise: Any
+    latent_image: Any
+    sampler: Any
+    sigmas: Any
+    denoise_mask: Any
+    seed: Any
+    callback: Callable | None = None
+
+
+def _check_picklable(job: ComfySampleJob) -> None:
+    for name in ("conds", "sampler"):
+        try:
+            check_shippable(getattr(job, name))
+        except Exception as exc:
+            what = "conditioning (it carries an object such as a ControlNet or a hook that cannot be sent to the " \
+                   "worker processes)" if name == "conds" else "sampler"
+            raise ShippingError(f"The {what} cannot be sent to the workers ({type(exc).__name__}: {exc}). "
+                                f"Run at parallel size 1, or remove what adds it.") from None
+
+
+def _job(call: SampleCall, settings, plan: BasePlan) -> ComfySampleJob:
+    job = ComfySampleJob(
+        shipment=capture(call.model_patcher, plan), policy=call.policy, conds=call.conds, noise=call.noise,
+        latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
+        denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
+        keep_model_loaded=settings.keep_model_loaded)
+    _check_picklable(job)
+    return job
+
+
+def _record_residency(group: WorkerGroup, result: JobResult) -> None:
+    held = {s.get("resident_model") for s in result.summaries}
+    token = held.pop() if len(held) == 1 else None
+    if token is None:
+        _resident.pop(group, None)
+    else:
+        _resident[group] = token
+
+
+def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
+    """Run one sample() on the worker group of `settings` (a ParallelSettings); returns rank 0's
+    latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
+    check_model_options(call.model_patcher.model_options)
+    spec = settings.group_spec()
+    plan = plan_base(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+    if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
+        os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
+    job = _job(call, settings, plan)
+    interrupted = comfy.model_management.processing_interrupted
+    try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
+        group = get_group(spec, interrupt_requested=interrupted)
+    except JobInterrupted:
+        raise comfy.model_management.InterruptProcessingException()
+
+    def on_progress(payload: dict) -> None:
+        if call.callback is not None and "step" in payload:
+            call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
+
+    if resident_model(group) != plan.token:  # the ranks don't hold this model (as far as they told us)
+        job = replace(job, shipment=with_base(job.shipment, call.model_patcher, plan))
+    try:
+        result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
+        if isinstance(result.value, MissingModel):  # a rank lost it (restarted, dropped): send it once
+            job = replace(job, shipment=with_base(job.shipment, call.model_patcher, plan))
+            result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
+    except JobInterrupted:
+        # the ranks finish loading this model in the background (or already hold it); a wrong
+        # guess costs one MissingModel round trip on the next prompt
+        if settings.keep_model_loaded:
+            _resident[group] = plan.token
+        raise comfy.model_management.InterruptProcessingException()
+    _record_residency(group, result)
+    return result.value, result

@@ -1,0 +1,114 @@
+"""Rank side of a parallel sample(): rebuild the model, run ComfyUI's own sampler loop with a
+dispatcher bound to the group, report what the rank did and which model it now holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import comfy.samplers
+
+from ..group.shipping import shippable
+from ..errors import ShippingError
+from ..guidance.policy import CFGPolicy
+from ..parallel.dispatch import BranchDispatcher
+from .branch_guider import BranchGuider
+from .model_cache import ModelCache
+from .transport import ModelShipment
+
+
+@dataclass(frozen=True)
+class SamplerByName:
+    """A ComfyUI sampler rebuilt from its name on each rank (its function is a local closure)."""
+
+    name: str
+    extra_options: dict
+    inpaint_options: dict
+
+    def build(self):
+        return comfy.samplers.ksampler(self.name, self.extra_options, self.inpaint_options)
+
+
+_LOCAL_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
+
+
+def shippable_sampler(sampler):
+    """The sampler itself, or what rebuilds it on a rank; ShippingError when neither can travel."""
+    if shippable(sampler):
+        return sampler
+    fn = getattr(sampler, "sampler_function", None)
+    name = _LOCAL_SAMPLERS.get(getattr(fn, "__name__", ""))
+    if name is not None:
+        return SamplerByName(name, dict(sampler.extra_options), dict(sampler.inpaint_options))
+    raise ShippingError(f"The sampler {getattr(fn, '__name__', type(sampler).__name__)} cannot be sent to the worker "
+                        f"processes; pick another sampler or run at parallel size 1.")
+
+
+@dataclass(frozen=True)
+class MissingModel:
+    """The job's value when some rank lacks the base model the job left out: the parent sends it."""
+
+    base_token: str
+
+
+def to_cpu(value):
+    if getattr(value, "is_nested", False):
+        return type(value)([t.cpu() for t in value.unbind()])
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _all_hold(ctx, holds: bool) -> bool:
+    """Whether every rank holds the model: one flag exchange, so the ranks decide together."""
+    gathered = ctx.exchange.gather([], 0, torch.zeros(1, device=ctx.device), failed=not holds)
+    return not gathered.failed_ranks
+
+
+@dataclass(frozen=True)
+class ComfySampleJob:
+    """One sample() of a guider, executed identically on every rank."""
+
+    shipment: ModelShipment
+    policy: CFGPolicy
+    conds: dict
+    noise: Any
+    latent_image: Any
+    sampler: Any
+    sigmas: torch.Tensor
+    denoise_mask: Any
+    seed: Any
+    strategy: str = "cost_balanced"
+    keep_model_loaded: bool = True
+
+    def run(self, ctx) -> Any:
+        cache = ModelCache(ctx.cache)
+        carries_base = self.shipment.base_model is not None or self.shipment.recipe is not None
+        if not carries_base and not _all_hold(ctx, cache.holds(self.shipment.base_token)):
+            ctx.summary["resident_model"] = None
+            return MissingModel(self.shipment.base_token) if ctx.rank == 0 else None
+        patcher, reloaded = cache.patcher_for(self.shipment, ctx.device)
+        sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
+        guider = BranchGuider(patcher, self.policy)
+        guider.original_conds = dict(self.conds)
+        dispatcher = BranchDispatcher(self.policy, ctx.exchange, strategy=self.strategy,
+                                      stop_requested=ctx.stop_requested)
+
+        def callback(step, x0, x, total_steps):
+            ctx.emit({"step": step, "total": total_steps, "x0": to_cpu(x0)})
+
+        try:
+            out = guider.sample_with(dispatcher, self.noise, self.latent_image, sampler, self.sigmas,
+                                     self.denoise_mask, callback if ctx.rank == 0 else None, True, self.seed)
+        finally:
+            self._report(ctx, cache, dispatcher, reloaded)
+        return to_cpu(out) if ctx.rank == 0 else None
+
+    def _report(self, ctx, cache: ModelCache, dispatcher: BranchDispatcher, reloaded: bool) -> None:
+        ctx.summary.update(dispatcher.stats.as_dict())
+        ctx.summary["model_reloaded"] = reloaded
+        ctx.summary["base_loaded"] = cache.base_loaded
+        if ctx.device.type == "cuda":
+            ctx.summary["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(ctx.device)
+        if not self.keep_model_loaded:
+            cache.drop()
+        ctx.summary["resident_model"] = self.shipment.base_token if cache.holds(self.shipment.base_token) else None

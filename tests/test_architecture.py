@@ -1,0 +1,90 @@
+"""The runtime's layout, checked from its source: layers import only downwards, ComfyUI only
+in the adapters, no module over 400 lines and no function over 60 (docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+RUNTIME = Path(__file__).resolve().parent.parent / "cfg_runtime"
+LAYERS = ("errors", "guidance", "parallel", "group", "adapters")  # bottom to top
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in RUNTIME.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(RUNTIME)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) for every import in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text())
+    package = ["cfg_runtime", *path.relative_to(RUNTIME).parent.parts]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+    return found
+
+
+def test_every_runtime_module_belongs_to_a_layer():
+    stray = [str(p.relative_to(RUNTIME)) for p in _modules() if _layer(p) not in LAYERS + ("__init__",)]
+    assert not stray, f"modules outside the layers {LAYERS}: {stray}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(RUNTIME)))
+def test_imports_run_down_the_layers(path):
+    layer = _layer(path)
+    if layer == "__init__":
+        return
+    rank = LAYERS.index(layer)
+    for line, name in _imports(path):
+        if name.split(".")[0] == "comfy" or name.startswith(("comfy_", "latent_preview", "nodes", "folder_paths")):
+            assert layer == "adapters", f"{path.name}:{line} imports ComfyUI ({name}) outside the adapters layer"
+        if name.startswith("cfg_runtime."):
+            target = name.split(".")[1]
+            if target in LAYERS:
+                assert LAYERS.index(target) <= rank, (
+                    f"{path.relative_to(RUNTIME)}:{line} imports {name}, a layer above {layer}")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(RUNTIME)))
+def test_modules_and_functions_stay_small(path):
+    lines = path.read_text().count("\n")
+    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(RUNTIME)} has {lines} lines (at most {MAX_MODULE_LINES})"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= MAX_FUNCTION_LINES, (
+                f"{path.relative_to(RUNTIME)}:{node.lineno} {node.name}() has {length} lines "
+                f"(at most {MAX_FUNCTION_LINES})")
+
+
+def test_the_demo_script_does_not_import_the_tests():
+    script = RUNTIME.parent / "scripts" / "run_demo.py"
+    names = [name for _, name in _imports_of(script)]
+    assert not [n for n in names if n.startswith(("support", "tests"))], names
+
+
+def _imports_of(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.append((node.lineno, node.module or ""))
+    return out
