@@ -11,9 +11,9 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import ParallelSettings, check_policy_fits_model
+from cfg_runtime.adapters.guider import ParallelSettings
+from cfg_runtime.adapters.model_checks import check_model_options, check_policy_fits_model
 from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_sampling
-from cfg_runtime.adapters.transport import check_model_options
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 

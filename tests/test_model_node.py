@@ -286,3 +286,21 @@ def test_ltx2_policy_on_a_wan_model_is_refused_at_the_node(server):
     save(g, "o", ["ks", 0])
     err = server.run_failing(g)
     assert err.startswith("CFGParallel_Model") and "needs an LTX model" in err, err
+
+
+# --- several models held by the ranks --------------------------------------------------------------
+
+def test_two_experts_load_once_across_three_prompts(server):
+    server.run({"1": {"class_type": "CFGParallelGroupStatus", "inputs": {"shutdown": True}}}, timeout=120)
+    for seed in (11, 12, 13):  # a new noise seed: ComfyUI runs the samplers again, the loaders are cached
+        g, saves = wan_two_experts(seed=seed, variants=("s2",))
+        entry = server.run(g, timeout=600)
+        assert torch.isfinite(server.saved_latent(entry, saves["s2"][1])).all()
+    ranks = server.group_status()["last_job"]["per_rank"]
+    assert len(ranks) == 2
+    for r, summary in enumerate(ranks):
+        loads = summary["model_loads"]
+        # the two experts, one load each over 3 prompts x 2 samplings; the last job reused its patcher
+        assert sorted(loads.values()) == [1, 1], (r, loads)
+        assert set(summary["resident_models"]) == set(loads) and not summary["evicted_models"], (r, summary)
+        assert summary["model_reloaded"] is False and summary["base_loaded"] is False, (r, summary)

@@ -18,6 +18,7 @@ from ..errors import JobInterrupted, ShippingError
 from ..group import JobResult, WorkerGroup, get_group
 from ..group.shipping import check_shippable
 from ..guidance.policy import CFGPolicy
+from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
@@ -25,12 +26,18 @@ from .transport import BasePlan, capture, plan_base, with_base
 
 log = logging.getLogger("cfg_parallel")
 
-_resident: "weakref.WeakKeyDictionary[WorkerGroup, str]" = weakref.WeakKeyDictionary()
+_resident: "weakref.WeakKeyDictionary[WorkerGroup, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+
+
+def resident_models(group: WorkerGroup | None) -> tuple[str, ...]:
+    """The base model tokens every rank of `group` holds now, least recently used first (as they told us)."""
+    return _resident.get(group, ()) if group is not None else ()
 
 
 def resident_model(group: WorkerGroup | None) -> str | None:
-    """The base model token every rank of `group` holds now (None: none, or not known)."""
-    return _resident.get(group) if group is not None else None
+    """The most recently used base model every rank of `group` holds (None: none, or not known)."""
+    held = resident_models(group)
+    return held[-1] if held else None
 
 
 @dataclass(frozen=True)
@@ -71,12 +78,13 @@ def _job(call: SampleCall, settings, plan: BasePlan) -> ComfySampleJob:
 
 
 def _record_residency(group: WorkerGroup, result: JobResult) -> None:
-    held = {s.get("resident_model") for s in result.summaries}
-    token = held.pop() if len(held) == 1 else None
-    if token is None:
-        _resident.pop(group, None)
-    else:
-        _resident[group] = token
+    """What every rank holds now (the ranks evict alike: the same jobs, the same budget), and their evictions."""
+    first, *others = [tuple(s.get("resident_models", ())) for s in result.summaries] or [()]
+    _resident[group] = tuple(t for t in first if all(t in o for o in others))
+    evicted = sorted({t for s in result.summaries for t in s.get("evicted_models", ())})
+    if evicted:
+        log.info("cfg-parallel: the ranks evicted %d model(s) to stay within their model budget (%s): %s",
+                 len(evicted), BUDGET_ENV, ", ".join(short(t) for t in evicted))
 
 
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
@@ -98,7 +106,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
-    if resident_model(group) != plan.token:  # the ranks don't hold this model (as far as they told us)
+    if plan.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
         job = replace(job, shipment=with_base(job.shipment, call.model_patcher, plan))
     try:
         result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
@@ -109,7 +117,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         # the ranks finish loading this model in the background (or already hold it); a wrong
         # guess costs one MissingModel round trip on the next prompt
         if settings.keep_model_loaded:
-            _resident[group] = plan.token
+            _resident[group] = tuple(t for t in resident_models(group) if t != plan.token) + (plan.token,)
         raise comfy.model_management.InterruptProcessingException()
     _record_residency(group, result)
     return result.value, result

@@ -84,7 +84,7 @@ class ComfySampleJob:
         cache = ModelCache(ctx.cache)
         carries_base = self.shipment.base_model is not None or self.shipment.recipe is not None
         if not carries_base and not _all_hold(ctx, cache.holds(self.shipment.base_token)):
-            ctx.summary["resident_model"] = None
+            ctx.summary.update(resident_model=None, **cache.report())
             return MissingModel(self.shipment.base_token) if ctx.rank == 0 else None
         patcher, reloaded = cache.patcher_for(self.shipment, ctx.device)
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
@@ -112,3 +112,4 @@ class ComfySampleJob:
         if not self.keep_model_loaded:
             cache.drop()
         ctx.summary["resident_model"] = self.shipment.base_token if cache.holds(self.shipment.base_token) else None
+        ctx.summary.update(cache.report())
