@@ -141,7 +141,8 @@ def check_outputs(server, entry, saves: dict[str, str], label: str, distinct: bo
         core = server.saved_latent(entry, saves["core"])
         diff = float((core - s1).abs().max())
         MEASURED[label] = diff
-        print(f"\nMEASURED {label}: max |core - node at size 1| = {diff:.3g} (max |out| {float(s1.abs().max()):.3g})")
+        print(f"\nMEASURED {label}: max |core - node at size 1| = {diff:.3g} "
+              f"(max |out| {float(s1.abs().max()):.3g})")
         assert diff <= BOUND, f"{label}: core and the node at size 1 differ by {diff}"
         assert not (distinct and torch.equal(core, s1)), f"{label}: bit-identical to core: did the node run the branches apart?"
     return s1

@@ -284,7 +284,8 @@ def test_files_are_generated_from_the_description():
 
 
 def test_every_workflow_has_api_and_ui_versions():
-    assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo", "tiny_ltx2_demo"}
+    assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo", "tiny_ltx2_demo",
+                          "ksampler_cfg_parallel", "wan22_two_experts"}
     assert NAMES == sorted(p.stem for p in (WORKFLOWS / "ui").glob("*.json"))
     # ComfyUI would list JSON files lying directly in workflows/ as templates of the pack.
     assert not list(WORKFLOWS.glob("*.json"))
@@ -292,7 +293,8 @@ def test_every_workflow_has_api_and_ui_versions():
 
 def test_example_workflows_are_the_ui_files():
     examples = sorted(EXAMPLES.glob("*.json"))
-    assert [p.stem for p in examples] == ["ltx2_one_stage", "ltx2_two_stage", "plain_cfg"]
+    assert [p.stem for p in examples] == ["ksampler_cfg_parallel", "ltx2_one_stage", "ltx2_two_stage", "plain_cfg",
+                                          "wan22_two_experts"]
     for p in examples:
         assert not p.is_symlink(), f"{p} must be a real file (ComfyUI's static route refuses outside symlinks)"
         assert p.read_bytes() == (WORKFLOWS / "ui" / p.name).read_bytes(), f"{p.name} differs from workflows/ui"

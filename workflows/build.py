@@ -37,7 +37,7 @@ PACK_ID = "comfyui-cfg-parallel"  # [project] name in pyproject.toml (the regist
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Nodes that exist only in the web frontend (never in /object_info, never in a prompt).
 VIRTUAL_TYPES = {"Note", "MarkdownNote"}
-PACK_TYPES = {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
+PACK_TYPES = {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus", "CFGParallel_Model"}
 # Core node types of LTX-2-era ComfyUI (audio+video LTX) that ComfyUI 0.3.75 lacks.
 LTX2_CORE_TYPES = {"LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVEmptyLatentAudio", "LTXVConcatAVLatent",
                    "LTXVSeparateAVLatent", "LTXVAudioVAEDecode", "LTXVLatentUpsampler"}
@@ -127,6 +127,15 @@ SCHEMAS: dict[str, Schema] = {
     "SaveImage": _s("images:IMAGE filename_prefix:STRING"),
     "SaveLatent": _s("samples:LATENT filename_prefix:STRING"),
     "PreviewAny": _s("source:*"),
+    "KSampler": _s("model:MODEL seed:INT! steps:INT cfg:FLOAT sampler_name:COMBO scheduler:COMBO "
+                   "positive:CONDITIONING negative:CONDITIONING latent_image:LATENT denoise:FLOAT", ("LATENT", "LATENT")),
+    "KSamplerAdvanced": _s("model:MODEL add_noise:COMBO noise_seed:INT! steps:INT cfg:FLOAT sampler_name:COMBO "
+                           "scheduler:COMBO positive:CONDITIONING negative:CONDITIONING latent_image:LATENT "
+                           "start_at_step:INT end_at_step:INT return_with_leftover_noise:COMBO", ("LATENT", "LATENT")),
+    "ModelSamplingSD3": _s("model:MODEL shift:FLOAT", ("MODEL", "MODEL")),
+    "CLIPLoader": _s("clip_name:COMBO type:COMBO", ("CLIP", "CLIP")),
+    "VAELoader": _s("vae_name:COMBO", ("VAE", "VAE")),
+    "EmptyHunyuanLatentVideo": _s("width:INT height:INT length:INT batch_size:INT", ("LATENT", "LATENT")),
     # core, LTX-2 era only (LTX2_CORE_TYPES)
     "LTXAVTextEncoderLoader": _s("text_encoder:COMBO ckpt_name:COMBO device:COMBO", ("CLIP", "CLIP")),
     "LTXVAudioVAELoader": _s("ckpt_name:COMBO", ("Audio VAE", "VAE")),
@@ -150,6 +159,7 @@ SCHEMAS: dict[str, Schema] = {
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
+    "CFGParallel_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY", ("MODEL", "MODEL")),
     # test-only node pack (tests/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
 }
