@@ -47,7 +47,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 PACK_NODES = {"CFGPolicyBuilder": "CFGPolicy Builder", "MultiBranchGuider": "Multi-Branch Guider",
-              "LTX2Sampler": "LTX2 Sampler"}
+              "LTX2Sampler": "LTX2 Sampler", "CFGParallel_Model": "CFG Parallel"}
 APP_READY = ("() => window.app && window.app.graph && window.LiteGraph && "
              "Object.keys(LiteGraph.registered_node_types).length > 100")
 

@@ -366,7 +366,7 @@ def wan22_two_experts() -> Graph:
     g = Graph("wan22_two_experts", "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs")
     g.column(0).group(None).note(WAN22_NOTE, w=420, h=560)
     g.column(1).group("Models and prompt", BLUE)  # as ComfyUI's template "Text to Video (Wan 2.2)"
-    clip = g.node("CLIPLoader", w=380, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    clip = g.node("CLIPLoader", w=380, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
     vae = g.node("VAELoader", w=380, vae_name="wan_2.1_vae.safetensors")
     experts = [g.node("UNETLoader", title=f"{n} noise expert", w=380, unet_name=f"wan2.2_t2v_{n.lower()}_noise_14B_fp8"
                       f"_scaled.safetensors", weight_dtype="default") for n in ("High", "Low")]
@@ -389,7 +389,7 @@ def wan22_two_experts() -> Graph:
                  **common)
     g.column(4).group("Decode and save", BROWN)
     frames = g.node("VAEDecode", w=300, samples=low.out(), vae=vae.out()).out()
-    video = g.node("CreateVideo", w=300, fps=16.0, images=frames)
+    video = g.node("CreateVideo", w=300, h=110, fps=16.0, images=frames)
     g.node("SaveVideo", w=300, video=video.out(), filename_prefix="cfg_parallel/wan22", format="auto", codec="auto")
     return g
 
