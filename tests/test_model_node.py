@@ -28,6 +28,7 @@ from support.paths import comfyui_available
 pytestmark = pytest.mark.server
 
 LTXV, WAN_HIGH, WAN_LOW = "tiny_ltxv.safetensors", "cfgp_tiny_wan_high.safetensors", "cfgp_tiny_wan_low.safetensors"
+LTXAV, AUDIO_VAE = "cfgp_tiny_ltxav.safetensors", "tiny_ltx_audio_vae.safetensors"
 BOUND = 1e-4  # |core - pack at size 1| on outputs of magnitude ~1-10: float32 rounding over a few steps
 VARIANTS = ("s1", "s2", "core")
 MEASURED: dict[str, float] = {}
@@ -51,6 +52,11 @@ def server(tmp_path_factory, tiny_ltxv_path):
         s.add_model("diffusion_models", LTXV, tiny_ltxv_path)
         s.add_model("diffusion_models", WAN_HIGH, t2.build_tiny_wan(d / WAN_HIGH, seed=0))
         s.add_model("diffusion_models", WAN_LOW, t2.build_tiny_wan(d / WAN_LOW, seed=1))
+        if t2.ltxav_available():
+            from support import tiny_families as tf
+
+            s.add_model("checkpoints", LTXAV, tf.build_tiny_ltxav_checkpoint(d / LTXAV))
+            s.add_model("checkpoints", AUDIO_VAE, t2.build_tiny_ltx_audio_vae(d / AUDIO_VAE))
         s.wait_ready()
     except BaseException:
         s.stop()
@@ -242,6 +248,55 @@ def test_connected_policy_replaces_the_sampler_cfg(server):
     save(g, "ro", ["rk", 0])
     entry = server.run(g, timeout=600)
     assert torch.equal(server.saved_latent(entry, "po"), server.saved_latent(entry, "ro"))
+
+
+def _ltxav() -> bool:
+    from support.tiny_ltx2 import ltxav_available
+
+    return comfyui_available() and ltxav_available()
+
+
+@pytest.mark.skipif(not _ltxav(), reason="[needs ComfyUI 0.29] LTX-2 audio+video nodes and model")
+def test_ltx2_audio_video_cfg_guider(server):
+    """An audio+video latent (packed by core's sample(), nested again for the branches) through
+    CFGGuider: with the guider's cfg, and with the LTX-2 four-pass policy connected."""
+    g = {
+        "unet": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": LTXAV}},
+        "pos": cond(1, 64), "neg": cond(2, 64),
+        "vlat": {"class_type": "EmptyLTXVLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9,
+                                                                  "batch_size": 1}},
+        "avae": {"class_type": "LTXVAudioVAELoader", "inputs": {"ckpt_name": AUDIO_VAE}},
+        "alat": {"class_type": "LTXVEmptyLatentAudio", "inputs": {"frames_number": 9, "frame_rate": 25,
+                                                                  "batch_size": 1, "audio_vae": ["avae", 0]}},
+        "lat": {"class_type": "LTXVConcatAVLatent", "inputs": {"video_latent": ["vlat", 0],
+                                                               "audio_latent": ["alat", 0]}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 9}},
+        "ksel": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sig": {"class_type": "BasicScheduler", "inputs": {"model": ["unet", 0], "scheduler": "simple", "steps": 3,
+                                                           "denoise": 1.0}},
+        "pol": {"class_type": "CFGPolicyBuilder", "inputs": {
+            "preset": "ltx2_multimodal", "cfg": 3.0, "guidance_rescale": 0.0, "cfg_zero_star": False,
+            "zero_init_steps": 0, "video_cfg": 3.0, "video_stg": 1.0, "video_stg_blocks": "1", "video_modality": 3.0,
+            "video_rescale": 0.7, "video_skip_step": 0, "audio_cfg": 7.0, "audio_stg": 1.0, "audio_stg_blocks": "1",
+            "audio_modality": 3.0, "audio_rescale": 0.7, "audio_skip_step": 0,
+            "custom_branches": "negative:negative:3.0"}},
+    }
+    plain, ltx2 = {}, {}
+    for v in VARIANTS:
+        for saves, policy in ((plain, None), (ltx2, ["pol", 0])):
+            if policy is not None and v == "core":
+                continue
+            tag = f"{v}{'ltx' if policy else 'cfg'}"
+            m = parallel(g, ["unet", 0], v, tag, policy=policy)
+            out = custom_chain(g, {"class_type": "CFGGuider", "inputs": {
+                "model": m, "positive": ["pos", 0], "negative": ["neg", 0], "cfg": 3.0}}, tag, m)
+            samples = g.pop(out)["inputs"]["samples"]  # a nested latent: SaveLatent takes its parts
+            g[f"{tag}sep"] = {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": samples}}
+            saves[v] = (save(g, f"{tag}vid", [f"{tag}sep", 0]), save(g, f"{tag}aud", [f"{tag}sep", 1]))
+    entry = server.run(g, timeout=600)
+    for part, label in ((0, "video"), (1, "audio")):
+        check_outputs(server, entry, {v: s[part] for v, s in plain.items()}, f"LTX-2 CFGGuider {label}")
+        check_outputs(server, entry, {v: s[part] for v, s in ltx2.items()}, f"LTX-2 four-pass policy {label}")
 
 
 # --- refused before sampling -----------------------------------------------------------------------
