@@ -158,3 +158,13 @@ def comfy_server(tiny_ltxv_path, tiny_lora_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_worker_group():
+    """Each test file starts its own in-process worker group: none is inherited from the file
+    before it (a group matching the next file's spec would otherwise be reused)."""
+    yield
+    group_module = sys.modules.get("cfg_runtime.group")
+    if group_module is not None:
+        group_module.shutdown_group()

@@ -140,7 +140,8 @@ def noise_for(latent, seed=SEED):
 
 
 def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=STEPS, seed=SEED):
-    """One SamplerCustomAdvanced-like run of the Multi-Branch Guider; returns (tensors, guider)."""
+    """One SamplerCustomAdvanced-like run of the Multi-Branch Guider; returns (tensors, what it ran:
+    the guider's last_run record)."""
     settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300)
     guider = MultiBranchGuider(model, pol, settings)
     guider.set_conds(*conds)
@@ -150,10 +151,13 @@ def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=S
         if one_rank_group:
             # A world of one rank: the worker path (shipping, rank-side sampling) without peers.
             # ParallelSettings(size=1) itself samples in-process, so go through the group directly.
-            out = guider._sample_on_group(*args, None, None, seed)
-        else:
-            out = guider.sample(*args, disable_pbar=True, seed=seed)
-    return tuple(out.unbind()), guider
+            from cfg_runtime.adapters.group_sampling import SampleCall, sample_on_group
+
+            call = SampleCall(model, pol, guider.original_conds, *args, None, seed)
+            out, result = sample_on_group(call, settings)
+            return tuple(out.unbind()), {"ranks": 1, "per_rank": result.summaries}
+        out = guider.sample(*args, disable_pbar=True, seed=seed)
+    return tuple(out.unbind()), guider.last_run
 
 
 def equal(a, b) -> bool:
@@ -230,7 +234,7 @@ class HandGuider(comfy.samplers.CFGGuider if ltxav_available() else object):
 
 def test_serial_equals_hand_reference(model, conds, latent, one_thread):
     pol = policy()
-    ours, guider = run_guider(model, pol, 1, latent, conds)
+    ours, run = run_guider(model, pol, 1, latent, conds)
     shapes = [t.shape for t in latent["samples"].unbind()]
     hand = HandGuider(model, pol.rule.video, pol.rule.audio, shapes)
     hand.set_conds(*conds)
@@ -242,8 +246,8 @@ def test_serial_equals_hand_reference(model, conds, latent, one_thread):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # steps 1 and 5 skip both modalities: 4 forwards per branch, 6 evaluations
     assert hand.forwards == 16
-    assert guider.last_run["forwards"] == {"cond": 4, "negative": 4, "perturbed": 4, "isolated": 4}
-    assert guider.last_run["evaluations"] == STEPS
+    assert run["forwards"] == {"cond": 4, "negative": 4, "perturbed": 4, "isolated": 4}
+    assert run["evaluations"] == STEPS
     # and the guidance matters: cond only, or no skipping, gives other latents
     plain, _ = run_guider(model, ltx2_multimodal(ModalityGuidance(), ModalityGuidance()), 1, latent, conds)
     no_skip, _ = run_guider(model, policy(0, 0), 1, latent, conds)
@@ -374,10 +378,10 @@ def test_parallel_equals_serial_bit_for_bit(model, conds, latent, one_thread, si
     pol = policy()
     serial, _ = run_guider(model, pol, 1, latent, conds)
     t0 = time.monotonic()
-    parallel, guider = run_guider(model, pol, size, latent, conds, one_rank_group=size == 1)
+    parallel, run = run_guider(model, pol, size, latent, conds, one_rank_group=size == 1)
     first = time.monotonic() - t0
     assert equal(parallel, serial), f"{size} rank(s) differ from serial"
-    per_rank = guider.last_run["per_rank"]
+    per_rank = run["per_rank"]
     assert len(per_rank) == size
     total = {}
     for r in per_rank:
@@ -387,10 +391,10 @@ def test_parallel_equals_serial_bit_for_bit(model, conds, latent, one_thread, si
     assert all(sum(r["forwards"].values()) == 4 * len(r["forwards"]) for r in per_rank)
     # no skipping, and a second prompt on the same (persistent) group
     t0 = time.monotonic()
-    again, guider = run_guider(model, policy(0, 0), size, latent, conds, one_rank_group=size == 1)
+    again, run = run_guider(model, policy(0, 0), size, latent, conds, one_rank_group=size == 1)
     second = time.monotonic() - t0
     assert equal(again, run_guider(model, policy(0, 0), 1, latent, conds)[0])
-    assert not any(r["model_reloaded"] for r in guider.last_run["per_rank"])
+    assert not any(r["model_reloaded"] for r in run["per_rank"])
     print(f"\n{size} rank(s): first prompt {first:.1f} s (group start + model), second {second:.2f} s")
 
 

@@ -117,3 +117,14 @@ def test_serial_dispatcher_runs_every_branch_once_per_step():
     pol = custom([("neg", "negative", 2.0), ("alt", "positive", 0.5)])
     _, summary = run_serial(ToySampleJob(pol, steps=3))
     assert summary["forwards"] == {"cond": 3, "neg": 3, "alt": 3}
+
+
+def test_every_rule_names_its_cfg_scale():
+    """What post-CFG functions get as cond_scale: the scale the rule really applies."""
+    from cfg_runtime.guidance.ltx import ModalityGuidance
+
+    assert standard_cfg(4.5).rule.cfg_scale == 4.5
+    assert custom([("negative", "negative", 2.0), ("ptb", "positive", 1.0)]).rule.cfg_scale == 3.0
+    assert custom([("ptb", "positive", 1.0)]).rule.cfg_scale == 1.0
+    video, audio = ModalityGuidance(cfg=3.0), ModalityGuidance(cfg=7.0)
+    assert ltx2_multimodal(video, audio).rule.cfg_scale == 3.0

@@ -69,11 +69,11 @@ def test_model_with_unpicklable_state_travels_by_recipe(tiny_ltxv_path, group_do
     _needs_recipe(patcher)
     patcher.model.cfgp_test_ctypes = (ctypes.c_uint * 2)()  # the kind of object aimdo's vbar holds
     serial = _sample(patcher, 1)
-    plan = cm.plan_base(patcher)
-    assert plan.from_recipe and plan.token.startswith("recipe:")
+    route = cm.route_weights(patcher)
+    assert route.from_recipe and route.token.startswith("recipe:")
     assert torch.equal(_sample(patcher, 2), serial)
     assert not _shared(patcher.model)
-    delegate = cm._DELEGATE[plan.token]
+    delegate = cm._DELEGATE[route.token]
     assert delegate is not patcher.model and _shared(delegate)
 
 

@@ -100,7 +100,7 @@ class BranchGuider(comfy.samplers.CFGGuider):
             torch.zeros_like(out) if preds else out)
         for fn in functions:
             out = fn({"denoised": out, "cond": self.conds.get("positive"), "uncond": self.conds.get("negative"),
-                      "cond_scale": getattr(self.policy.rule, "scale", 1.0), "model": self.inner_model,
+                      "cond_scale": self.policy.rule.cfg_scale, "model": self.inner_model,
                       "uncond_denoised": uncond_pred, "cond_denoised": cond_pred,
                       "sigma": timestep, "model_options": model_options, "input": x})
         return out

@@ -22,7 +22,7 @@ from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
-from .transport import BasePlan, capture, plan_base, with_base
+from .transport import WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
 
@@ -67,9 +67,9 @@ def _check_picklable(job: ComfySampleJob) -> None:
                                 f"Run at parallel size 1, or remove what adds it.") from None
 
 
-def _job(call: SampleCall, settings, plan: BasePlan) -> ComfySampleJob:
+def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
     job = ComfySampleJob(
-        shipment=capture(call.model_patcher, plan), policy=call.policy, conds=call.conds, noise=call.noise,
+        shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
         keep_model_loaded=settings.keep_model_loaded)
@@ -92,10 +92,10 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
     check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
-    plan = plan_base(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+    route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
     if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
         os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
-    job = _job(call, settings, plan)
+    job = _job(call, settings, route)
     interrupted = comfy.model_management.processing_interrupted
     try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
         group = get_group(spec, interrupt_requested=interrupted)
@@ -106,18 +106,18 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
-    if plan.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
-        job = replace(job, shipment=with_base(job.shipment, call.model_patcher, plan))
+    if route.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
+        job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
     try:
         result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
         if isinstance(result.value, MissingModel):  # a rank lost it (restarted, dropped): send it once
-            job = replace(job, shipment=with_base(job.shipment, call.model_patcher, plan))
+            job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
             result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
     except JobInterrupted:
         # the ranks finish loading this model in the background (or already hold it); a wrong
         # guess costs one MissingModel round trip on the next prompt
         if settings.keep_model_loaded:
-            _resident[group] = tuple(t for t in resident_models(group) if t != plan.token) + (plan.token,)
+            _resident[group] = tuple(t for t in resident_models(group) if t != route.token) + (route.token,)
         raise comfy.model_management.InterruptProcessingException()
     _record_residency(group, result)
     return result.value, result

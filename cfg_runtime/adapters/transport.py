@@ -124,7 +124,7 @@ def _stored_dtype_differs(model) -> bool:
 
 
 @dataclass(frozen=True)
-class BasePlan:
+class WeightRoute:
     """Where the ranks' base model comes from: the model ComfyUI holds, a copy built from the
     loader recipe in this process (shared memory), or the recipe itself, which each rank runs
     (a dynamic-VRAM model for dynamic-VRAM GPU ranks: they map the same file)."""
@@ -134,7 +134,7 @@ class BasePlan:
     ranks_load: bool = False
 
 
-def plan_base(model_patcher, devices: tuple[str, ...] = ()) -> BasePlan:
+def route_weights(model_patcher, devices: tuple[str, ...] = ()) -> WeightRoute:
     """Decide how the base weights travel; raises ShippingError (before any rank starts) if they cannot."""
     quantized = _quantized_weight(model_patcher.model)
     token = recipe_token(model_patcher)
@@ -147,23 +147,23 @@ def plan_base(model_patcher, devices: tuple[str, ...] = ()) -> BasePlan:
                 f"plain weights (bf16/fp16, or weight_dtype fp8_e4m3fn in the loader), or run at parallel size 1.")
         # comfy-kitchen QuantizedTensor parameters cannot be pickled (torch.multiprocessing
         # segfaults on the wrapper tensor): every rank loads the file with the loader's recipe.
-        return BasePlan(token, from_recipe=True, ranks_load=True)
+        return WeightRoute(token, from_recipe=True, ranks_load=True)
     dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
     if dynamic and token is not None and devices and all(d.startswith("cuda") for d in devices) \
             and parent_runs_dynamic_vram() and _stored_dtype_differs(model_patcher.model):
         # The dynamic loader keeps the file's precision for some weights where the plain one
         # rounds every weight to the model dtype (fp8 weight_dtype from a bf16 file): only a
         # dynamic-VRAM rank computes what ComfyUI computes. Each such rank stages its own host copy.
-        return BasePlan(token, from_recipe=True, ranks_load=True)
+        return WeightRoute(token, from_recipe=True, ranks_load=True)
     obstacle = _own_model_obstacle(model_patcher)
     if obstacle is None:
-        return BasePlan(base_token(model_patcher), from_recipe=False)
+        return WeightRoute(base_token(model_patcher), from_recipe=False)
     if token is None:
         raise ShippingError(
             f"The model cannot be sent to the worker processes: {obstacle}, and its loader left no recipe to load "
             f"it again (cached_patcher_init). Load it with a core loader (UNETLoader, CheckpointLoaderSimple), "
             f"start ComfyUI with --disable-dynamic-vram, or run at parallel size 1.")
-    return BasePlan(token, from_recipe=True)
+    return WeightRoute(token, from_recipe=True)
 
 
 _DELEGATE: dict = {}  # token -> pristine non-dynamic model built from the recipe (one entry)
@@ -223,7 +223,7 @@ def release_from_comfy(model_patcher, unpatch: bool = True) -> None:
     mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
-def capture(model_patcher, plan: BasePlan) -> ModelShipment:
+def capture(model_patcher, route: WeightRoute) -> ModelShipment:
     """Describe the model for the ranks without its base weights (for ranks that hold them);
     raises ShippingError naming what cannot travel. `with_base` adds the weights."""
     check_model_options(model_patcher.model_options)
@@ -235,7 +235,7 @@ def capture(model_patcher, plan: BasePlan) -> ModelShipment:
             "These model settings cannot be sent to the worker processes (they are Python closures or objects "
             f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
     return ModelShipment(
-        base_token=plan.token,
+        base_token=route.token,
         base_model=None,
         patches_token=patches_token(model_patcher),
         patches=model_patcher.patches,
@@ -245,18 +245,18 @@ def capture(model_patcher, plan: BasePlan) -> ModelShipment:
     )
 
 
-def with_base(shipment: ModelShipment, model_patcher, plan: BasePlan) -> ModelShipment:
+def with_base(shipment: ModelShipment, model_patcher, route: WeightRoute) -> ModelShipment:
     """The shipment with the base weights (shared memory) or the recipe the ranks load them with."""
-    release_from_comfy(model_patcher, unpatch=not plan.from_recipe)
-    if not plan.from_recipe or plan.ranks_load:
+    release_from_comfy(model_patcher, unpatch=not route.from_recipe)
+    if not route.from_recipe or route.ranks_load:
         _DELEGATE.clear()  # another model now: release the previous copy's shared memory
-    if plan.ranks_load:
+    if route.ranks_load:
         recipe = _recipe(model_patcher)
         log.info("cfg-parallel: the ranks load the model from its file themselves (dynamic VRAM): %s",
                  next((a for a in recipe[1] if isinstance(a, str)), "?"))
         return replace(shipment, recipe=recipe)
-    if plan.from_recipe:
-        return replace(shipment, base_model=_recipe_model(model_patcher, plan.token))
+    if route.from_recipe:
+        return replace(shipment, base_model=_recipe_model(model_patcher, route.token))
     base = model_patcher.model
     if any(p.device.type != "cpu" for p in base.parameters()):
         base.to("cpu")  # the single host copy that every rank maps

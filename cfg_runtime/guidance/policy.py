@@ -92,6 +92,11 @@ class StandardCFG:
             raise PolicyError(f"zero_init_steps must be >= 0, got {self.zero_init_steps}.")
         _require(names, ("cond",) + (("negative",) if self.scale != 1.0 else ()), "standard CFG")
 
+    @property
+    def cfg_scale(self) -> float:
+        """The classifier-free guidance scale this rule applies to cond against the negative."""
+        return self.scale
+
     def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
         return names
 
@@ -133,6 +138,11 @@ class WeightedBranches:
             if not math.isfinite(weight):
                 raise PolicyError(f"Weight of branch '{name}' must be finite, got {weight}.")
 
+    @property
+    def cfg_scale(self) -> float:
+        """The CFG scale equivalent to the negative branch's weight: c + w (c - u) = u + (1 + w)(c - u)."""
+        return 1.0 + sum(w for n, w in self.weights if n == "negative")
+
     def active(self, names: tuple[str, ...], step: int, modalities: int = 1) -> tuple[str, ...]:
         return names
 
@@ -163,6 +173,11 @@ class LTXMultimodal:
             except ValueError as exc:
                 raise PolicyError(f"LTX-2 {label} guidance: {exc}") from None
         _require(names, ("cond",) + tuple(n for n, _ in _ltx_branch_flags(self) if _), "LTX-2 multimodal")
+
+    @property
+    def cfg_scale(self) -> float:
+        """The video CFG scale (the first modality's, as a single-scale caller sees it)."""
+        return self.video.cfg
 
     def _params(self, n_parts: int) -> tuple[ModalityGuidance, ...]:
         return (self.video,) if n_parts == 1 else (self.video, self.audio)
