@@ -82,3 +82,33 @@ def test_least_recently_used_goes_past_the_budget(bases, monkeypatch, caplog):
     cache = ModelCache(store)
     cache.patcher_for(without_base(s[0]), cpu)
     assert cache.report()["resident_models"] == ["a"] and cache.report()["evicted_models"] == ["c"]
+
+
+def test_models_comfyui_dropped_are_released(bases, monkeypatch):
+    from cfg_runtime.adapters.model_cache import BUDGET_ENV, ModelCache
+
+    monkeypatch.setenv(BUDGET_ENV, "64")
+    store, cpu = {}, torch.device("cpu")
+    for token, base in zip("ab", bases):
+        ModelCache(store).patcher_for(shipment(token, base), cpu)
+    cache = ModelCache(store)
+    cache.release(("a", "z"))  # z: never held
+    assert cache.report()["resident_models"] == ["b"] and cache.report()["released_models"] == ["a"]
+
+
+def test_the_parent_names_models_it_dropped(tmp_path):
+    """A model identified by object (no loader recipe) gets its token listed once ComfyUI drops it."""
+    import gc
+
+    import comfy.model_patcher
+
+    from cfg_runtime.adapters import transport
+    from support import tiny_models as tm
+
+    model = comfy.model_patcher.ModelPatcher(tm.tiny_ltxv_module(), torch.device("cpu"), torch.device("cpu"))
+    token = transport.base_token(model)
+    assert token not in transport.RELEASED
+    del model
+    gc.collect()
+    assert token in transport.RELEASED
+    transport.RELEASED.discard(token)

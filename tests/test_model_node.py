@@ -360,3 +360,21 @@ def test_two_experts_load_once_across_three_prompts(server):
         assert sorted(loads.values()) == [1, 1], (r, loads)
         assert set(summary["resident_models"]) == set(loads) and not summary["evicted_models"], (r, summary)
         assert summary["model_reloaded"] is False and summary["base_loaded"] is False, (r, summary)
+
+
+def test_other_sampling_wrappers_are_refused(server):
+    """EasyCache hooks the model through its own sampling wrappers, which would run in ComfyUI
+    but not on the ranks: refused after the node (at sampling) and before it (at the node)."""
+    g = ltxv_base()
+    g["cp"] = {"class_type": "CFGParallel_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
+                                                             "devices": "cpu"}}
+    g["ec"] = {"class_type": "EasyCache", "inputs": {"model": ["cp", 0], "reuse_threshold": 0.2,
+                                                     "start_percent": 0.15, "end_percent": 0.95, "verbose": False}}
+    g["ks"] = ksampler(["ec", 0], ["lat", 0])
+    save(g, "o", ["ks", 0])
+    err = server.run_failing(g)
+    assert err.startswith("KSampler") and "sampling wrappers of other nodes" in err and "easycache" in err, err
+    g["ec"]["inputs"]["model"], g["cp"]["inputs"]["model"], g["ks"]["inputs"]["model"] = ["unet", 0], ["ec", 0], \
+        ["cp", 0]
+    err = server.run_failing(g)
+    assert err.startswith("CFGParallel_Model") and "easycache" in err, err

@@ -22,7 +22,7 @@ from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
-from .transport import WeightRoute, capture, route_weights, with_base
+from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
 
@@ -72,7 +72,7 @@ def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
         shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
-        keep_model_loaded=settings.keep_model_loaded)
+        keep_model_loaded=settings.keep_model_loaded, released=tuple(sorted(RELEASED)))
     _check_picklable(job)
     return job
 
@@ -81,6 +81,7 @@ def _record_residency(group: WorkerGroup, result: JobResult) -> None:
     """What every rank holds now (the ranks evict alike: the same jobs, the same budget), and their evictions."""
     first, *others = [tuple(s.get("resident_models", ())) for s in result.summaries] or [()]
     _resident[group] = tuple(t for t in first if all(t in o for o in others))
+    RELEASED.intersection_update(t for s in result.summaries for t in s.get("resident_models", ()))  # done
     evicted = sorted({t for s in result.summaries for t in s.get("evicted_models", ())})
     if evicted:
         log.info("cfg-parallel: the ranks evicted %d model(s) to stay within their model budget (%s): %s",

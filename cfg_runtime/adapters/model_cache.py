@@ -14,6 +14,7 @@ by default half of the host's physical memory. The model in use is always kept.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections import OrderedDict
@@ -74,7 +75,8 @@ class ModelCache:
         state = store.setdefault("comfy_models", {})
         self.held: "OrderedDict[str, Held]" = state.setdefault("held", OrderedDict())
         self.loads: dict[str, int] = state.setdefault("loads", {})  # base loads per token, over the rank's life
-        self.evicted: list[str] = []  # by this job
+        self.evicted: list[str] = []  # by this job, for the budget
+        self.released: list[str] = []  # by this job, because ComfyUI no longer holds them
         self.base_loaded = False  # whether the last patcher_for() took a new base (sent, or loaded here)
 
     def patcher_for(self, shipment: ModelShipment, device: torch.device) -> tuple[Any, bool]:
@@ -124,8 +126,19 @@ class ModelCache:
             held = self.held.pop(token)
             release_from_comfy(held.patcher)
             self.evicted.append(token)
+            gc.collect()
             log.info("cfg-parallel: evicted model %s (%.1f MiB, least recently used) to stay within the %.2f GiB "
                      "model budget (%s)", short(token), held.nbytes / 2**20, budget / 2**30, BUDGET_ENV)
+
+    def release(self, tokens) -> None:
+        """Drop the models ComfyUI no longer holds (no job can name them again)."""
+        gone = [t for t in tokens if t in self.held]
+        for token in gone:
+            release_from_comfy(self.held.pop(token).patcher)
+            self.released.append(token)
+            log.info("cfg-parallel: released model %s (ComfyUI no longer holds it)", short(token))
+        if gone:
+            gc.collect()  # close the shared-memory handles of its weights now
 
     def drop(self) -> None:
         import comfy.model_management as mm
@@ -141,7 +154,7 @@ class ModelCache:
     def report(self) -> dict:
         """What the rank's summary says of its models: held (least recently used first), loads, evictions."""
         return {"resident_models": list(self.held), "model_loads": dict(self.loads), "evicted_models": self.evicted,
-                "model_bytes": {t: h.nbytes for t, h in self.held.items()}}
+                "released_models": self.released, "model_bytes": {t: h.nbytes for t, h in self.held.items()}}
 
 
 def _patcher(patcher_class: type, base, shipment: ModelShipment, device: torch.device):

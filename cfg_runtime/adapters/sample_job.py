@@ -79,9 +79,11 @@ class ComfySampleJob:
     seed: Any
     strategy: str = "cost_balanced"
     keep_model_loaded: bool = True
+    released: tuple[str, ...] = ()  # models ComfyUI no longer holds: the ranks drop them
 
     def run(self, ctx) -> Any:
         cache = ModelCache(ctx.cache)
+        cache.release(self.released)
         carries_base = self.shipment.base_model is not None or self.shipment.recipe is not None
         if not carries_base and not _all_hold(ctx, cache.holds(self.shipment.base_token)):
             ctx.summary.update(resident_model=None, **cache.report())
