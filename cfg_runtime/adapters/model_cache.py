@@ -44,15 +44,28 @@ def budget_bytes() -> int:
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's weights (each storage once)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        storage = t.untyped_storage()
-        key = (storage.data_ptr(), t.device)
-        if key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
-    return total
+    """Bytes of the model's weights (each storage once; a tensor subclass such as comfy-kitchen's
+    QuantizedTensor by the tensors it is made of)."""
+    seen: set = set()
+    return sum(_tensor_bytes(t, seen) for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _tensor_bytes(t: torch.Tensor, seen: set) -> int:
+    data = t.data if isinstance(t, torch.nn.Parameter) else t
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        parts = [getattr(data, n, None) for n in names]
+        if all(isinstance(p, torch.Tensor) for p in parts):
+            return sum(_tensor_bytes(p, seen) for p in parts)
+    try:
+        storage = data.untyped_storage()
+        key = (storage.data_ptr(), str(data.device))
+    except RuntimeError:  # no storage to look at: count the elements
+        return data.numel() * data.element_size()
+    if key in seen:
+        return 0
+    seen.add(key)
+    return storage.nbytes()
 
 
 def short(token: str) -> str:
