@@ -13,4 +13,8 @@ if __package__:  # ComfyUI imports the pack as a package
 else:  # imported as a plain module (e.g. pytest from a checkout folder named like "my-clone")
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+# The frontend serves this folder at /extensions/<pack>/: web/js (Group Status shows its text
+# on the node) and web/docs/<node id>.md (each node's help page, the "?" of the node).
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -51,7 +51,7 @@ def build_model(path: Path, blocks: int, width_heads: int) -> int:
     """An LTXV transformer with 64-dim heads x width_heads, `blocks` blocks; returns its byte size."""
     import torch
     from safetensors.torch import save_file
-    from support.tiny_models import init_weights
+    from devkit.tiny_models import init_weights
 
     import comfy.ops
     from comfy.ldm.lightricks.model import LTXVModel
@@ -71,7 +71,7 @@ def run_group(patcher, ranks: int) -> dict:
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import current_group, shutdown_group
     from cfg_runtime.guidance.presets import standard_cfg
-    from support.tiny_models import tiny_conditioning, tiny_latent
+    from devkit.tiny_models import tiny_conditioning, tiny_latent
 
     shutdown_group()
     g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(size=ranks, devices=",".join(["cpu"] * ranks),

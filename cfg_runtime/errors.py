@@ -50,5 +50,10 @@ class JobInterrupted(CFGParallelError):
         self.step = step
 
 
+class PeerFailed(RuntimeError):
+    """Raised on a rank: another rank failed in this step, so this one leaves the job cleanly
+    (the parent reports the other rank's error, not this one)."""
+
+
 class ShippingError(CFGParallelError):
     """Something the job needs cannot be sent to the worker processes."""

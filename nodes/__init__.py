@@ -1,26 +1,46 @@
-"""ComfyUI-facing nodes: widgets in, runtime objects out. No engine logic here.
+"""ComfyUI-facing nodes (V3 API, comfy_api.latest.io): widgets in, runtime objects out.
 
 The mappings are plain literals so that ComfyUI-Manager's node scanner can read the node
-names from this file without importing it.
+names from this file without importing it. Every node is registered once, here (the pack
+defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and would ignore
+it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
+workflows load and run; search and the node library hide them.
 """
-from .cfg_parallel import CFGParallelModel
-from .group_status import CFGParallelGroupStatus
-from .guider import MultiBranchGuiderNode
-from .ltx2_sampler import LTX2Sampler
-from .policy_builder import CFGPolicyBuilder
+from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder
 
 NODE_CLASS_MAPPINGS = {
-    "CFGPolicyBuilder": CFGPolicyBuilder,
-    "MultiBranchGuider": MultiBranchGuiderNode,
-    "LTX2Sampler": LTX2Sampler,
-    "CFGParallelGroupStatus": CFGParallelGroupStatus,
-    "CFGParallel_Model": CFGParallelModel,
+    "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
+    "CFGParallelMultiGPU_LTX2VideoGuidance": policy_builder.LTX2VideoGuidance,
+    "CFGParallelMultiGPU_LTX2AudioGuidance": policy_builder.LTX2AudioGuidance,
+    "CFGParallelMultiGPU_MultiBranchGuider": guider.MultiBranchGuiderNode,
+    "CFGParallelMultiGPU_LTX2Sampler": ltx2_sampler.LTX2Sampler,
+    "CFGParallelMultiGPU_GroupStatus": group_status.CFGParallelGroupStatus,
+    "CFGParallelMultiGPU_Model": cfg_parallel.CFGParallelModel,
+    # deprecated ids (workflows saved before 0.2)
+    "CFGPolicyBuilder": policy_builder.LEGACY["CFGPolicyBuilder"],
+    "MultiBranchGuider": guider.LEGACY["MultiBranchGuider"],
+    "LTX2Sampler": ltx2_sampler.LEGACY["LTX2Sampler"],
+    "CFGParallelGroupStatus": group_status.LEGACY["CFGParallelGroupStatus"],
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "CFGParallelMultiGPU_PolicyBuilder": "CFGPolicy Builder",
+    "CFGParallelMultiGPU_LTX2VideoGuidance": "LTX-2 Video Guidance (CFG, STG, modality)",
+    "CFGParallelMultiGPU_LTX2AudioGuidance": "LTX-2 Audio Guidance (CFG, STG, modality)",
+    "CFGParallelMultiGPU_MultiBranchGuider": "Multi-Branch Guider",
+    "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
+    "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
+    "CFGParallelMultiGPU_Model": "CFG Parallel",
     "CFGPolicyBuilder": "CFGPolicy Builder",
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",
     "CFGParallelGroupStatus": "CFG Parallel Group Status",
-    "CFGParallel_Model": "CFG Parallel",
+}
+
+# Old id -> new id (the README's migration table; tests check both ids load).
+RENAMED = {
+    "CFGPolicyBuilder": "CFGParallelMultiGPU_PolicyBuilder",
+    "MultiBranchGuider": "CFGParallelMultiGPU_MultiBranchGuider",
+    "LTX2Sampler": "CFGParallelMultiGPU_LTX2Sampler",
+    "CFGParallelGroupStatus": "CFGParallelMultiGPU_GroupStatus",
 }

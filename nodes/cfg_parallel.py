@@ -17,7 +17,7 @@ from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_samp
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
-NODE_ID = "CFGParallel_Model"
+NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 CFGPolicyType = io.Custom("CFG_POLICY")

@@ -1,57 +1,63 @@
 """LTX2 Sampler: the whole LTX-2 job (one or two stages) in one node, on the worker group."""
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from cfg_runtime.adapters.guider import ParallelSettings
-from cfg_runtime.errors import PolicyError
 from cfg_runtime.adapters.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
+from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
-from .policy_builder import CATEGORY
+from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
+from .guider import parallel_inputs
+from .policy_builder import CFG_POLICY
 
 
-class LTX2Sampler:
+class LTX2Sampler(io.ComfyNode):
     """Stage 1 guided with the policy on the group; optional upsample + distilled stage 2 (cond only)."""
 
-    DESCRIPTION = ("Runs LTX-2 sampling in one node. Stage 1 evaluates the policy's branches (cond, negative, STG, "
-                   "modality) in parallel on the worker group. two_stage then upsamples the video latent, joins "
-                   "the stage-1 audio again and refines with stage2_model and the distilled sigmas. Stage 2 has "
-                   "one branch, so it runs on one rank while the others wait.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("LATENT", "LATENT")
-    RETURN_NAMES = ("latent", "stage1_latent")
-    OUTPUT_TOOLTIPS = ("The final audio+video latent.", "The stage-1 latent (before upsampling).")
-    FUNCTION = "sample"
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id=PREFIX + "LTX2Sampler",
+            display_name="LTX2 Sampler",
+            category=categories()["samplers"],
+            description=("Runs LTX-2 sampling in one node, on several GPUs. Stage 1 evaluates the policy's branches "
+                         "(cond, negative, STG, modality) in parallel on the worker group. two_stage then upsamples "
+                         "the video latent, joins the stage-1 audio again and refines with stage2_model and the "
+                         "distilled sigmas. Stage 2 has one branch, so it runs on one rank while the others wait."),
+            search_aliases=ALIASES_COMMON + ["LTX-2", "LTX2", "LTXV", "two stage", "audio video", "STG", "sampler"],
+            inputs=[
+                io.Model.Input("model", tooltip="LTX-2 (audio+video) or LTX-Video model for stage 1."),
+                io.Conditioning.Input("positive", tooltip=(
+                    "Positive conditioning (LTXVConditioning's positive): the cond, STG and modality passes.")),
+                io.Conditioning.Input("negative", tooltip=(
+                    "Negative conditioning (LTXVConditioning's negative): the CFG pass.")),
+                CFG_POLICY.Input("policy", tooltip="Usually the ltx2_multimodal preset of the CFGPolicy Builder."),
+                io.Latent.Input("latent", tooltip="Audio+video latent (LTXVConcatAVLatent) or a video latent."),
+                io.Sampler.Input("sampler", tooltip="The sampler of both stages, e.g. KSamplerSelect euler."),
+                io.Sigmas.Input("sigmas", tooltip="Stage-1 sigmas, e.g. LTXVScheduler with 40 steps (LTX-2.3: 30)."),
+                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the stage-1 noise (stage 2 adds noise from the same seed)."),
+                io.Combo.Input("mode", options=["one_stage", "two_stage"], default="one_stage", tooltip=(
+                    "one_stage: stage 1 only. two_stage: stage 1, x2 latent upsample, distilled stage-2 refine.")),
+                *parallel_inputs(),
+                io.String.Input("stage2_sigmas", default=", ".join(str(s) for s in DISTILLED_STAGE2_SIGMAS),
+                                tooltip="Sigmas of the distilled stage-2 refine (two_stage)."),
+                io.Model.Input("stage2_model", optional=True, tooltip=(
+                    "Stage-2 model (e.g. with the distilled LoRA); defaults to the stage-1 model.")),
+                io.LatentUpscaleModel.Input("upscale_model", optional=True,
+                                            tooltip="LTX-2 spatial upscaler (two_stage)."),
+                io.Vae.Input("vae", optional=True, tooltip="Video VAE, for the upsampler's normalisation (two_stage)."),
+            ],
+            outputs=[io.Latent.Output("final_latent", display_name="latent", tooltip="The final audio+video latent."),
+                     io.Latent.Output("stage1_latent_out", display_name="stage1_latent",
+                                      tooltip="The stage-1 latent (before upsampling).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "LTX-2 (audio+video) or LTX-Video model for stage 1."}),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "policy": ("CFG_POLICY", {"tooltip": "Usually the ltx2_multimodal preset of the CFGPolicy Builder."}),
-                "latent": ("LATENT", {"tooltip": "Audio+video latent (LTXVConcatAVLatent) or a video latent."}),
-                "sampler": ("SAMPLER",),
-                "sigmas": ("SIGMAS", {"tooltip": "Stage-1 sigmas, e.g. LTXVScheduler with 40 steps (LTX-2.3: 30)."}),
-                "noise_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-                "mode": (["one_stage", "two_stage"], {"default": "one_stage"}),
-                "parallel_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip":
-                                  "Ranks for stage 1 (up to one per branch is useful: 4 with the full LTX-2 policy)."}),
-                "devices": ("STRING", {"default": "", "tooltip": "Empty = first GPUs (CPU ranks without GPUs), "
-                                                                 "or e.g. 'cuda:0,cuda:1'."}),
-                "stage2_sigmas": ("STRING", {"default": ", ".join(str(s) for s in DISTILLED_STAGE2_SIGMAS),
-                                             "tooltip": "Sigmas of the distilled stage-2 refine."}),
-            },
-            "optional": {
-                "stage2_model": ("MODEL", {"tooltip": "Stage-2 model (e.g. with the distilled LoRA); "
-                                                      "defaults to the stage-1 model."}),
-                "upscale_model": ("LATENT_UPSCALE_MODEL", {"tooltip": "LTX-2 spatial upscaler (two_stage)."}),
-                "vae": ("VAE", {"tooltip": "Video VAE, for the upsampler's normalisation (two_stage)."}),
-            },
-        }
-
-    def sample(self, model, positive, negative, policy, latent, sampler, sigmas, noise_seed, mode, parallel_size,
-               devices, stage2_sigmas, stage2_model=None, upscale_model=None, vae=None):
+    def execute(cls, model, positive, negative, policy, latent, sampler, sigmas, noise_seed, mode, parallel_size,
+                devices, stage2_sigmas, stage2_model=None, upscale_model=None, vae=None) -> io.NodeOutput:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
@@ -59,4 +65,13 @@ class LTX2Sampler:
         settings.group_spec()  # a bad device request fails here, at any size, before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)
-        return (final, stage1)
+        return io.NodeOutput(final, stage1)
+
+    @classmethod
+    def sample(cls, *args, **kwargs):
+        """The classic call (a tuple), for code that calls the node directly."""
+        return tuple(cls.execute(*args, **kwargs).args)
+
+
+NODES = [LTX2Sampler]
+LEGACY = {"LTX2Sampler": deprecated_alias(LTX2Sampler, "LTX2Sampler")}

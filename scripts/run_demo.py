@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # devkit: a real ComfyUI server, tiny models
 
-from support.comfy_server import ComfyServer  # noqa: E402
-from support.tiny_models import build_tiny_ltxv  # noqa: E402
+from devkit.comfy_server import ComfyServer  # noqa: E402
+from devkit.tiny_models import build_tiny_ltxv  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "api" / "tiny_demo.json"
 

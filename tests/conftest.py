@@ -58,7 +58,7 @@ def tiny_ltxv_path(tiny_model_dir) -> Path:
     """A 2-layer LTXV file (safetensors) built with ComfyUI's own class (seed 0)."""
     if not comfyui_available():
         pytest.skip(f"ComfyUI not found at {COMFYUI_DIR}; run scripts/setup_env.sh or set COMFYUI_DIR")
-    from support.tiny_models import build_tiny_ltxv
+    from devkit.tiny_models import build_tiny_ltxv
 
     return build_tiny_ltxv(tiny_model_dir / TINY_LTXV_NAME, seed=0)
 
@@ -66,7 +66,7 @@ def tiny_ltxv_path(tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora_path(tiny_model_dir, tiny_ltxv_path) -> Path:
     """A rank-4 LoRA for the tiny LTXV (generic `diffusion_model.<module>.lora_up/down` keys)."""
-    from support.tiny_models import build_tiny_lora
+    from devkit.tiny_models import build_tiny_lora
 
     return build_tiny_lora(tiny_model_dir / TINY_LORA_NAME, tiny_ltxv_path, seed=1, rank=4)
 
@@ -110,7 +110,7 @@ def pytest_collection_modifyitems(session, config, items):
     start-up overlaps the in-process imports that follow (e.g. the repo-root package)."""
     global _early_server
     if _early_server is None and comfyui_available() and any("comfy_server" in getattr(i, "fixturenames", ()) for i in items):
-        from support.comfy_server import ComfyServer
+        from devkit.comfy_server import ComfyServer
 
         _early_server = ComfyServer()
         _early_server.start(wait=False)
@@ -125,12 +125,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def comfy_server(tiny_ltxv_path, tiny_lora_path):
-    """One real ComfyUI server for the session (a support.comfy_server.ComfyServer), with the
+    """One real ComfyUI server for the session (a devkit.comfy_server.ComfyServer), with the
     tiny model and LoRA installed as models/diffusion_models/tiny_ltxv.safetensors and
     models/loras/tiny_lora.safetensors, and custom_nodes/ linking this checkout (as
-    comfyui-cfg-parallel) and tests/comfy_test_nodes (as cfgp_test_nodes)."""
+    comfyui-cfg-parallel) and devkit/comfy_test_nodes (as cfgp_test_nodes)."""
     global _early_server
-    from support.comfy_server import ComfyServer
+    from devkit.comfy_server import ComfyServer
 
     server, _early_server = _early_server, None
     try:

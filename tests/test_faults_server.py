@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from support.comfy_server import ComfyServer, execution_error
+from devkit.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.sockets import established_peers, fd_targets, is_loopback, listening_sockets, pid_alive
 
@@ -630,7 +630,9 @@ def test_worker_killed_before_reading_its_job_leaks_no_fds(comfy_server):
     os.kill(pids[1], signal.SIGSTOP)  # rank 1 will never read the job...
     try:
         prompt_id = comfy_server.queue(demo_graph(steps=50))
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30  # until the job waits, unread, for rank 1
+        while pending_fd_dups(comfy_server.pid) <= dups_before and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         os.kill(pids[1], signal.SIGKILL)  # ...and dies with it unread
     entry = comfy_server.wait(prompt_id, timeout=60)

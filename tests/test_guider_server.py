@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from support.comfy_server import PromptRejected
-from support.tiny_models import tiny_ltxv_graph
+from devkit.comfy_server import PromptRejected
+from devkit.tiny_models import tiny_ltxv_graph
 
 pytestmark = pytest.mark.server
 
@@ -169,3 +169,41 @@ def test_progress_advances_per_step_at_size2(comfy_server):
 def _throttles_progress(server) -> bool:
     """Whether that ComfyUI's ProgressBar throttles its updates (0.29 does, 0.3.75 does not)."""
     return "PROGRESS_THROTTLE_MIN_INTERVAL" in (server.comfyui_dir / "comfy" / "utils.py").read_text()
+
+
+def test_a_first_parallel_prompt_says_what_it_waits_for(comfy_server):
+    """From the first second of a cold start: the sampler node's progress text says the workers
+    are starting and how many are ready, then that the ranks load the model, then that it
+    samples; the console names every rank that got ready."""
+    import struct
+
+    comfy_server.run({"1": {"class_type": "CFGParallelMultiGPU_GroupStatus", "inputs": {"shutdown": True}}})
+    client_id = "startup-text"
+    ws = comfy_server.ws_connect(client_id)
+    texts = []
+    try:
+        prompt_id = comfy_server.queue(guided_graph(2, nonce=33), client_id=client_id)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            raw = ws.recv()
+            if isinstance(raw, bytes):
+                if struct.unpack(">I", raw[:4])[0] == 3:  # BinaryEventTypes.TEXT: node id, then the text
+                    n = struct.unpack(">I", raw[4:8])[0]
+                    texts.append(raw[8 + n:].decode())
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data", {})
+            if msg["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                break
+    finally:
+        ws.close()
+    joined = "\n".join(texts)
+    print(joined)  # pytest -s: what the node showed
+    assert "starting 2 workers, 0/2 ready" in joined, texts
+    assert "2 workers ready in" in joined, texts
+    assert "loading the model" in joined and "model ready in" in joined, texts
+    assert texts.index(next(t for t in texts if "starting 2 workers" in t)) < \
+        texts.index(next(t for t in texts if "loading the model" in t)), texts
+    assert "sampled on 2 ranks" in texts[-1], texts
+    log = comfy_server.log_text()
+    assert "[rank 1]" in log or "rank 1 ready" in log, comfy_server.log_tail()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support.comfy_server import ComfyServer, execution_error
+from devkit.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
 from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, fd_count, history_messages,
@@ -150,6 +150,13 @@ def _wait_log(server, text: str, mark: int, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
+def _wait_for(condition, server, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline and server.alive(), server.log_tail()
+        time.sleep(0.02)
+
+
 def _interrupt_and_time(server, prompt_id: str) -> tuple[float, dict]:
     t0 = time.monotonic()
     server.interrupt()
@@ -165,7 +172,7 @@ def test_cancel_during_group_start_and_model_load_is_prompt_and_keeps_the_group(
         mark = len(comfy_server.log_text())
         first = comfy_server.queue(demo_graph(steps=3), client_id=progress.client_id)
         _wait_log(comfy_server, "cfg-parallel: starting 2 rank(s)", mark)
-        time.sleep(0.3)
+        _wait_for(lambda: len(worker_pids(comfy_server.pid)) == 2, comfy_server)  # both ranks spawned
         start_cancel_s, entry = _interrupt_and_time(comfy_server, first)
         assert history_messages(entry, "execution_interrupted"), entry["status"]
         assert "cfg-parallel group ready" not in comfy_server.log_text()[mark:], "cancelled too late to test"

@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.comfy_server import PromptRejected
-from support.tiny_models import tiny_ltxv_graph
+from devkit.comfy_server import PromptRejected
+from devkit.tiny_models import tiny_ltxv_graph
 
 LORA = "tiny_lora.safetensors"
 
 
 def test_tiny_ltxv_loads_in_process(tiny_ltxv_path):
-    from support.tiny_models import TINY_LTXV_CONFIG, forward_once, load_tiny_ltxv
+    from devkit.tiny_models import TINY_LTXV_CONFIG, forward_once, load_tiny_ltxv
 
     mp = load_tiny_ltxv(tiny_ltxv_path)
     dm = mp.model.diffusion_model
@@ -25,7 +25,7 @@ def test_tiny_ltxv_loads_in_process(tiny_ltxv_path):
 def test_tiny_lora_applies_in_process(tiny_ltxv_path, tiny_lora_path):
     import comfy.sd
     import comfy.utils
-    from support.tiny_models import TINY_LORA_TARGETS, forward_once, load_tiny_ltxv
+    from devkit.tiny_models import TINY_LORA_TARGETS, forward_once, load_tiny_ltxv
 
     mp = load_tiny_ltxv(tiny_ltxv_path)
     lora = comfy.utils.load_torch_file(str(tiny_lora_path))

@@ -361,7 +361,7 @@ def test_node_errors_in_process(model, conds, latent, files):
     for pol in (standard_cfg(3.0), policy(0, 0)):  # the node's own requirement comes first, whatever the policy
         with pytest.raises(PolicyError, match=r"^The LTX2 Sampler needs an LTX model .*this model is WAN21"):
             run_node(wan, conds, latent, pol=pol)
-    from support.tiny_models import build_tiny_ltxv, load_tiny_ltxv, tiny_conditioning
+    from devkit.tiny_models import build_tiny_ltxv, load_tiny_ltxv, tiny_conditioning
 
     ltxv = load_tiny_ltxv(build_tiny_ltxv(Path(files["model"]).parent / "tiny_ltxv.safetensors"))
     quiet = ModalityGuidance(cfg=3.0, stg=1.0, stg_blocks=(1,))
@@ -404,7 +404,7 @@ def test_parallel_equals_serial_bit_for_bit(model, conds, latent, one_thread, si
 
 @pytest.fixture(scope="module")
 def server(files):
-    from support.comfy_server import ComfyServer
+    from devkit.comfy_server import ComfyServer
 
     shutdown_group()  # the in-process group is not needed any more: free the cores
     front_end = tempfile.mkdtemp(prefix="cfgp_no_frontend_")  # 0.29 exits without its frontend package

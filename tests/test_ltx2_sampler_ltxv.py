@@ -92,7 +92,7 @@ def test_two_stage_needs_a_comfyui_with_the_upsampler(tiny_ltxv_path):
     from cfg_runtime.errors import PolicyError
     from cfg_runtime.adapters.ltx_pipeline import StagePlan, check_ltx_inputs
     from cfg_runtime.guidance.presets import standard_cfg
-    from support.tiny_models import load_tiny_ltxv, tiny_latent
+    from devkit.tiny_models import load_tiny_ltxv, tiny_latent
 
     if importlib.util.find_spec("comfy_extras.nodes_lt_upsampler") is not None:
         pytest.skip("this ComfyUI has LTXVLatentUpsampler (two-stage is tested in tests/test_ltx2_av.py)")

@@ -37,7 +37,7 @@ MEASURED: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ltxv_path):
     from support import tiny_ltx2 as t2
-    from support.comfy_server import ComfyServer
+    from devkit.comfy_server import ComfyServer
     from support.paths import ComfyUIMissing
 
     if not comfyui_available():
@@ -81,7 +81,7 @@ def parallel(g: dict, model: list, variant: str, tag: str, policy: list | None =
     inputs = {"model": model, "parallel_size": 1 if variant == "s1" else 2, "devices": "cpu"}
     if policy is not None:
         inputs["policy"] = policy
-    g[f"{tag}{variant}cp"] = {"class_type": "CFGParallel_Model", "inputs": inputs}
+    g[f"{tag}{variant}cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": inputs}
     return [f"{tag}{variant}cp", 0]
 
 
@@ -314,7 +314,7 @@ def test_unmappable_guider_is_refused(server):
 
 def test_cfg_function_patch_is_refused(server):
     g = ltxv_base()
-    g["cp"] = {"class_type": "CFGParallel_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
+    g["cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
                                                              "devices": "cpu"}}
     g["rs"] = {"class_type": "RescaleCFG", "inputs": {"model": ["cp", 0], "multiplier": 0.7}}  # after the node
     g["ks"] = ksampler(["rs", 0], ["lat", 0])
@@ -324,7 +324,7 @@ def test_cfg_function_patch_is_refused(server):
     g["rs"]["inputs"]["model"], g["cp"]["inputs"]["model"] = ["unet", 0], ["rs", 0]  # before the node
     g["ks"]["inputs"]["model"] = ["cp", 0]
     err = server.run_failing(g)
-    assert err.startswith("CFGParallel_Model") and "sampler_cfg_function" in err, err
+    assert err.startswith("CFGParallelMultiGPU_Model") and "sampler_cfg_function" in err, err
 
 
 def test_ltx2_policy_on_a_wan_model_is_refused_at_the_node(server):
@@ -334,14 +334,14 @@ def test_ltx2_policy_on_a_wan_model_is_refused_at_the_node(server):
         "zero_init_steps": 0, "video_cfg": 3.0, "video_stg": 1.0, "video_stg_blocks": "1", "video_modality": 3.0,
         "video_rescale": 0.7, "video_skip_step": 0, "audio_cfg": 7.0, "audio_stg": 1.0, "audio_stg_blocks": "1",
         "audio_modality": 3.0, "audio_rescale": 0.7, "audio_skip_step": 0, "custom_branches": "negative:negative:3.0"}}
-    g["cp"] = {"class_type": "CFGParallel_Model", "inputs": {"model": ["hims", 0], "parallel_size": 2,
+    g["cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {"model": ["hims", 0], "parallel_size": 2,
                                                              "devices": "cpu", "policy": ["pol", 0]}}
     g["ks"] = {"class_type": "KSampler", "inputs": {
         "model": ["cp", 0], "seed": 1, "steps": 2, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple",
         "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}}
     save(g, "o", ["ks", 0])
     err = server.run_failing(g)
-    assert err.startswith("CFGParallel_Model") and "needs an LTX model" in err, err
+    assert err.startswith("CFGParallelMultiGPU_Model") and "needs an LTX model" in err, err
 
 
 # --- several models held by the ranks --------------------------------------------------------------
@@ -366,7 +366,7 @@ def test_other_sampling_wrappers_are_refused(server):
     """EasyCache hooks the model through its own sampling wrappers, which would run in ComfyUI
     but not on the ranks: refused after the node (at sampling) and before it (at the node)."""
     g = ltxv_base()
-    g["cp"] = {"class_type": "CFGParallel_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
+    g["cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
                                                              "devices": "cpu"}}
     g["ec"] = {"class_type": "EasyCache", "inputs": {"model": ["cp", 0], "reuse_threshold": 0.2,
                                                      "start_percent": 0.15, "end_percent": 0.95, "verbose": False}}
@@ -377,4 +377,4 @@ def test_other_sampling_wrappers_are_refused(server):
     g["ec"]["inputs"]["model"], g["cp"]["inputs"]["model"], g["ks"]["inputs"]["model"] = ["unet", 0], ["ec", 0], \
         ["cp", 0]
     err = server.run_failing(g)
-    assert err.startswith("CFGParallel_Model") and "easycache" in err, err
+    assert err.startswith("CFGParallelMultiGPU_Model") and "easycache" in err, err

@@ -18,6 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PROVIDED_BY_COMFYUI = {"torch", "torchvision", "torchaudio", "safetensors", "numpy", "pillow"}
+NEW_IDS = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance",
+           "CFGParallelMultiGPU_LTX2AudioGuidance", "CFGParallelMultiGPU_MultiBranchGuider",
+           "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus", "CFGParallelMultiGPU_Model"}
+OLD_IDS = {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 
 
 def pyproject() -> dict:
@@ -37,19 +41,37 @@ def test_pyproject_is_registry_ready():
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
-    return any(path.startswith(p) if p.endswith("/") else fnmatch.fnmatch(path, p) for p in patterns)
+    """gitignore's rules for the patterns used here (comfy-cli reads .comfyignore with pathspec's
+    gitwildmatch): '/x' is anchored at the top, 'x' matches at any depth, 'x/' a folder."""
+    parts = path.split("/")
+    for pat in patterns:
+        anchored, folder = pat.startswith("/"), pat.endswith("/")
+        body = pat.strip("/")
+        starts = [0] if anchored or "/" in body else range(len(parts))
+        n = body.count("/") + 1
+        for i in starts:
+            candidate = "/".join(parts[i:i + n])
+            if fnmatch.fnmatch(candidate, body) and (not folder or i + n < len(parts)):
+                return True
+    return False
 
 
 def test_archive_holds_only_the_pack():
     patterns = [line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.splitlines()
     if not tracked:  # not a git checkout (e.g. an unpacked archive): judge the folder itself
         tracked = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts]
     shipped = {p for p in tracked if not _ignored(p, patterns)}
     top = {p.split("/")[0] for p in shipped}
-    assert {"__init__.py", "nodes", "cfg_runtime", "LICENSE", "pyproject.toml", "README.md"} <= top, top
-    assert not top & {"tests", "bench", "scripts", ".ci"}, top
+    assert {"__init__.py", "nodes", "cfg_runtime", "web", "example_workflows", "workflows", "LICENSE",
+            "pyproject.toml", "README.md"} <= top, top
+    assert not top & {"tests", "devkit", "bench", "scripts", ".ci", "docs"}, top
+    assert "workflows/build.py" not in shipped and "workflows/api/plain_cfg.json" in shipped
+    # every example workflow ships with its thumbnail, every node with its help page
+    examples = {p for p in shipped if p.startswith("example_workflows/")}
+    assert {p[:-5] for p in examples if p.endswith(".json")} == {p[:-4] for p in examples if p.endswith(".jpg")}
+    assert {f"web/docs/{n}.md" for n in NEW_IDS | OLD_IDS} <= shipped
 
 
 def test_node_mappings_are_literals_the_manager_scanner_reads():
@@ -63,4 +85,5 @@ def test_node_mappings_are_literals_the_manager_scanner_reads():
     classes = literal.get("NODE_CLASS_MAPPINGS")
     assert classes, "NODE_CLASS_MAPPINGS must be a dict literal in nodes/__init__.py"
     assert sorted(classes) == sorted(literal.get("NODE_DISPLAY_NAME_MAPPINGS") or [])
-    assert {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus", "CFGParallel_Model"} == set(classes)
+    assert NEW_IDS | OLD_IDS == set(classes)
+    assert "comfy_entrypoint" not in (REPO / "__init__.py").read_text()  # one registration path, no node twice

@@ -63,9 +63,9 @@ def server(tmp_path_factory, tiny_ltxv_path, tiny_lora_path):
     tiny models and inputs of this module."""
     from support import tiny_families as tf
     from support import tiny_ltx2 as t2
-    from support.comfy_server import ComfyServer
+    from devkit.comfy_server import ComfyServer
     from support.paths import ComfyUIMissing
-    from support.tiny_models import build_tiny_lora
+    from devkit.tiny_models import build_tiny_lora
 
     try:
         s = ComfyServer(env={"OMP_NUM_THREADS": "1"})

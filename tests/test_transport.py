@@ -8,7 +8,7 @@ import ctypes
 import pytest
 import torch
 
-from support.tiny_models import tiny_conditioning, tiny_latent, load_tiny_ltxv
+from devkit.tiny_models import tiny_conditioning, tiny_latent, load_tiny_ltxv
 
 
 def _guider(patcher, size: int):
@@ -97,7 +97,7 @@ def test_same_file_reloaded_is_not_sent_again(tiny_ltxv_path, group_down):
 def test_another_file_is_another_model(tiny_ltxv_path, tmp_path, group_down):
     """A different file (or the same path rewritten) gets another token and is sent."""
     import cfg_runtime.adapters.transport as cm
-    from support.tiny_models import build_tiny_ltxv
+    from devkit.tiny_models import build_tiny_ltxv
 
     first = load_tiny_ltxv(tiny_ltxv_path)
     _needs_recipe(first)

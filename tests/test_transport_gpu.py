@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.comfy_server import ComfyServer
+from devkit.comfy_server import ComfyServer
 from support.tiny_ltx2 import build_tiny_ltx_audio_vae, ltx2_sampler_graph, ltxav_available
 
 pytestmark = [pytest.mark.server, pytest.mark.slow,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from support.paths import NEEDS_029
-from support.tiny_models import load_tiny_ltxv, tiny_conditioning, tiny_latent
+from devkit.tiny_models import load_tiny_ltxv, tiny_conditioning, tiny_latent
 
 
 def _needs_quant():
@@ -24,7 +24,7 @@ def _needs_quant():
 def quant_paths(tiny_model_dir) -> dict:
     """The tiny LTXV with 10 Linear weights in scaled fp8, in both formats ComfyUI 0.29 reads."""
     _needs_quant()
-    from support.tiny_models import build_tiny_ltxv_quantized
+    from devkit.tiny_models import build_tiny_ltxv_quantized
 
     return {style: build_tiny_ltxv_quantized(tiny_model_dir / f"tiny_ltxv_{style}.safetensors", style=style)
             for style in ("comfy_quant", "scaled_fp8")}
@@ -79,7 +79,7 @@ def test_quantized_checkpoints_size2_equal_size1_and_a_reload_is_not_loaded_agai
     with a LoRA on its quantized layers."""
     import comfy.sd
     import comfy.utils
-    from support.tiny_models import build_tiny_lora
+    from devkit.tiny_models import build_tiny_lora
 
     lora = build_tiny_lora(tmp_path / "lora.safetensors", quant_paths["comfy_quant"])
     first = _load(quant_paths["comfy_quant"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.tiny_models import tiny_ltxv_graph
+from devkit.tiny_models import tiny_ltxv_graph
 
 pytestmark = pytest.mark.server
 

@@ -49,7 +49,15 @@ NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 OFFICIAL_LTX2 = {"ltx2_one_stage", "ltx2_two_stage"}  # the user workflows, at LTX-2's official settings
 LTX2_WORKFLOWS = OFFICIAL_LTX2 | {"tiny_ltx2_demo"}  # need LTX-2 audio+video core nodes (ComfyUI 0.29)
 # their models and nodes exist on the test server (tests/conftest.py installs them)
-RUNNABLE_AS_IS = {"tiny_demo"} | ({"tiny_ltx2_demo"} if has_ltx2_av() else set())
+RUNNABLE_AS_IS = {"tiny_demo", "tiny_status_demo"} | ({"tiny_ltx2_demo"} if has_ltx2_av() else set())
+EXAMPLE_NAMES = {"plain_cfg": "Plain CFG on two GPUs (any model)",
+                 "ltx2_one_stage": "LTX-2 one stage on four GPUs (multimodal guidance)",
+                 "ltx2_two_stage": "LTX-2 two stage on four GPUs (LTX2 Sampler)",
+                 "ksampler_cfg_parallel": "Add one node - KSampler on two GPUs",
+                 "wan22_two_experts": "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs"}  # name -> template file stem
+# The example workflows as 0.1 saved them (ids without the pack prefix): they must still load.
+LEGACY_DIR = Path(__file__).resolve().parent / "data" / "legacy_workflows"
+LEGACY_NAMES = sorted(p.stem for p in LEGACY_DIR.glob("*.json"))
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".sft", ".bin")
 
 
@@ -123,6 +131,8 @@ def node_def_from_schema(schema) -> NodeDef:
     for i in schema.inputs:
         section = "optional" if i.optional else "required"
         opts = {"control_after_generate": True} if i.control else {}
+        if i.socket:
+            opts["forceInput"] = True
         info["input"][section][i.name] = [i.type, opts]
         info["input_order"][section].append(i.name)
     return NodeDef(info)
@@ -285,21 +295,26 @@ def test_files_are_generated_from_the_description():
 
 def test_every_workflow_has_api_and_ui_versions():
     assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo", "tiny_ltx2_demo",
-                          "ksampler_cfg_parallel", "wan22_two_experts"}
+                          "tiny_status_demo", "ksampler_cfg_parallel", "wan22_two_experts"}
     assert NAMES == sorted(p.stem for p in (WORKFLOWS / "ui").glob("*.json"))
     # ComfyUI would list JSON files lying directly in workflows/ as templates of the pack.
     assert not list(WORKFLOWS.glob("*.json"))
 
 
 def test_example_workflows_are_the_ui_files():
+    """The template browser shows a custom pack's example by its file name (its title) and
+    ``<name>.jpg`` as its thumbnail: readable names, a thumbnail for each."""
     examples = sorted(EXAMPLES.glob("*.json"))
-    assert [p.stem for p in examples] == ["ksampler_cfg_parallel", "ltx2_one_stage", "ltx2_two_stage", "plain_cfg",
-                                          "wan22_two_experts"]
-    for p in examples:
+    assert sorted(p.stem for p in examples) == sorted(EXAMPLE_NAMES.values())
+    for name, title in EXAMPLE_NAMES.items():
+        p = EXAMPLES / f"{title}.json"
         assert not p.is_symlink(), f"{p} must be a real file (ComfyUI's static route refuses outside symlinks)"
-        assert p.read_bytes() == (WORKFLOWS / "ui" / p.name).read_bytes(), f"{p.name} differs from workflows/ui"
-    # The tiny demo needs the test-only node pack and the generated tiny model.
-    assert not (EXAMPLES / "tiny_demo.json").exists()
+        assert p.read_bytes() == (WORKFLOWS / "ui" / f"{name}.json").read_bytes(), f"{p.name} differs from workflows/ui"
+        assert json.loads(p.read_text())["extra"]["cfg_parallel"]["title"] == title
+        thumb = EXAMPLES / f"{title}.jpg"
+        assert thumb.is_file() and thumb.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumb.name}: no JPEG thumbnail"
+    # The tiny demos need the test-only node pack and the generated tiny model.
+    assert not [p for p in examples if "tiny" in p.stem.lower()]
 
 
 def test_tiny_demo_api_keeps_its_node_ids():
@@ -355,12 +370,18 @@ def test_ui_file_is_well_formed(name):
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_LTX2))
 def test_ltx2_workflows_use_the_official_defaults(name):
+    """The guidance nodes hold the official values from their one home (ModalityGuidance.official)."""
+    from cfg_runtime.guidance.ltx import ModalityGuidance
+
     prompt = load_api(name)
-    policy = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CFGPolicyBuilder")
+    policy = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CFGParallelMultiGPU_PolicyBuilder")
     assert policy["preset"] == "ltx2_multimodal"
-    assert {k: policy[f"video_{k}"] for k in ("cfg", "stg", "stg_blocks", "modality", "rescale", "skip_step")} == \
-        {"cfg": 3.0, "stg": 1.0, "stg_blocks": "29", "modality": 3.0, "rescale": 0.7, "skip_step": 0}
-    assert policy["audio_cfg"] == 7.0 and policy["audio_stg_blocks"] == "29"
+    for key, official in zip(("video", "audio"), ModalityGuidance.official("2.0")):
+        node = prompt[policy[key][0]]
+        assert node["class_type"] == f"CFGParallelMultiGPU_LTX2{key.capitalize()}Guidance"
+        got = node["inputs"]
+        assert ModalityGuidance(cfg=got["cfg"], stg=got["stg"], stg_blocks=[int(b) for b in got["stg_blocks"].split(",")],
+                                modality=got["modality"], rescale=got["rescale"], skip_step=got["skip_step"]) == official
     sched = next(n["inputs"] for n in prompt.values() if n["class_type"] == "LTXVScheduler")
     assert sched["steps"] == 40
     video = next(n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLTXVLatentVideo")
@@ -494,14 +515,20 @@ def tiny_variant(prompt: dict, object_info: dict, nonce: int, steps: int = 3) ->
                 inp[f"{m}_stg_blocks"], inp[f"{m}_modality"] = "1", 1.0
             for k in ("cfg", "stg", "rescale", "skip_step"):
                 inp[f"audio_{k}"] = inp[f"video_{k}"]
-        elif ct in ("MultiBranchGuider", "LTX2Sampler"):
+        elif ct in ("CFGParallelMultiGPU_LTX2VideoGuidance", "CFGParallelMultiGPU_LTX2AudioGuidance"):
+            inp["stg_blocks"], inp["modality"] = "1", 1.0
+        elif ct in ("MultiBranchGuider", "LTX2Sampler", "CFGParallelMultiGPU_MultiBranchGuider", "CFGParallelMultiGPU_LTX2Sampler"):
             inp["parallel_size"] = 2
-            if ct == "LTX2Sampler":
+            if ct.endswith("LTX2Sampler"):
                 inp["mode"] = "one_stage"  # two_stage needs an LTX-2 upscaler and VAE
                 for k in ("stage2_model", "upscale_model", "vae"):
                     inp.pop(k, None)
         elif ct in ("BasicScheduler", "LTXVScheduler"):
             inp["steps"] = steps
+    videos = [n["inputs"] for n in p.values() if n["class_type"] == "CFGParallelMultiGPU_LTX2VideoGuidance"]
+    for n in p.values():  # LTX-Video has no audio: the audio parameters follow the video ones
+        if n["class_type"] == "CFGParallelMultiGPU_LTX2AudioGuidance" and videos:
+            n["inputs"].update({k: videos[0][k] for k in ("cfg", "stg", "rescale", "skip_step")})
     # LTXVConcatAVLatent (LTX-2 only): its consumers take the video latent directly.
     for nid, node in list(p.items()):
         if node["class_type"] == "LTXVConcatAVLatent":
@@ -510,7 +537,8 @@ def tiny_variant(prompt: dict, object_info: dict, nonce: int, steps: int = 3) ->
                 for k, v in other["inputs"].items():
                     if v == [nid, 0]:
                         other["inputs"][k] = video
-    sampler_id = next(nid for nid, n in p.items() if n["class_type"] in ("SamplerCustomAdvanced", "LTX2Sampler"))
+    sampler_id = next(nid for nid, n in p.items()
+                      if n["class_type"] in ("SamplerCustomAdvanced", "LTX2Sampler", "CFGParallelMultiGPU_LTX2Sampler"))
     keep, todo = set(), [sampler_id]
     while todo:
         nid = todo.pop()
@@ -566,3 +594,109 @@ def test_tiny_variant_runs(name, comfy_server, object_info):
     prompt, save_id = tiny_variant(load_api(name), object_info, nonce=zlib.crc32(name.encode()) % 10_000 + 100)
     entry = comfy_server.run(prompt, timeout=240)
     _check_latent(comfy_server, entry, save_id)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_workflows_saved_with_the_old_ids_still_resolve(name, object_info):
+    """Workflows saved before the ids got their pack prefix (tests/data/legacy_workflows: the
+    0.1 example files) name CFGPolicyBuilder, MultiBranchGuider, LTX2Sampler: those ids are
+    still served (deprecated, so search hides them), with the same widgets."""
+    ui = json.loads((LEGACY_DIR / f"{name}.json").read_text())
+    used = {n["type"] for n in ui["nodes"]} - build.VIRTUAL_TYPES
+    old = used & {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
+    assert old, f"{name} holds no old id"
+    for node_type in old:
+        assert object_info[node_type]["deprecated"] is True
+    missing = used - set(object_info)
+    assert missing <= (set() if has_ltx2_av() else build.LTX2_CORE_TYPES), missing
+    defs = Defs(object_info)
+    problems, _ = validate_api(ui_to_api(ui, defs), defs)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.server
+def test_tiny_status_demo_saves_the_timeline(comfy_server):
+    """Two ranks, then the Group Status in the same prompt: the text names both ranks and their
+    branches, the timeline image has one row per rank and is saved by SaveImage."""
+    from PIL import Image
+
+    prompt = load_api("tiny_status_demo")
+    for node in prompt.values():  # fresh conditioning: the sampler runs (ComfyUI cannot answer from its cache)
+        if node["class_type"] == "CFGPTestConditioning":
+            node["inputs"]["nonce"] = zlib.crc32(b"status") % 10_000 + 7
+    entry = comfy_server.run(prompt, timeout=300)
+    status_id = next(nid for nid, n in prompt.items() if n["class_type"] == "CFGParallelMultiGPU_GroupStatus")
+    save_id = next(nid for nid, n in prompt.items() if n["class_type"] == "SaveImage")
+    text = entry["outputs"][status_id]["text"][0]
+    assert "rank 0:" in text and "rank 1:" in text and "cond×4" in text and "negative×4" in text, text
+    assert entry["outputs"][status_id]["images"], "the node shows the timeline itself"
+    saved = entry["outputs"][save_id]["images"][0]
+    path = comfy_server.output_dir / saved.get("subfolder", "") / saved["filename"]
+    img = Image.open(path)
+    assert img.width == 1024 and img.height > 150
+
+
+@pytest.mark.server
+def test_status_read_in_the_prompt_keeps_the_model_loaded(comfy_server):
+    """Group Status with 'after' on the sampler: queueing it alone (what "queue selected output
+    nodes" sends: the status node and everything upstream of it) keeps the loader's output in
+    ComfyUI's cache, so the next parallel prompt finds the model loaded on every rank."""
+    prompt = load_api("tiny_status_demo")
+    status_id = next(nid for nid, n in prompt.items() if n["class_type"] == "CFGParallelMultiGPU_GroupStatus")
+
+    def with_nonce(p, nonce):
+        p = copy.deepcopy(p)
+        for node in p.values():
+            if node["class_type"] == "CFGPTestConditioning":
+                node["inputs"]["nonce"] = nonce
+        return p
+
+    def upstream(p, nid):
+        keep, todo = set(), [nid]
+        while todo:
+            n = todo.pop()
+            if n not in keep:
+                keep.add(n)
+                todo += [v[0] for v in p[n]["inputs"].values() if isinstance(v, list)]
+        return {k: v for k, v in p.items() if k in keep}
+
+    base = zlib.crc32(b"keep-loaded") % 10_000 + 20_000
+    comfy_server.run(with_nonce(prompt, base), timeout=300)  # loads the model on the ranks (if not already)
+    only_status = comfy_server.run(upstream(with_nonce(prompt, base), status_id), timeout=120)
+    assert "rank 1:" in only_status["outputs"][status_id]["text"][0]
+    again = comfy_server.run(with_nonce(prompt, base + 1), timeout=300)  # new conditioning: the sampler runs
+    text = again["outputs"][status_id]["text"][0]
+    assert "cond×4" in text and "negative×4" in text, text
+    assert "model loaded for this job" not in text, text
+
+
+@pytest.mark.server
+def test_a_status_only_prompt_then_the_model_is_not_loaded_again(comfy_server):
+    """Group Status queued on its own (nothing upstream): ComfyUI drops the loader's output and
+    loads the file again for the next prompt. On 0.29 the loader leaves a recipe, so the ranks
+    recognise the same file with the same options and keep the model (and, patches compared by
+    content, the patched model) they hold. On 0.3.75 a reloaded model has no identity but the
+    Python object, so the ranks load it again (README, Group Status)."""
+    from support.paths import comfyui_version
+
+    if not comfyui_version().startswith("0.29"):
+        pytest.skip(f"{NEEDS_029} 0.3.75's loaders leave no recipe: a reloaded file is a new model there")
+    prompt = load_api("tiny_status_demo")
+    status_id = next(nid for nid, n in prompt.items() if n["class_type"] == "CFGParallelMultiGPU_GroupStatus")
+
+    def with_nonce(nonce):
+        p = copy.deepcopy(prompt)
+        for node in p.values():
+            if node["class_type"] == "CFGPTestConditioning":
+                node["inputs"]["nonce"] = nonce
+        return p
+
+    base = zlib.crc32(b"status-alone") % 10_000 + 40_000
+    comfy_server.run(with_nonce(base), timeout=300)
+    alone = {status_id: {"class_type": prompt[status_id]["class_type"], "inputs": {"shutdown": False}}}
+    comfy_server.run(alone, timeout=120)
+    again = comfy_server.run(with_nonce(base + 1), timeout=300)
+    text = again["outputs"][status_id]["text"][0]
+    assert "cond×4" in text and "negative×4" in text, text
+    assert "model loaded for this job" not in text, text

@@ -8,15 +8,17 @@ Each graph in graphs.py is written twice, from the same objects, so the two cann
 - ``workflows/api/<name>.json``: API format (the body of POST /prompt under "prompt");
 - ``workflows/ui/<name>.json``: what the web graph saves (LiteGraph 0.4: nodes with pos,
   size, inputs/outputs, widgets_values; links; groups; a Note node).
-Graphs marked ``example=True`` are also copied to ``example_workflows/`` (where ComfyUI's
-template browser looks for a custom node pack's examples). Those are generated copies,
+Graphs marked ``example=True`` are also copied to ``example_workflows/<title>.json`` (where
+ComfyUI's template browser looks for a custom node pack's examples; it shows the file name as
+the card's title and ``<title>.jpg`` beside it as the thumbnail). Those are generated copies,
 not symlinks: ComfyUI serves that folder with aiohttp's static route, which refuses files
 whose real path lies outside the folder, and symlinks break on Windows checkouts and in
 registry archives.
 
 The node schemas below (input order, sockets vs widgets, output types) are what the
 layout needs; tests/test_workflows.py checks them against a live server's /object_info.
-Standard library only: runs without ComfyUI or torch.
+This file is standard library only; graphs.py reads the official LTX-2 values from
+cfg_runtime.guidance.ltx (torch), so run it with the project's Python (.venv/bin/python).
 """
 from __future__ import annotations
 
@@ -37,7 +39,11 @@ PACK_ID = "comfyui-cfg-parallel"  # [project] name in pyproject.toml (the regist
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Nodes that exist only in the web frontend (never in /object_info, never in a prompt).
 VIRTUAL_TYPES = {"Note", "MarkdownNote"}
-PACK_TYPES = {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus", "CFGParallel_Model"}
+PACK_TYPES = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance", "CFGParallelMultiGPU_LTX2AudioGuidance",
+              "CFGParallelMultiGPU_MultiBranchGuider", "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus",
+              "CFGParallelMultiGPU_Model",
+              # the ids before 0.2 (deprecated aliases; the tiny demo keeps them)
+              "CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 # Core node types of LTX-2-era ComfyUI (audio+video LTX) that ComfyUI 0.3.75 lacks.
 LTX2_CORE_TYPES = {"LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVEmptyLatentAudio", "LTXVConcatAVLatent",
                    "LTXVSeparateAVLatent", "LTXVAudioVAEDecode", "LTXVLatentUpsampler"}
@@ -46,6 +52,7 @@ LTX2_CORE_TYPES = {"LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVEmptyLat
 # ---------------------------------------------------------------------------------------
 # Node schemas: "name:TYPE" in the server's input order; "?" = optional input; "!" = the
 # frontend adds a "control after generate" value after this widget. Outputs: (name, type).
+# "^" = a widget type taken as a socket only (forceInput).
 # Output nodes list no outputs (newer ComfyUI adds pass-through outputs; unused here).
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -54,10 +61,11 @@ class Input:
     type: str
     optional: bool = False
     control: bool = False
+    socket: bool = False  # a widget type the node takes as a socket only (forceInput)
 
     @property
     def is_widget(self) -> bool:
-        return any(t in WIDGET_TYPES for t in self.type.split(","))
+        return not self.socket and any(t in WIDGET_TYPES for t in self.type.split(","))
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,9 @@ class Schema:
         for tok in inputs.split():
             optional = tok.startswith("?")
             control = tok.endswith("!")
-            name, typ = tok.strip("?!").split(":")
-            parsed.append(Input(name, typ, optional, control))
+            socket = tok.endswith("^")
+            name, typ = tok.strip("?!^").split(":")
+            parsed.append(Input(name, typ, optional, control, socket))
         return cls(tuple(parsed), tuple(outputs))
 
     def input(self, name: str) -> Input:
@@ -144,7 +153,28 @@ SCHEMAS: dict[str, Schema] = {
     "LTXVConcatAVLatent": _s("video_latent:LATENT audio_latent:LATENT", ("latent", "LATENT")),
     "LTXVSeparateAVLatent": _s("av_latent:LATENT", ("video_latent", "LATENT"), ("audio_latent", "LATENT")),
     "LTXVAudioVAEDecode": _s("samples:LATENT audio_vae:VAE", ("Audio", "AUDIO")),
+    "PrimitiveStringMultiline": _s("value:STRING", ("STRING", "STRING")),
     # this pack
+    "CFGParallelMultiGPU_PolicyBuilder": _s(
+        "preset:COMBO cfg:FLOAT guidance_rescale:FLOAT cfg_zero_star:BOOLEAN zero_init_steps:INT "
+        "?video:CFGP_LTX2_VIDEO_GUIDANCE ?audio:CFGP_LTX2_AUDIO_GUIDANCE ?custom_branches:STRING^",
+        ("policy", "CFG_POLICY"), ("branches", "STRING")),
+    "CFGParallelMultiGPU_LTX2VideoGuidance": _s(
+        "cfg:FLOAT stg:FLOAT stg_blocks:STRING modality:FLOAT rescale:FLOAT skip_step:INT",
+        ("video", "CFGP_LTX2_VIDEO_GUIDANCE")),
+    "CFGParallelMultiGPU_LTX2AudioGuidance": _s(
+        "cfg:FLOAT stg:FLOAT stg_blocks:STRING modality:FLOAT rescale:FLOAT skip_step:INT",
+        ("audio", "CFGP_LTX2_AUDIO_GUIDANCE")),
+    "CFGParallelMultiGPU_MultiBranchGuider": _s(
+        "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
+        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING", ("GUIDER", "GUIDER")),
+    "CFGParallelMultiGPU_LTX2Sampler": _s(
+        "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
+        "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
+        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
+        ("latent", "LATENT"), ("stage1_latent", "LATENT")),
+    "CFGParallelMultiGPU_GroupStatus": _s("shutdown:BOOLEAN ?after:*", ("status", "STRING"), ("timeline", "IMAGE")),
+    # this pack, the ids before 0.2 (deprecated aliases, still registered; the tiny demo uses them)
     "CFGPolicyBuilder": _s(
         "preset:COMBO cfg:FLOAT guidance_rescale:FLOAT cfg_zero_star:BOOLEAN zero_init_steps:INT "
         "video_cfg:FLOAT video_stg:FLOAT video_stg_blocks:STRING video_modality:FLOAT video_rescale:FLOAT "
@@ -159,13 +189,14 @@ SCHEMAS: dict[str, Schema] = {
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
-    "CFGParallel_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY", ("MODEL", "MODEL")),
-    # test-only node pack (tests/comfy_test_nodes)
+    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY",
+                                    ("MODEL", "MODEL")),
+    # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
 }
 
 # Widgets whose text area the frontend draws taller than one line (multiline STRING).
-MULTILINE = {("CLIPTextEncode", "text"), ("CFGPolicyBuilder", "custom_branches")}
+MULTILINE = {("CLIPTextEncode", "text"), ("CFGPolicyBuilder", "custom_branches"), ("PrimitiveStringMultiline", "value")}
 
 # ---------------------------------------------------------------------------------------
 # Graph description
@@ -450,12 +481,17 @@ def dumps(obj) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
-def load_graphs_module():
-    """Import workflows/graphs.py; its ``from build import Graph`` gets this very module
+GRAPH_FILES = ("graphs.py", "graphs_model_node.py")  # each defines all_graphs()
+
+
+def load_graphs_module(file: str = "graphs.py"):
+    """Import workflows/<file>; its ``from build import Graph`` gets this very module
     (whatever else is called ``build`` on sys.path, e.g. PyPA's build tool)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("cfgp_workflow_graphs", HERE / "graphs.py")
+    if str(REPO) not in sys.path:  # graphs.py imports cfg_runtime (the official LTX-2 values)
+        sys.path.append(str(REPO))
+    spec = importlib.util.spec_from_file_location(f"cfgp_workflow_{Path(file).stem}", HERE / file)
     mod = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("build")
     sys.modules["build"] = sys.modules[__name__]
@@ -472,14 +508,14 @@ def load_graphs_module():
 def rendered_files(graphs=None) -> dict[Path, str]:
     """Every file this script owns -> its content."""
     if graphs is None:
-        graphs = load_graphs_module().all_graphs()
+        graphs = [g for file in GRAPH_FILES for g in load_graphs_module(file).all_graphs()]
     files = {}
     for g in graphs:
         files[API_DIR / f"{g.name}.json"] = dumps(g.to_api())
         ui = dumps(g.to_ui())
         files[UI_DIR / f"{g.name}.json"] = ui
         if g.example:
-            files[EXAMPLES_DIR / f"{g.name}.json"] = ui
+            files[EXAMPLES_DIR / f"{g.title}.json"] = ui
     return files
 
 

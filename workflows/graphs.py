@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from build import Graph
 
+from cfg_runtime.guidance.ltx import ModalityGuidance
+
 GUIDANCE = "CFG parallel (this pack)"
 GREEN, BLUE, PURPLE, BROWN, GREY = "#8A8", "#3f789e", "#a1309b", "#b06634", "#88A"
 
@@ -22,21 +24,49 @@ POSITIVE_VIDEO = ("A red fox trots through fresh snow at golden hour, its breath
 NEGATIVE_VIDEO = "blurry, low quality, still frame, watermark, text, distorted audio, noise"
 
 
+# The official LTX-2 guidance values, from their one home in the runtime.
+OFFICIAL_VIDEO, OFFICIAL_AUDIO = ModalityGuidance.official("2.0")
+STANDARD_DEFAULTS = {"cfg": 4.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0}
+
+
+def modality_values(d: ModalityGuidance, **overrides) -> dict:
+    """The widgets of an LTX-2 Video/Audio Guidance node for the parameters ``d``."""
+    values = {"cfg": d.cfg, "stg": d.stg, "stg_blocks": ",".join(str(b) for b in d.stg_blocks),
+              "modality": d.modality, "rescale": d.rescale, "skip_step": d.skip_step}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise KeyError(f"LTX-2 guidance nodes have no widget(s) {sorted(unknown)}")
+    return {**values, **overrides}
+
+
 def policy_values(preset: str, **overrides) -> dict:
-    """Every widget of the CFGPolicy Builder, at the node's defaults (the official LTX-2 ones)."""
-    values = {
-        "preset": preset, "cfg": 4.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0,
-        "video_cfg": 3.0, "video_stg": 1.0, "video_stg_blocks": "29", "video_modality": 3.0, "video_rescale": 0.7,
-        "video_skip_step": 0,
-        "audio_cfg": 7.0, "audio_stg": 1.0, "audio_stg_blocks": "29", "audio_modality": 3.0, "audio_rescale": 0.7,
-        "audio_skip_step": 0,
-        "custom_branches": "negative:negative:3.0",
-    }
+    """The widgets of the CFGPolicy Builder (CFGParallelMultiGPU_PolicyBuilder) at its defaults."""
+    unknown = set(overrides) - set(STANDARD_DEFAULTS)
+    if unknown:
+        raise KeyError(f"CFGParallelMultiGPU_PolicyBuilder has no widget(s) {sorted(unknown)}")
+    return {"preset": preset, **STANDARD_DEFAULTS, **overrides}
+
+
+def legacy_policy_values(preset: str, **overrides) -> dict:
+    """Every widget of the deprecated CFGPolicyBuilder id (all presets on one node)."""
+    values = {"preset": preset, **STANDARD_DEFAULTS,
+              **{f"video_{k}": v for k, v in modality_values(OFFICIAL_VIDEO).items()},
+              **{f"audio_{k}": v for k, v in modality_values(OFFICIAL_AUDIO).items()},
+              "custom_branches": "negative:negative:3.0"}
     unknown = set(overrides) - set(values)
     if unknown:
         raise KeyError(f"CFGPolicyBuilder has no widget(s) {sorted(unknown)}")
     values.update(overrides)
     return values
+
+
+def ltx2_policy(g: Graph, video: dict | None = None, audio: dict | None = None, w: int = 340):
+    """LTX-2 Video Guidance + LTX-2 Audio Guidance chained into a CFGPolicy Builder (ltx2_multimodal)."""
+    v = g.node("CFGParallelMultiGPU_LTX2VideoGuidance", title="LTX-2 Video Guidance", w=w,
+               **(video or modality_values(OFFICIAL_VIDEO)))
+    a = g.node("CFGParallelMultiGPU_LTX2AudioGuidance", title="LTX-2 Audio Guidance", w=w,
+               **(audio or modality_values(OFFICIAL_AUDIO)))
+    return g.node("CFGParallelMultiGPU_PolicyBuilder", w=w, **policy_values("ltx2_multimodal"), video=v.out(), audio=a.out())
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,8 +106,8 @@ def plain_cfg() -> Graph:
     noise = g.node("RandomNoise", w=360, noise_seed=0)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
-    guider = g.node("MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=7.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
                     keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -167,7 +197,7 @@ Settings
 
 
 def ltx2_one_stage() -> Graph:
-    g = Graph("ltx2_one_stage", "LTX-2 one stage, multimodal guidance on four GPUs")
+    g = Graph("ltx2_one_stage", "LTX-2 one stage on four GPUs (multimodal guidance)")
     g.column(0).group(None)
     g.note(ONE_STAGE_NOTE, w=440, h=900)
     ckpt, audio_vae, cond, av, sampler, sigmas = _ltx2_inputs(g)
@@ -175,8 +205,8 @@ def ltx2_one_stage() -> Graph:
     noise = g.node("RandomNoise", w=320, noise_seed=0)
 
     g.column(3).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("ltx2_multimodal"))
-    guider = g.node("MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    policy = ltx2_policy(g)
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                     negative=cond.out("negative"), policy=policy.out("policy"), parallel_size=4, devices="",
                     plan="cost_balanced", keep_model_loaded=True, step_timeout_s=600.0)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
@@ -189,7 +219,7 @@ def ltx2_one_stage() -> Graph:
 
 
 def ltx2_two_stage() -> Graph:
-    g = Graph("ltx2_two_stage", "LTX-2 two stage with the LTX2 Sampler")
+    g = Graph("ltx2_two_stage", "LTX-2 two stage on four GPUs (LTX2 Sampler)")
     g.column(0).group(None)
     g.note(TWO_STAGE_NOTE, w=440, h=960)
     ckpt, audio_vae, cond, av, sampler, sigmas = _ltx2_inputs(g)
@@ -199,9 +229,9 @@ def ltx2_two_stage() -> Graph:
     upscaler = g.node("LatentUpscaleModelLoader", title="Spatial upscaler x2", w=320, model_name=LTX2_UPSCALER)
 
     g.column(3).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values("ltx2_multimodal"))
+    policy = ltx2_policy(g)
     g.node("PreviewAny", title="Branches of the policy", w=340, h=140, source=policy.out("branches"))
-    ltx = g.node("LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
+    ltx = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=ckpt.out("MODEL"), positive=cond.out("positive"),
                  negative=cond.out("negative"), policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(),
                  sigmas=sigmas.out(), noise_seed=0, mode="two_stage", parallel_size=4, devices="",
                  stage2_sigmas=STAGE2_SIGMAS, stage2_model=stage2.out(), upscale_model=upscaler.out(),
@@ -219,7 +249,7 @@ TINY DEMO (runs on a CPU)
 
 The README's demo command sends the API version of this graph (workflows/api/tiny_demo.json) to ComfyUI with POST /prompt.
 
-It needs what the project's test suite provides: a 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors, built by tests/support/tiny_models.py) and the test-only node CFGP Test Conditioning (tests/comfy_test_nodes: random text embeddings, since no text encoder is tiny). In a normal ComfyUI those two show up as missing.
+It needs what the project's test suite provides: a 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors, built by devkit/tiny_models.py) and the test-only node CFGP Test Conditioning (devkit/comfy_test_nodes: random text embeddings, since no text encoder is tiny). In a normal ComfyUI those two show up as missing.
 
 Settings
 - CFGPolicy Builder: ltx2_multimodal with STG on block 1 of the tiny model, modality 1 (LTX-Video has no audio) and rescale 0.7: three branches per step (cond, negative, STG-perturbed).
@@ -247,7 +277,7 @@ def tiny_demo() -> Graph:
     noise = g.node("RandomNoise", id=5, w=320, noise_seed=42)
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", id=12, w=340, **policy_values(
+    policy = g.node("CFGPolicyBuilder", id=12, w=340, **legacy_policy_values(
         "ltx2_multimodal", cfg=3.0, video_stg_blocks="1", video_modality=1.0, audio_cfg=3.0, audio_stg_blocks="1",
         audio_modality=1.0, custom_branches="negative:negative:2.0"))
     guider = g.node("MultiBranchGuider", id=7, w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
@@ -297,11 +327,11 @@ def tiny_ltx2_demo() -> Graph:
     av = g.node("LTXVConcatAVLatent", w=320, video_latent=video.out(), audio_latent=audio.out())
 
     g.column(2).group(GUIDANCE, GREEN)
-    policy = g.node("CFGPolicyBuilder", w=340, **policy_values(
-        "ltx2_multimodal", cfg=3.0, video_stg_blocks="1", audio_stg_blocks="1"))
+    policy = ltx2_policy(g, video=modality_values(OFFICIAL_VIDEO, stg_blocks="1"),
+                         audio=modality_values(OFFICIAL_AUDIO, stg_blocks="1"))
     sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
     sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=3, denoise=1.0)
-    sample = g.node("LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+    sample = g.node("CFGParallelMultiGPU_LTX2Sampler", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
                     policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(), sigmas=sigmas.out(),
                     noise_seed=42, mode="one_stage", parallel_size=2, devices="", stage2_sigmas=STAGE2_SIGMAS)
 
@@ -314,86 +344,53 @@ def tiny_ltx2_demo() -> Graph:
     return g
 
 
-# ---------------------------------------------------------------------------------------
-# 4. One node in the graphs users already have (CFG Parallel: MODEL -> MODEL)
-# ---------------------------------------------------------------------------------------
-KSAMPLER_NOTE = """
-ADD ONE NODE TO YOUR GRAPH: KSAMPLER ON TWO GPUs
+TINY_STATUS_NOTE = """
+TINY PARALLEL PROMPT WITH THE GROUP STATUS (runs on a CPU)
 
-The usual text-to-image graph with one node more: CFG Parallel between the loader and KSampler. Every sampling of that model then runs its two CFG branches (positive and negative) at the same time on two GPUs; the result equals one-GPU sampling bit for bit (and ComfyUI's own CFG up to float rounding: ComfyUI batches both branches in one forward).
+Plain CFG (cond + negative) on two worker ranks with the pack's current node ids, then the CFG Parallel Group Status in the same prompt: its 'after' input takes the sampler's latent, so it reports the job just run, and its timeline output (one row per rank: forward per branch, idle, exchange per step) is saved as an image.
+
+It needs what the project's test suite provides: the 2-layer LTX-Video model (models/diffusion_models/tiny_ltxv.safetensors) and the test-only node CFGP Test Conditioning. In a normal ComfyUI those show up as missing.
 
 Settings
-- CFG Parallel: parallel_size 2, devices empty = the first two GPUs (or e.g. cuda:0,cuda:2). Place it after the loader and any LoRA / ModelSampling nodes. The policy input is optional: left empty, the guidance is the sampler's own (its cfg, positive and negative).
-- KSampler: any sampler and scheduler; cfg 1 has one branch only (nothing to run in parallel).
-- The workers keep the model loaded between prompts.
+- CFGPolicy Builder: standard_cfg, cfg 3: two branches per step (cond, negative).
+- Multi-Branch Guider: parallel_size 2, devices empty: two GPUs, or two CPU ranks (gloo) without GPUs; one branch per rank.
+- 4 steps, euler, simple schedule, seed 7; 64x64, 9 frames.
+- Output: the latent (SaveLatent) and the timeline picture (SaveImage) under output/cfg_parallel/.
 """
 
 
-def ksampler_cfg_parallel() -> Graph:
-    g = Graph("ksampler_cfg_parallel", "Add one node: KSampler on two GPUs")
-    g.column(0).group(None).note(KSAMPLER_NOTE, w=420, h=520)
-    g.column(1).group("Model and prompt", BLUE)
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
-                 text="a red fox in fresh snow at golden hour, detailed fur, 85mm photograph")
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
-                 text="blurry, low quality, watermark, text")
-    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=1)
-    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallel_Model", title="CFG Parallel", w=320, model=ckpt.out("MODEL"), parallel_size=2,
-                   devices="")
-    g.group("Sampling", PURPLE)
-    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler",
-                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
-    g.column(3).group("Decode and save", BROWN)
-    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
-    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/ksampler")
-    return g
+def tiny_status_demo() -> Graph:
+    g = Graph("tiny_status_demo", "Tiny parallel prompt with the Group Status (CPU, test models)", example=False)
+    g.column(0).group(None)
+    g.note(TINY_STATUS_NOTE, w=400, h=640)
 
+    g.column(1).group("Tiny model, random prompts", BLUE)
+    unet = g.node("UNETLoader", title="Tiny LTX-Video model", w=320, unet_name="tiny_ltxv.safetensors",
+                  weight_dtype="default")
+    pos = g.node("CFGPTestConditioning", title="Positive (random)", w=320, seed=1, tokens=8, channels=32, nonce=0)
+    neg = g.node("CFGPTestConditioning", title="Negative (random)", w=320, seed=2, tokens=8, channels=32, nonce=0)
+    g.group("Latent and noise", GREY)
+    latent = g.node("EmptyLTXVLatentVideo", w=320, width=64, height=64, length=9, batch_size=1)
+    noise = g.node("RandomNoise", w=320, noise_seed=7)
 
-WAN22_NOTE = """
-WAN 2.2 TEXT-TO-VIDEO, TWO EXPERTS, EACH ON TWO GPUs
-
-ComfyUI's Wan 2.2 14B template (the variant without the 4-step LoRA) with one CFG Parallel node behind each expert's ModelSamplingSD3: the high-noise expert samples steps 0-10 of 20 and hands its leftover noise to the low-noise expert for steps 10-20. Each sampling runs its positive and negative branch at the same time on two GPUs; the result equals one-GPU sampling bit for bit.
-
-Settings
-- The workers hold both experts at once (within CFG_PARALLEL_MODEL_BUDGET_GB, default half the host memory): alternating between them does not reload, in this prompt or the next.
-- Both CFG Parallel nodes need the same parallel_size and devices (one worker group).
-- With the 4-step LoRA and cfg 1 there is one branch per step: nothing to run in parallel.
-"""
-
-
-def wan22_two_experts() -> Graph:
-    g = Graph("wan22_two_experts", "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs")
-    g.column(0).group(None).note(WAN22_NOTE, w=420, h=560)
-    g.column(1).group("Models and prompt", BLUE)  # as ComfyUI's template "Text to Video (Wan 2.2)"
-    clip = g.node("CLIPLoader", w=380, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
-    vae = g.node("VAELoader", w=380, vae_name="wan_2.1_vae.safetensors")
-    experts = [g.node("UNETLoader", title=f"{n} noise expert", w=380, unet_name=f"wan2.2_t2v_{n.lower()}_noise_14B_fp8"
-                      f"_scaled.safetensors", weight_dtype="default") for n in ("High", "Low")]
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=380, h=150, clip=clip.out(), text=POSITIVE_VIDEO)
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=380, h=120, clip=clip.out(), text=NEGATIVE_VIDEO)
-    latent = g.node("EmptyHunyuanLatentVideo", w=380, width=1280, height=704, length=81, batch_size=1)
     g.column(2).group(GUIDANCE, GREEN)
-    models = []
-    for unet in experts:
-        shifted = g.node("ModelSamplingSD3", w=320, model=unet.out(), shift=8.0)
-        models.append(g.node("CFGParallel_Model", title="CFG Parallel", w=320, model=shifted.out(), parallel_size=2,
-                             devices=""))
-    g.column(3).group("Sampling: high noise, then low noise", PURPLE)
-    common = dict(steps=20, cfg=3.5, sampler_name="euler", scheduler="simple", positive=pos.out(), negative=neg.out())
-    high = g.node("KSamplerAdvanced", w=320, model=models[0].out(), add_noise="enable", noise_seed=0,
-                  latent_image=latent.out(), start_at_step=0, end_at_step=10, return_with_leftover_noise="enable",
-                  **common)
-    low = g.node("KSamplerAdvanced", w=320, model=models[1].out(), add_noise="disable", noise_seed=0,
-                 latent_image=high.out(), start_at_step=10, end_at_step=10000, return_with_leftover_noise="disable",
-                 **common)
-    g.column(4).group("Decode and save", BROWN)
-    frames = g.node("VAEDecode", w=300, samples=low.out(), vae=vae.out()).out()
-    video = g.node("CreateVideo", w=300, h=110, fps=16.0, images=frames)
-    g.node("SaveVideo", w=300, video=video.out(), filename_prefix="cfg_parallel/wan22", format="auto", codec="auto")
+    policy = g.node("CFGParallelMultiGPU_PolicyBuilder", w=340, **policy_values("standard_cfg", cfg=3.0))
+    guider = g.node("CFGParallelMultiGPU_MultiBranchGuider", w=340, model=unet.out(), positive=pos.out(), negative=neg.out(),
+                    policy=policy.out("policy"), parallel_size=2, devices="", plan="cost_balanced",
+                    keep_model_loaded=True, step_timeout_s=600.0)
+    g.group("Sampling", PURPLE)
+    sampler = g.node("KSamplerSelect", w=340, sampler_name="euler")
+    sigmas = g.node("BasicScheduler", w=340, model=unet.out(), scheduler="simple", steps=4, denoise=1.0)
+    sample = g.node("SamplerCustomAdvanced", w=340, noise=noise.out(), guider=guider.out(), sampler=sampler.out(),
+                    sigmas=sigmas.out(), latent_image=latent.out())
+
+    g.column(3).group("Status and save", BROWN)
+    g.node("SaveLatent", w=460, samples=sample.out("output"), filename_prefix="cfg_parallel/tiny_status_demo")
+    status = g.node("CFGParallelMultiGPU_GroupStatus", w=460, h=520, shutdown=False, after=sample.out("output"))
+    g.node("SaveImage", title="Save the timeline", w=460, h=260, images=status.out("timeline"),
+           filename_prefix="cfg_parallel/group_timeline")
     return g
 
 
 def all_graphs() -> list[Graph]:
-    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo(), tiny_ltx2_demo(),
-            ksampler_cfg_parallel(), wan22_two_experts()]
+    return [plain_cfg(), ltx2_one_stage(), ltx2_two_stage(), tiny_demo(), tiny_ltx2_demo(), tiny_status_demo()]

@@ -20,6 +20,7 @@ from ..group.shipping import check_shippable
 from ..guidance.policy import CFGPolicy
 from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
+from .progress_text import ProgressText
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
@@ -98,22 +99,25 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
     job = _job(call, settings, route)
     interrupted = comfy.model_management.processing_interrupted
+    text = ProgressText(spec.world_size)
     try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
-        group = get_group(spec, interrupt_requested=interrupted)
+        group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
     except JobInterrupted:
         raise comfy.model_management.InterruptProcessingException()
 
     def on_progress(payload: dict) -> None:
+        if "step" in payload:
+            text.show(f"cfg-parallel: sampling on {spec.world_size} ranks")
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
     if route.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
         job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
     try:
-        result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
+        result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted, on_phase=text)
         if isinstance(result.value, MissingModel):  # a rank lost it (restarted, dropped): send it once
             job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
-            result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted)
+            result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted, on_phase=text)
     except JobInterrupted:
         # the ranks finish loading this model in the background (or already hold it); a wrong
         # guess costs one MissingModel round trip on the next prompt
@@ -121,4 +125,5 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
             _resident[group] = tuple(t for t in resident_models(group) if t != route.token) + (route.token,)
         raise comfy.model_management.InterruptProcessingException()
     _record_residency(group, result)
+    text.show(f"cfg-parallel: sampled on {spec.world_size} ranks in {result.seconds:.1f} s")
     return result.value, result

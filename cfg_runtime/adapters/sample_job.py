@@ -2,6 +2,8 @@
 dispatcher bound to the group, report what the rank did and which model it now holds."""
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,27 @@ def _all_hold(ctx, holds: bool) -> bool:
     return not gathered.failed_ranks
 
 
+def _size_text(shipment: ModelShipment) -> str:
+    if shipment.base_model is not None:
+        size = sum(t.numel() * t.element_size() for t in shipment.base_model.state_dict().values())
+        return f"{size / 2**30:.2f} GB from shared memory"
+    files = [a for a in shipment.recipe[1] if isinstance(a, str) and os.path.isfile(a)]
+    return f"{sum(os.path.getsize(f) for f in files) / 2**30:.2f} GB from {os.path.basename(files[0])}" if files \
+        else "from its loader"
+
+
+def _load(ctx, cache: ModelCache, shipment: ModelShipment):
+    """The rank's patcher for the shipment, telling the parent (ctx.phase) while a model loads."""
+    carried = shipment.base_model is not None or shipment.recipe is not None
+    if carried:
+        ctx.phase(f"loading the model ({_size_text(shipment)})")
+    t0 = time.monotonic()
+    patcher, reloaded = cache.patcher_for(shipment, ctx.device)
+    if carried or reloaded:
+        ctx.phase(f"model ready in {time.monotonic() - t0:.1f} s")
+    return patcher, reloaded
+
+
 @dataclass(frozen=True)
 class ComfySampleJob:
     """One sample() of a guider, executed identically on every rank."""
@@ -88,7 +111,7 @@ class ComfySampleJob:
         if not carries_base and not _all_hold(ctx, cache.holds(self.shipment.base_token)):
             ctx.summary.update(resident_model=None, **cache.report())
             return MissingModel(self.shipment.base_token) if ctx.rank == 0 else None
-        patcher, reloaded = cache.patcher_for(self.shipment, ctx.device)
+        patcher, reloaded = _load(ctx, cache, self.shipment)
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
         guider = BranchGuider(patcher, self.policy)
         guider.original_conds = dict(self.conds)

@@ -196,9 +196,22 @@ def _recipe_model(model_patcher, token: str):
     return model
 
 
+_PATCH_DIGESTS: dict = {}  # (patches_uuid, count) -> digest of those weight patches' contents
+
+
 def patches_token(model_patcher) -> str:
-    """Changes whenever the weight patches or the object patches (their contents) change."""
-    return f"{model_patcher.patches_uuid}:{len(model_patcher.patches)}:{fingerprint(model_patcher.object_patches)}"
+    """What the weight patches and object patches are, by content: a patcher that ComfyUI built
+    again with the same LoRAs and the same ModelSampling has the same token, so the ranks keep
+    the patched model they hold (ComfyUI gives every patcher a new patches_uuid; the content
+    digest is computed once per patches_uuid)."""
+    key = (model_patcher.patches_uuid, len(model_patcher.patches))
+    digest = _PATCH_DIGESTS.get(key)
+    if digest is None:
+        digest = fingerprint(model_patcher.patches) if model_patcher.patches else "none"
+        if len(_PATCH_DIGESTS) >= 64:
+            _PATCH_DIGESTS.clear()
+        _PATCH_DIGESTS[key] = digest
+    return f"{digest}:{fingerprint(model_patcher.object_patches)}"
 
 
 def _unpicklable_keys(obj: Any, prefix: str) -> list[str]:

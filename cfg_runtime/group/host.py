@@ -151,7 +151,7 @@ def make_store_dir() -> str:
             f"folder), then queue the prompt again.") from None
 
 
-def release_uncollected_handles() -> None:
+def release_uncollected_handles(timeout_s: float = 2.0) -> None:
     """Close the shared-memory fds that a dead rank never collected from this process.
 
     Tensors sent through a pipe wait in multiprocessing's resource sharer until the
@@ -161,7 +161,7 @@ def release_uncollected_handles() -> None:
     try:
         from multiprocessing import resource_sharer
 
-        resource_sharer.stop(timeout=2.0)
+        resource_sharer.stop(timeout=timeout_s)
     except Exception as exc:  # best effort
         log.debug("cfg-parallel: could not release pending handles: %s", exc)
 

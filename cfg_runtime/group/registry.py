@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import Callable
 
+from .protocol import Phase
+
 from ..errors import GroupStartError
 from .handle import WorkerGroup
 from .host import check_host_memory
@@ -17,10 +19,14 @@ _current: WorkerGroup | None = None
 _current_lock = threading.Lock()
 
 
-def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = None) -> WorkerGroup:
+def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = None,
+              on_phase: Callable[[Phase], None] | None = None) -> WorkerGroup:
     """The running group for `spec`, starting (or restarting) it when needed, and done with any
     interrupted job. An interrupt while waiting raises JobInterrupted and keeps the group (still
-    starting, or finishing that job) for the next prompt."""
+    starting, or finishing that job) for the next prompt. on_phase gets the start-up phases (the
+    group's SPAWNING and READY, each rank's STARTED, TORCH, JOINED, READY) and, while an
+    interrupted job is finished first, that job's phases; an exception it raises leaves the group
+    as an interrupt does."""
     global _current
     with _current_lock:
         for _ in range(2):  # a fault found while settling an interrupted job: one fresh start
@@ -36,10 +42,10 @@ def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = 
                 _current = group = None
             if group is None:
                 group = WorkerGroup(spec)
-                group.spawn()
+                group.spawn(on_phase)
                 _current = group
-            group.await_ready(interrupt_requested)
-            group.settle(interrupt_requested)
+            group.await_ready(interrupt_requested, on_phase)
+            group.settle(interrupt_requested, on_phase)
             leak = group.fd_leak() if group.alive() else ""
             if leak:
                 log.warning("cfg-parallel: %s; restarting the group before it runs out of fds", leak)
@@ -68,4 +74,4 @@ def shutdown_group() -> None:
             _current = None
 
 
-atexit.register(shutdown_group)
+atexit.register(shutdown_group)  # the registry's group lives until exit; a group made elsewhere has a finalizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import GroupConfigError, clip
 
@@ -26,9 +27,23 @@ class GroupSpec:
     # After an interrupt, return to ComfyUI after this long and let the ranks finish in the background:
     detach_after_s: float = 0.25  # before the first step (start-up, model load: the ranks stop only later)
     detach_mid_sampling_s: float = 1.0  # mid-sampling (the ranks normally stop within the step in flight)
+    first_error_grace_s: float = 10.0  # after a rank's job error, for the others to report it before a teardown
+    # Teardown: ask the ranks to exit, then SIGTERM, then SIGKILL, each after a grace.
+    shutdown_grace_s: float = 3.0  # for the ranks to exit after Shutdown (a clean teardown)
+    fault_shutdown_grace_s: float = 0.5  # the same in a teardown after a fault (a rank may be hung)
+    terminate_grace_s: float = 3.0  # after SIGTERM, before SIGKILL
+    kill_wait_s: float = 5.0  # to reap a rank after SIGKILL
+    handle_release_s: float = 2.0  # for multiprocessing's resource sharer to stop after a fault
+    poll_s: float = 0.05  # how often a wait looks at the interrupt flag
+    parent_poll_s: float = 1.0  # how often a rank checks that its parent lives (read when it starts)
     worker_init: str = ""  # "module:function" called with the device name before the first job
     fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
+
+    DURATIONS: ClassVar[tuple[str, ...]] = (  # every field in seconds, each checked to be positive
+        "start_timeout_s", "step_timeout_s", "load_timeout_s", "collective_timeout_s", "interrupt_grace_s",
+        "detach_after_s", "detach_mid_sampling_s", "first_error_grace_s", "shutdown_grace_s", "fault_shutdown_grace_s",
+        "terminate_grace_s", "kill_wait_s", "handle_release_s", "poll_s", "parent_poll_s")
 
     @property
     def world_size(self) -> int:
@@ -45,41 +60,43 @@ _CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
 BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
 
 
-def parse_devices(text: str, size: int, backend: str = "") -> tuple[str, ...]:
-    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + size -> validated device tuple."""
+def parse_devices(text: str, world_size: int, backend: str = "") -> tuple[str, ...]:
+    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + world_size -> validated device tuple."""
     import torch
 
-    if not isinstance(size, int) or size < 1:
-        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {size!r}.")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {world_size!r}.")
     if not isinstance(text, str):
         raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
     names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
     if not names or names == ["auto"]:
         n_gpu = torch.cuda.device_count()
-        if n_gpu >= size:
-            names = [f"cuda:{i}" for i in range(size)]
+        if n_gpu >= world_size:
+            names = [f"cuda:{i}" for i in range(world_size)]
         elif n_gpu == 0:
             cores = os.cpu_count() or 1
-            if size > cores:
+            if world_size > cores:
                 raise GroupConfigError(
-                    f"Parallel size {size} would start {size} CPU ranks on a machine with no GPU and {cores} cores "
-                    f"(each rank loads torch and the model). Use at most {cores}, or write devices 'cpu' to insist.")
-            names = ["cpu"] * size
+                    f"Parallel size {world_size} would start {world_size} CPU ranks on a machine with no GPU and "
+                    f"{cores} cores (each rank loads torch and the model). Use at most {cores}, or write devices "
+                    f"'cpu' to insist.")
+            names = ["cpu"] * world_size
         else:
             raise GroupConfigError(
-                f"Parallel size {size} asks for {size} GPUs but this machine has {n_gpu}. Lower the parallel size "
-                f"to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the CPU).")
+                f"Parallel size {world_size} asks for {world_size} GPUs but this machine has {n_gpu}. Lower the "
+                f"parallel size to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the "
+                f"CPU).")
     elif names == ["cpu"]:
-        names = ["cpu"] * size
+        names = ["cpu"] * world_size
     for name in names:
         if name == "cuda":
             raise GroupConfigError("Write CUDA devices with their index, e.g. 'cuda:0,cuda:1'.")
         if name != "cpu" and not _CUDA_NAME.fullmatch(name):
             raise GroupConfigError(f"Unknown device {clip(name, 40)}: write 'cpu' or 'cuda:N' with N in digits 0-9, "
                                    f"e.g. 'cuda:0,cuda:1'.")
-    if len(names) != size:
+    if len(names) != world_size:
         listed = clip(", ".join(names), 80) if len(names) <= 64 else f"{len(names)} names"
-        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {size}: "
+        raise GroupConfigError(f"{len(names)} device(s) listed ({listed}) but parallel size is {world_size}: "
                                f"list exactly one device per rank, or leave devices empty for automatic choice.")
     kinds = {n.split(":")[0] for n in names}
     if len(kinds) > 1:

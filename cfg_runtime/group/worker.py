@@ -2,6 +2,9 @@
 
 Started by WorkerGroup through multiprocessing 'spawn' with a neutral __main__, so a
 worker never executes ComfyUI's main.py. It exits when its parent dies (death pipe).
+The messages it sends and reads are in ``protocol``; this module imports torch only once
+it has reported that its process runs (Phase STARTED), so start-up is visible from the
+first second.
 """
 from __future__ import annotations
 
@@ -10,16 +13,23 @@ import pickle
 import shutil
 import sys
 import threading
-import traceback
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import JobInterrupted
-from ..parallel.exchange import CollectiveExchange, Exchange
+from .protocol import (Done, Failure, Interrupted, Job, JobFailed, Phase, Progress, Ready, Result, Shutdown, Stage,
+                       StartFailed)
+from .rank_io import Outbox, forward_logs
 from .rank_os import KEEP_LISTENER_ENV, close_gloo_listener, raise_fd_limit, use_pid_named_mp_tempdir
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..parallel.exchange import Exchange
+
+__all__ = ["KEEP_LISTENER_ENV", "RankContext", "WorkerConfig", "worker_main"]
 
 _mp_dir: list[str] = []  # this rank's multiprocessing folder, removed when the parent dies
 
@@ -37,6 +47,12 @@ class WorkerConfig:
     threads: int
     env: tuple[tuple[str, str], ...] = ()
     init: str = ""  # "module:function(device)" run before the process group forms
+    spawned_at: float = 0.0  # the parent's time.time() at spawn (same host): start-up phases count from it
+    parent_poll_s: float = 1.0  # how often the rank checks that its parent lives
+
+
+def _no_phase(text: str, done: int | float | None, total: int | float | None) -> None:
+    return None
 
 
 @dataclass
@@ -45,15 +61,22 @@ class RankContext:
 
     rank: int
     world_size: int
-    device: torch.device
-    exchange: Exchange
+    device: "torch.device"
+    exchange: "Exchange"
     cache: dict
-    emit: Callable[[Any], None]
+    emit: Callable[[Any], None]  # progress payload -> the caller's on_progress (sent from rank 0 only)
     stop_requested: Callable[[], bool]
     summary: dict = field(default_factory=dict)
+    send_phase: Callable[[str, int | float | None, int | float | None], None] = _no_phase
+
+    def phase(self, text: str, done: int | float | None = None, total: int | float | None = None) -> None:
+        """Tell the caller what this rank is doing now (e.g. "loading the model on rank 1 (4.2 GB)"):
+        a Phase(rank, Stage.JOB, text, done, total) reaches the on_phase of the run, from any rank."""
+        self.send_phase(text, done, total)
 
 
-def _watch_parent(death_conn, store_dir: str) -> None:
+# --- start-up ---------------------------------------------------------------------------
+def _watch_parent(death_conn, store_dir: str, poll_s: float) -> None:
     """Exit at once when the parent dies: its end of the death pipe closes, or (should a
     forked grandchild keep that end open) this process gets a new parent. The
     rendezvous folder is removed on the way out: a killed parent cannot do it."""
@@ -62,7 +85,7 @@ def _watch_parent(death_conn, store_dir: str) -> None:
     def run() -> None:
         try:
             while os.getppid() == parent:
-                if death_conn.poll(1.0):
+                if death_conn.poll(poll_s):
                     death_conn.recv()  # EOF when the parent is gone; nothing else is ever sent
         except (EOFError, OSError):
             pass
@@ -73,98 +96,145 @@ def _watch_parent(death_conn, store_dir: str) -> None:
     threading.Thread(target=run, name="cfgp-parent-watch", daemon=True).start()
 
 
-
-def _failure(exc: BaseException, rank: int) -> dict:
-    from ..parallel.dispatch import PeerFailed
-
-    return {
-        "rank": rank,
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-6000:],
-        "peer": isinstance(exc, PeerFailed),
-    }
-
-
-def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
-    """Process entry: init, handshake, job loop."""
-    import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
-
-    _watch_parent(death_conn, os.path.dirname(config.store_path))
+def _prepare_process(config: WorkerConfig, death_conn, outbox: Outbox) -> None:
+    """What the process needs before anything can fail: die with the parent, own temp folder,
+    fd limit, environment, and its log records on their way to the parent."""
+    _watch_parent(death_conn, os.path.dirname(config.store_path), config.parent_poll_s)
     path = use_pid_named_mp_tempdir()  # not in the parent's folder, where a killed rank's socket stayed
     if path is not None:
         _mp_dir.append(path)
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
-    try:
-        import torch.distributed as dist
+    forward_logs(outbox)
+    outbox.startup_phase(Stage.STARTED, f"rank {config.rank} process started (pid {os.getpid()})")
 
-        device = torch.device(config.device)
-        if config.init:
-            import importlib
 
-            module, _, func = config.init.partition(":")
-            getattr(importlib.import_module(module), func)(config.device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        else:
-            torch.set_num_threads(max(1, config.threads))
-        store = dist.FileStore(config.store_path, config.world_size)
-        dist.init_process_group(config.backend, store=store, rank=config.rank, world_size=config.world_size,
-                                timeout=timedelta(seconds=config.collective_timeout_s),
-                                **({"device_id": device} if device.type == "cuda" else {}))
-        dist.barrier()
-        listener_closed = False
-        if config.backend == "gloo" and os.environ.get(KEEP_LISTENER_ENV) != "1":
-            listener_closed = close_gloo_listener()
-            dist.barrier()  # the pairs still work without the port
-        exchange = CollectiveExchange(config.rank, config.world_size)
-    except BaseException as exc:  # report, then exit: the parent turns this into a clear error
-        conn.send(("start_error", _failure(exc, config.rank)))
-        sys.exit(1)
+def _run_init(config: WorkerConfig) -> None:
+    if config.init:
+        import importlib
 
-    conn.send(("ready", {"rank": config.rank, "pid": os.getpid(), "device": str(device),
-                         "backend": config.backend, "torch": torch.__version__,
-                         "gloo_listener_closed": listener_closed}))
-    cache: dict = {}
+        module, _, func = config.init.partition(":")
+        getattr(importlib.import_module(module), func)(config.device)
 
-    def emit(payload: Any) -> None:
-        if config.rank == 0:
-            conn.send(("progress", payload))
 
-    while True:
+def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "Exchange", bool]:
+    """Import torch, run the init hook, join the process group; (device, exchange, gloo port closed)."""
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
+
+    from ..parallel.exchange import CollectiveExchange
+
+    outbox.startup_phase(Stage.TORCH, f"rank {config.rank} imported torch {torch.__version__}")
+    device = torch.device(config.device)
+    _run_init(config)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, config.threads))
+    store = dist.FileStore(config.store_path, config.world_size)
+    dist.init_process_group(config.backend, store=store, rank=config.rank, world_size=config.world_size,
+                            timeout=timedelta(seconds=config.collective_timeout_s),
+                            **({"device_id": device} if device.type == "cuda" else {}))
+    dist.barrier()
+    listener_closed = False
+    if config.backend == "gloo" and os.environ.get(KEEP_LISTENER_ENV) != "1":
+        listener_closed = close_gloo_listener()
+        dist.barrier()  # the pairs still work without the port
+    outbox.startup_phase(Stage.JOINED, f"rank {config.rank} joined the process group ({config.backend}, "
+                                       f"{config.world_size} ranks)")
+    return device, CollectiveExchange(config.rank, config.world_size), listener_closed
+
+
+def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool) -> None:
+    import torch
+
+    seconds = round(time.time() - config.spawned_at, 3)
+    outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s")
+    outbox.send(Ready(config.rank, os.getpid(), str(device), config.backend, torch.__version__, listener_closed,
+                      seconds))
+
+
+# --- jobs -------------------------------------------------------------------------------
+@dataclass
+class _Rank:
+    """This rank once joined: what every job gets."""
+
+    config: WorkerConfig
+    outbox: Outbox
+    device: Any
+    exchange: Any
+    stop_event: Any
+    cache: dict = field(default_factory=dict)
+
+    def context(self, job_id: int) -> RankContext:
+        rank, outbox, started = self.config.rank, self.outbox, time.monotonic()
+
+        def emit(payload: Any) -> None:
+            if rank == 0:
+                outbox.send(Progress(job_id, payload))
+
+        def send_phase(text: str, done, total) -> None:
+            outbox.send(Phase(rank, Stage.JOB, str(text), done, total, job_id, round(time.monotonic() - started, 3)))
+
+        return RankContext(rank, self.config.world_size, self.device, self.exchange, self.cache, emit,
+                           stop_requested=self.stop_event.is_set, send_phase=send_phase)
+
+    def run(self, message: Job) -> None:
+        """Run one job and send its outcome (Result, Done, Interrupted or JobFailed)."""
+        import torch
+
+        rank = self.config.rank
+        first = not self.cache.get("jobs_unpacked")
+        self.outbox.send(Phase(rank, Stage.JOB, "unpacking the job" + (" (the first one also imports its libraries)"
+                                                                       if first else ""), job_id=message.job_id))
         try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            break
-        if message[0] == "shutdown":
-            break
-        if message[0] != "job":
-            continue
-        _, job_id, blob = message
-        try:
-            job = pickle.loads(blob)
+            job = pickle.loads(message.blob)
+            self.cache["jobs_unpacked"] = True
         except Exception as exc:  # a job that cannot be rebuilt here
-            conn.send(("job_error", {"job": job_id, **_failure(exc, config.rank)}))
-            continue
-        ctx = RankContext(config.rank, config.world_size, device, exchange, cache, emit,
-                          stop_requested=stop_event.is_set)
+            self.outbox.send(JobFailed(message.job_id, Failure.of(exc, rank)))
+            return
+        ctx = self.context(message.job_id)
         try:
             with torch.inference_mode():  # as ComfyUI runs its nodes (some samplers rely on it)
                 value = job.run(ctx)
-            if config.rank == 0:
-                conn.send(("result", {"job": job_id, "value": value, "summary": ctx.summary}))
-            else:
-                conn.send(("done", {"job": job_id, "summary": ctx.summary}))
+            done = Result(message.job_id, rank, value, ctx.summary) if rank == 0 else \
+                Done(message.job_id, rank, ctx.summary)
+            self.outbox.send(done)
         except JobInterrupted as exc:
-            conn.send(("interrupted", {"job": job_id, "step": exc.step, "summary": ctx.summary}))
+            self.outbox.send(Interrupted(message.job_id, rank, exc.step, ctx.summary))
         except BaseException as exc:
-            conn.send(("job_error", {"job": job_id, **_failure(exc, config.rank)}))
-        finally:
-            job = blob = None  # drop references to shared tensors before the next job
+            self.outbox.send(JobFailed(message.job_id, Failure.of(exc, rank)))
+
+    def serve(self, conn) -> None:
+        """Run jobs until Shutdown or the parent's end of the pipe closes."""
+        while True:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            if isinstance(message, Shutdown):
+                return
+            if isinstance(message, Job):
+                self.run(message)
+            message = None  # drop references to shared tensors before the next job
+
+
+def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
+    """Process entry: prepare, join the group, report ready, serve jobs, leave."""
+    outbox = Outbox(conn, config.rank, config.spawned_at)
+    _prepare_process(config, death_conn, outbox)
     try:
+        device, exchange, listener_closed = _join_group(config, outbox)
+    except BaseException as exc:  # report, then exit: the parent turns this into a clear error
+        outbox.send(StartFailed(Failure.of(exc, config.rank)))
+        sys.exit(1)
+    _report_ready(config, outbox, device, listener_closed)
+    _Rank(config, outbox, device, exchange, stop_event).serve(conn)
+    try:
+        import torch.distributed as dist
+
         dist.destroy_process_group()
     except Exception:
         pass
-

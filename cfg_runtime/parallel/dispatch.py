@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import JobInterrupted, PredictionError
+from ..errors import JobInterrupted, PeerFailed, PredictionError
 from .exchange import Exchange, LocalExchange
 from .plan import BranchPlan, make_plan
 from ..guidance.policy import CFGBranch, CFGPolicy, CombineContext
@@ -22,13 +22,13 @@ log = logging.getLogger("cfg_parallel")
 Evaluate = Callable[[CFGBranch], torch.Tensor]
 
 
-class PeerFailed(RuntimeError):
-    """Another rank failed in this step; this rank leaves the job cleanly."""
-
-
 @dataclass
 class DispatchStats:
-    """What this rank did: forwards per branch, evaluations, idle evaluations."""
+    """What this rank did: forwards per branch, evaluations, idle evaluations, and per
+    evaluation ``timeline`` rows (step, this rank's branch names, forward_s, exchange_s);
+    the first MAX_TIMELINE evaluations are kept (Group Status draws them)."""
+
+    MAX_TIMELINE = 4096
 
     forwards: dict = field(default_factory=dict)
     evaluations: int = 0
@@ -36,11 +36,18 @@ class DispatchStats:
     forward_s: float = 0.0
     exchange_s: float = 0.0
     combine_s: float = 0.0
+    timeline: list = field(default_factory=list)
+
+    def record(self, step: int, branches: tuple[str, ...], forward_s: float, exchange_s: float) -> None:
+        self.forward_s += forward_s
+        self.exchange_s += exchange_s
+        if len(self.timeline) < self.MAX_TIMELINE:
+            self.timeline.append((int(step), tuple(branches), round(forward_s, 6), round(exchange_s, 6)))
 
     def as_dict(self) -> dict:
         return {"forwards": dict(self.forwards), "evaluations": self.evaluations,
                 "idle_evaluations": self.idle_evaluations, "forward_s": self.forward_s,
-                "exchange_s": self.exchange_s, "combine_s": self.combine_s}
+                "exchange_s": self.exchange_s, "combine_s": self.combine_s, "timeline": list(self.timeline)}
 
 
 class BranchDispatcher:
@@ -82,19 +89,8 @@ class BranchDispatcher:
         if not mine:
             self.stats.idle_evaluations += 1
 
-        local: list[torch.Tensor | None] = []
-        error: BaseException | None = None
         t0 = time.perf_counter()
-        for name in mine:
-            try:
-                pred = evaluate(by_name[name])
-                pred = _checked(name, pred, x)
-            except BaseException as exc:  # the peers must still get this step's exchange
-                error = exc
-                break
-            self.stats.forwards[name] = self.stats.forwards.get(name, 0) + 1
-            local.append(pred)
-
+        local, error = self._forwards(evaluate, [by_name[name] for name in mine], x)
         stop = bool(self.exchange.rank == 0 and self.stop_requested is not None and self.stop_requested())
         if x.is_cuda:
             torch.cuda.synchronize(x.device)  # so the timings split forwards from the exchange
@@ -102,8 +98,7 @@ class BranchDispatcher:
         gathered = self.exchange.gather(local if error is None else [], plan.slots, x, stop=stop,
                                         failed=error is not None)
         t2 = time.perf_counter()
-        self.stats.forward_s += t1 - t0
-        self.stats.exchange_s += t2 - t1
+        self.stats.record(step, mine, t1 - t0, t2 - t1)
         if error is not None:
             raise error
         if gathered.failed_ranks:
@@ -111,16 +106,7 @@ class BranchDispatcher:
         if gathered.stop:
             raise JobInterrupted(f"Interrupted at step {step}.", step=step)
 
-        preds = {}
-        for b in branches:
-            rank, slot = plan.location(b.name)
-            pred = gathered.preds[rank][slot]
-            if not torch.isfinite(pred).all():
-                raise PredictionError(
-                    f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
-                    f"(fp16 overflow?) and the guidance scales.")
-            preds[b.name] = pred
-        self.last_preds = preds
+        self.last_preds = preds = _finite_predictions(branches, plan, gathered, step)
         ctx = CombineContext(x=x, step=step, latent_shapes=latent_shapes, memory=self.memory)
         out = self.policy.combine({n: p for n, p in preds.items() if n in self.policy.names}, ctx)
         if not torch.isfinite(out).all():
@@ -131,6 +117,33 @@ class BranchDispatcher:
                 f"Lower them.")
         self.stats.combine_s += time.perf_counter() - t2
         return out
+
+    def _forwards(self, evaluate: Evaluate, branches: list[CFGBranch], x: torch.Tensor):
+        """This rank's predictions, in plan order; on an error, the ones before it and the error
+        (raised only after the step's exchange, which the peers wait for)."""
+        local: list[torch.Tensor | None] = []
+        for branch in branches:
+            try:
+                pred = _checked(branch.name, evaluate(branch), x)
+            except BaseException as exc:
+                return local, exc
+            self.stats.forwards[branch.name] = self.stats.forwards.get(branch.name, 0) + 1
+            local.append(pred)
+        return local, None
+
+
+def _finite_predictions(branches, plan: BranchPlan, gathered, step: int) -> dict[str, torch.Tensor]:
+    """Every branch's prediction from the rank and slot that computed it; NaN/inf refused."""
+    preds = {}
+    for b in branches:
+        rank, slot = plan.location(b.name)
+        pred = gathered.preds[rank][slot]
+        if not torch.isfinite(pred).all():
+            raise PredictionError(
+                f"Branch '{b.name}' produced NaN/inf values at step {step}: check the model, its dtype "
+                f"(fp16 overflow?) and the guidance scales.")
+        preds[b.name] = pred
+    return preds
 
 
 def _largest_scale(policy: CFGPolicy) -> str:

@@ -66,7 +66,6 @@ class CollectiveExchange:
         self.rank = rank
         self.world_size = world_size
         self.group = group
-        self.bytes_sent = 0
 
     def gather(self, local, slots, like, stop=False, failed=False) -> Gathered:
         numel = like.numel()
@@ -79,7 +78,6 @@ class CollectiveExchange:
         recv = torch.empty(self.world_size * send.numel(), dtype=like.dtype, device=like.device)
         _all_gather_flat(recv, send, self.group)
         recv = recv.view(self.world_size, send.numel())
-        self.bytes_sent += send.numel() * send.element_size()
         preds = tuple(
             tuple(recv[r, i * numel:(i + 1) * numel].view(like.shape) for i in range(slots))
             for r in range(self.world_size)

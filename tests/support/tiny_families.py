@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .paths import COMFYUI_DIR, import_comfy
-from .tiny_models import init_weights
+from devkit.tiny_models import init_weights
 
 # UNetModel arguments as detection reports them for the file build_tiny_sd15 writes.
 TINY_SD15_CONFIG = {

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from .paths import COMFYUI_DIR, import_comfy
-from .tiny_models import init_weights
+from devkit.tiny_models import init_weights
 
 TINY_LTXAV_CONFIG = {
     "in_channels": 128,

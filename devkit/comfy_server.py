@@ -7,7 +7,7 @@
 The server gets a throw-away base directory (models/, custom_nodes/, input/, output/,
 temp/, user/) so nothing is written into the ComfyUI folder or the checkout.
 ``custom_nodes/`` holds symlinks to this checkout (as ``comfyui-cfg-parallel``) and to
-the test-only node pack ``tests/comfy_test_nodes`` (as ``cfgp_test_nodes``).
+the test-only node pack ``devkit/comfy_test_nodes`` (as ``cfgp_test_nodes``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,67 @@
+"""Start-up and model-loading progress of the worker group as text on the running node.
+
+The group reports Phases from its first second (ranks spawning, torch imported, the process
+group joined, each rank ready; then, inside the job, each rank loading the model); this turns
+them into one short status line on the node ComfyUI is executing (ComfyUI's progress text,
+0.3.75 and 0.29) until the first sampling step, and a summary at the end. The console has the
+same facts: the group logs them on the ``cfg_parallel`` logger.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..group import Phase, Stage
+
+log = logging.getLogger("cfg_parallel")
+
+
+def _send(text: str) -> None:
+    """Text under the executing node in the web UI (nothing when there is no server or node)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    if context is None or server is None:
+        return
+    try:
+        server.send_progress_text(text, context.node_id, getattr(server, "client_id", None))
+    except Exception as exc:  # a closed websocket must not fail the prompt
+        log.debug("cfg-parallel: progress text not sent: %s", exc)
+
+
+class ProgressText:
+    """on_phase for the group: keeps the latest word of every rank and shows the whole line."""
+
+    def __init__(self, world_size: int, send=_send) -> None:
+        self.world_size = world_size
+        self.send = send
+        self.t0 = time.monotonic()
+        self.ready: set[int] = set()
+        self.loading: dict[int, str] = {}
+        self.line = ""
+
+    def __call__(self, phase: Phase) -> None:
+        if phase.stage is Stage.READY and phase.rank is not None:
+            self.ready.add(phase.rank)
+        elif phase.stage is Stage.JOB and phase.rank is not None:
+            self.loading[phase.rank] = phase.text
+        self.show(self._describe(phase))
+
+    def _describe(self, phase: Phase) -> str:
+        seconds = time.monotonic() - self.t0
+        if phase.stage is Stage.JOB:
+            words = "; ".join(f"rank {r}: {t}" for r, t in sorted(self.loading.items()))
+            return f"cfg-parallel ({seconds:.0f} s): {words}"
+        if phase.stage is Stage.READY and phase.rank is None:
+            return f"cfg-parallel: {self.world_size} workers ready in {seconds:.1f} s; sending the job"
+        return (f"cfg-parallel ({seconds:.0f} s): starting {self.world_size} workers, "
+                f"{len(self.ready)}/{self.world_size} ready — {phase.text}")
+
+    def show(self, line: str) -> None:
+        if line != self.line:
+            self.line = line
+            self.send(line)

@@ -1,0 +1,36 @@
+"""Small jobs and start-up hooks that exercise the worker group's protocol (phases, logs)."""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+
+def noisy_init(device: str) -> None:
+    """A worker_init hook that logs while the rank starts (before it joins the group)."""
+    logging.getLogger("cfg_parallel").info("init hook ran on %s", device)
+    logging.getLogger("some.library").warning("start-up warning on %s", device)
+
+
+@dataclass(frozen=True)
+class LoggingJob:
+    """Logs on `rank`: a warning on a foreign logger, INFO on the pack's and on a foreign one
+    (only the first two should travel), a Python warning and an error with a traceback; and
+    reports a phase on every rank."""
+
+    rank: int = 1
+    text: str = "disk nearly full"
+
+    def run(self, ctx):
+        ctx.phase(f"loading the model on rank {ctx.rank}", done=ctx.rank, total=ctx.world_size)
+        if ctx.rank == self.rank:
+            logging.getLogger("some.library").warning("%s on this rank", self.text)
+            logging.getLogger("cfg_parallel.sub").info("pack info from rank %d", ctx.rank)
+            logging.getLogger("some.library").info("foreign info: stays on the rank")
+            warnings.warn("a python warning from the job", UserWarning)
+            try:
+                raise ValueError("caught and logged")
+            except ValueError:
+                logging.getLogger("cfg_parallel").exception("an error with its traceback")
+        ctx.emit({"step": 1, "total": 1})
+        return ctx.rank
