@@ -23,6 +23,7 @@ from .model_checks import check_model_options
 from .progress_text import ProgressText
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
+from .sequence_job import job_layout, log_layout
 from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
@@ -73,7 +74,8 @@ def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
         shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
-        keep_model_loaded=settings.keep_model_loaded, released=tuple(sorted(RELEASED)))
+        keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,
+        released=tuple(sorted(RELEASED)))
     _check_picklable(job)
     return job
 
@@ -95,6 +97,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
+    log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree, call.model_patcher))
     if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
         os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
     job = _job(call, settings, route)

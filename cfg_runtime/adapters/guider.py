@@ -19,6 +19,7 @@ from ..parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
 from .model_checks import check_model_options
+from .sequence_job import sequence_degree_from_env
 
 log = logging.getLogger("cfg_parallel")
 
@@ -38,6 +39,9 @@ class ParallelSettings:
     # "" = NCCL for GPUs, gloo for CPUs. gloo on GPUs is the way to put two ranks on one GPU
     # (NCCL refuses a GPU listed twice); the environment variable CFG_PARALLEL_BACKEND sets it.
     backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV, "").strip().lower())
+    # Sequence split (LTX-2 audio+video, LTX-Video; ranks = branch groups x degree): 1 = off
+    # (bit-exact branch parallelism), 0 = planned from the branches and ranks, N = forced.
+    sequence_degree: int = field(default_factory=sequence_degree_from_env)
 
     def group_spec(self) -> GroupSpec:
         if self.backend not in ("", "nccl", "gloo"):

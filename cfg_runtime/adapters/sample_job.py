@@ -17,6 +17,7 @@ from ..guidance.policy import CFGPolicy
 from ..parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .model_cache import ModelCache
+from .sequence_job import sequence_setup
 from .transport import ModelShipment
 
 
@@ -102,6 +103,7 @@ class ComfySampleJob:
     seed: Any
     strategy: str = "cost_balanced"
     keep_model_loaded: bool = True
+    sequence_degree: int = 1  # see ParallelSettings.sequence_degree
     released: tuple[str, ...] = ()  # models ComfyUI no longer holds: the ranks drop them
 
     def run(self, ctx) -> Any:
@@ -115,7 +117,9 @@ class ComfySampleJob:
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
         guider = BranchGuider(patcher, self.policy)
         guider.original_conds = dict(self.conds)
-        dispatcher = BranchDispatcher(self.policy, ctx.exchange, strategy=self.strategy,
+        split = sequence_setup(ctx, patcher, self.policy, self.sequence_degree)
+        split.apply(guider)
+        dispatcher = BranchDispatcher(self.policy, split.exchange, strategy=self.strategy,
                                       stop_requested=ctx.stop_requested)
 
         def callback(step, x0, x, total_steps):
@@ -126,6 +130,7 @@ class ComfySampleJob:
                                      self.denoise_mask, callback if ctx.rank == 0 else None, True, self.seed)
         finally:
             self._report(ctx, cache, dispatcher, reloaded)
+            ctx.summary.update(split.summary())
         return to_cpu(out) if ctx.rank == 0 else None
 
     def _report(self, ctx, cache: ModelCache, dispatcher: BranchDispatcher, reloaded: bool) -> None:
