@@ -6,7 +6,7 @@ defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and wou
 it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
 workflows load and run; search and the node library hide them.
 """
-from . import group_status, guider, ltx2_sampler, policy_builder
+from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder
 
 NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
@@ -15,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_MultiBranchGuider": guider.MultiBranchGuiderNode,
     "CFGParallelMultiGPU_LTX2Sampler": ltx2_sampler.LTX2Sampler,
     "CFGParallelMultiGPU_GroupStatus": group_status.CFGParallelGroupStatus,
+    "CFGParallelMultiGPU_Model": cfg_parallel.CFGParallelModel,
     # deprecated ids (workflows saved before 0.2)
     "CFGPolicyBuilder": policy_builder.LEGACY["CFGPolicyBuilder"],
     "MultiBranchGuider": guider.LEGACY["MultiBranchGuider"],
@@ -29,6 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CFGParallelMultiGPU_MultiBranchGuider": "Multi-Branch Guider",
     "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
     "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
+    "CFGParallelMultiGPU_Model": "CFG Parallel",
     "CFGPolicyBuilder": "CFGPolicy Builder",
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",

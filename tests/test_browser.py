@@ -58,7 +58,8 @@ PACK_NODES = {"CFGParallelMultiGPU_PolicyBuilder": "CFGPolicy Builder",
               "CFGParallelMultiGPU_LTX2AudioGuidance": "LTX-2 Audio Guidance (CFG, STG, modality)",
               "CFGParallelMultiGPU_MultiBranchGuider": "Multi-Branch Guider",
               "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
-              "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status"}
+              "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
+              "CFGParallelMultiGPU_Model": "CFG Parallel"}
 OLD_IDS = {"CFGPolicyBuilder": "CFGParallelMultiGPU_PolicyBuilder", "MultiBranchGuider": "CFGParallelMultiGPU_MultiBranchGuider",
            "LTX2Sampler": "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelGroupStatus": "CFGParallelMultiGPU_GroupStatus"}
 # What a user types -> the nodes it must find (display names). "STG": the nodes that set it

@@ -41,6 +41,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_TYPES = {"Note", "MarkdownNote"}
 PACK_TYPES = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance", "CFGParallelMultiGPU_LTX2AudioGuidance",
               "CFGParallelMultiGPU_MultiBranchGuider", "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus",
+              "CFGParallelMultiGPU_Model",
               # the ids before 0.2 (deprecated aliases; the tiny demo keeps them)
               "CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 # Core node types of LTX-2-era ComfyUI (audio+video LTX) that ComfyUI 0.3.75 lacks.
@@ -135,6 +136,15 @@ SCHEMAS: dict[str, Schema] = {
     "SaveImage": _s("images:IMAGE filename_prefix:STRING"),
     "SaveLatent": _s("samples:LATENT filename_prefix:STRING"),
     "PreviewAny": _s("source:*"),
+    "KSampler": _s("model:MODEL seed:INT! steps:INT cfg:FLOAT sampler_name:COMBO scheduler:COMBO "
+                   "positive:CONDITIONING negative:CONDITIONING latent_image:LATENT denoise:FLOAT", ("LATENT", "LATENT")),
+    "KSamplerAdvanced": _s("model:MODEL add_noise:COMBO noise_seed:INT! steps:INT cfg:FLOAT sampler_name:COMBO "
+                           "scheduler:COMBO positive:CONDITIONING negative:CONDITIONING latent_image:LATENT "
+                           "start_at_step:INT end_at_step:INT return_with_leftover_noise:COMBO", ("LATENT", "LATENT")),
+    "ModelSamplingSD3": _s("model:MODEL shift:FLOAT", ("MODEL", "MODEL")),
+    "CLIPLoader": _s("clip_name:COMBO type:COMBO ?device:COMBO", ("CLIP", "CLIP")),
+    "VAELoader": _s("vae_name:COMBO", ("VAE", "VAE")),
+    "EmptyHunyuanLatentVideo": _s("width:INT height:INT length:INT batch_size:INT", ("LATENT", "LATENT")),
     # core, LTX-2 era only (LTX2_CORE_TYPES)
     "LTXAVTextEncoderLoader": _s("text_encoder:COMBO ckpt_name:COMBO device:COMBO", ("CLIP", "CLIP")),
     "LTXVAudioVAELoader": _s("ckpt_name:COMBO", ("Audio VAE", "VAE")),
@@ -179,6 +189,8 @@ SCHEMAS: dict[str, Schema] = {
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
+    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY",
+                                    ("MODEL", "MODEL")),
     # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
 }
@@ -469,14 +481,17 @@ def dumps(obj) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
-def load_graphs_module():
-    """Import workflows/graphs.py; its ``from build import Graph`` gets this very module
+GRAPH_FILES = ("graphs.py", "graphs_model_node.py")  # each defines all_graphs()
+
+
+def load_graphs_module(file: str = "graphs.py"):
+    """Import workflows/<file>; its ``from build import Graph`` gets this very module
     (whatever else is called ``build`` on sys.path, e.g. PyPA's build tool)."""
     import importlib.util
 
     if str(REPO) not in sys.path:  # graphs.py imports cfg_runtime (the official LTX-2 values)
         sys.path.append(str(REPO))
-    spec = importlib.util.spec_from_file_location("cfgp_workflow_graphs", HERE / "graphs.py")
+    spec = importlib.util.spec_from_file_location(f"cfgp_workflow_{Path(file).stem}", HERE / file)
     mod = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("build")
     sys.modules["build"] = sys.modules[__name__]
@@ -493,7 +508,7 @@ def load_graphs_module():
 def rendered_files(graphs=None) -> dict[Path, str]:
     """Every file this script owns -> its content."""
     if graphs is None:
-        graphs = load_graphs_module().all_graphs()
+        graphs = [g for file in GRAPH_FILES for g in load_graphs_module(file).all_graphs()]
     files = {}
     for g in graphs:
         files[API_DIR / f"{g.name}.json"] = dumps(g.to_api())

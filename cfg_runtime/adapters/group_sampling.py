@@ -18,21 +18,28 @@ from ..errors import JobInterrupted, ShippingError
 from ..group import JobResult, WorkerGroup, get_group
 from ..group.shipping import check_shippable
 from ..guidance.policy import CFGPolicy
+from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
 from .progress_text import ProgressText
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
-from .transport import WeightRoute, capture, route_weights, with_base
+from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
 
-_resident: "weakref.WeakKeyDictionary[WorkerGroup, str]" = weakref.WeakKeyDictionary()
+_resident: "weakref.WeakKeyDictionary[WorkerGroup, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+
+
+def resident_models(group: WorkerGroup | None) -> tuple[str, ...]:
+    """The base model tokens every rank of `group` holds now, least recently used first (as they told us)."""
+    return _resident.get(group, ()) if group is not None else ()
 
 
 def resident_model(group: WorkerGroup | None) -> str | None:
-    """The base model token every rank of `group` holds now (None: none, or not known)."""
-    return _resident.get(group) if group is not None else None
+    """The most recently used base model every rank of `group` holds (None: none, or not known)."""
+    held = resident_models(group)
+    return held[-1] if held else None
 
 
 @dataclass(frozen=True)
@@ -67,18 +74,21 @@ def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
         shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
-        keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree)
+        keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,
+        released=tuple(sorted(RELEASED)))
     _check_picklable(job)
     return job
 
 
 def _record_residency(group: WorkerGroup, result: JobResult) -> None:
-    held = {s.get("resident_model") for s in result.summaries}
-    token = held.pop() if len(held) == 1 else None
-    if token is None:
-        _resident.pop(group, None)
-    else:
-        _resident[group] = token
+    """What every rank holds now (the ranks evict alike: the same jobs, the same budget), and their evictions."""
+    first, *others = [tuple(s.get("resident_models", ())) for s in result.summaries] or [()]
+    _resident[group] = tuple(t for t in first if all(t in o for o in others))
+    RELEASED.intersection_update(t for s in result.summaries for t in s.get("resident_models", ()))  # done
+    evicted = sorted({t for s in result.summaries for t in s.get("evicted_models", ())})
+    if evicted:
+        log.info("cfg-parallel: the ranks evicted %d model(s) to stay within their model budget (%s): %s",
+                 len(evicted), BUDGET_ENV, ", ".join(short(t) for t in evicted))
 
 
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
@@ -104,7 +114,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
-    if resident_model(group) != route.token:  # the ranks don't hold this model (as far as they told us)
+    if route.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
         job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
     try:
         result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted, on_phase=text)
@@ -115,7 +125,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         # the ranks finish loading this model in the background (or already hold it); a wrong
         # guess costs one MissingModel round trip on the next prompt
         if settings.keep_model_loaded:
-            _resident[group] = route.token
+            _resident[group] = tuple(t for t in resident_models(group) if t != route.token) + (route.token,)
         raise comfy.model_management.InterruptProcessingException()
     _record_residency(group, result)
     text.show(f"cfg-parallel: sampled on {spec.world_size} ranks in {result.seconds:.1f} s")

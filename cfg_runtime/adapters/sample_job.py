@@ -104,12 +104,14 @@ class ComfySampleJob:
     strategy: str = "cost_balanced"
     keep_model_loaded: bool = True
     sequence_degree: int = 1  # see ParallelSettings.sequence_degree
+    released: tuple[str, ...] = ()  # models ComfyUI no longer holds: the ranks drop them
 
     def run(self, ctx) -> Any:
         cache = ModelCache(ctx.cache)
+        cache.release(self.released)
         carries_base = self.shipment.base_model is not None or self.shipment.recipe is not None
         if not carries_base and not _all_hold(ctx, cache.holds(self.shipment.base_token)):
-            ctx.summary["resident_model"] = None
+            ctx.summary.update(resident_model=None, **cache.report())
             return MissingModel(self.shipment.base_token) if ctx.rank == 0 else None
         patcher, reloaded = _load(ctx, cache, self.shipment)
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
@@ -140,3 +142,4 @@ class ComfySampleJob:
         if not self.keep_model_loaded:
             cache.drop()
         ctx.summary["resident_model"] = self.shipment.base_token if cache.holds(self.shipment.base_token) else None
+        ctx.summary.update(cache.report())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -87,7 +88,13 @@ def base_token(model_patcher) -> str:
     if token is None:
         token = uuid.uuid4().hex
         model._cfgp_token = token
+        weakref.finalize(model, RELEASED.add, token)  # ComfyUI dropped it: the ranks may drop their copy
     return token
+
+
+# Tokens of models (identified by object, no recipe) that ComfyUI no longer holds: no job can
+# name them again, so the ranks release them (group_sampling sends them with the next job).
+RELEASED: set[str] = set()
 
 
 def _quantized_weight(model) -> str | None:

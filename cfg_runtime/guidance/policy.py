@@ -18,7 +18,7 @@ from .blocks import block_indices
 from .ltx import (BRANCHES, ModalityGuidance, branch_weights, guide_modality, needed_branches, rescale_to_cond,
                   skips_step)
 
-CONDS = ("positive", "negative")
+CONDS = ("positive", "negative", "middle")  # middle: DualCFGGuider's second conditioning (cond2)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class CFGBranch:
     """
 
     name: str
-    cond: str = "positive"  # the conditioning it sees: "positive" or "negative"
+    cond: str = "positive"  # the conditioning it sees: "positive", "negative" (or DualCFG's "middle")
     perturb_blocks: tuple[int, ...] = ()
     perturb_audio_blocks: tuple[int, ...] = ()
     isolate_modalities: bool = False

@@ -1,0 +1,95 @@
+"""The CFG Parallel node's example workflows (workflows/build.py renders them with graphs.py's).
+
+The graphs users already have, with one node more: KSampler, and Wan 2.2's two experts
+through KSamplerAdvanced. Shared names (colours, group titles, prompts) come from graphs.py.
+"""
+from __future__ import annotations
+
+from build import Graph, load_graphs_module
+
+_g = load_graphs_module()
+GUIDANCE, BLUE, GREEN, PURPLE, BROWN = _g.GUIDANCE, _g.BLUE, _g.GREEN, _g.PURPLE, _g.BROWN
+POSITIVE_VIDEO, NEGATIVE_VIDEO = _g.POSITIVE_VIDEO, _g.NEGATIVE_VIDEO
+
+# ---------------------------------------------------------------------------------------
+# One node in the graphs users already have (CFG Parallel: MODEL -> MODEL)
+# ---------------------------------------------------------------------------------------
+KSAMPLER_NOTE = """
+ADD ONE NODE TO YOUR GRAPH: KSAMPLER ON TWO GPUs
+
+The usual text-to-image graph with one node more: CFG Parallel between the loader and KSampler. Every sampling of that model then runs its two CFG branches (positive and negative) at the same time on two GPUs; the result equals one-GPU sampling bit for bit (and ComfyUI's own CFG up to float rounding: ComfyUI batches both branches in one forward).
+
+Settings
+- CFG Parallel: parallel_size 2, devices empty = the first two GPUs (or e.g. cuda:0,cuda:2). Place it after the loader and any LoRA / ModelSampling nodes. The policy input is optional: left empty, the guidance is the sampler's own (its cfg, positive and negative).
+- KSampler: any sampler and scheduler; cfg 1 has one branch only (nothing to run in parallel).
+- The workers keep the model loaded between prompts.
+"""
+
+
+def ksampler_cfg_parallel() -> Graph:
+    g = Graph("ksampler_cfg_parallel", "Add one node - KSampler on two GPUs")
+    g.column(0).group(None).note(KSAMPLER_NOTE, w=420, h=520)
+    g.column(1).group("Model and prompt", BLUE)
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
+                 text="a red fox in fresh snow at golden hour, detailed fur, 85mm photograph")
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
+                 text="blurry, low quality, watermark, text")
+    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=1)
+    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=ckpt.out("MODEL"), parallel_size=2,
+                   devices="")
+    g.group("Sampling", PURPLE)
+    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler",
+                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
+    g.column(3).group("Decode and save", BROWN)
+    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
+    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/ksampler")
+    return g
+
+
+WAN22_NOTE = """
+WAN 2.2 TEXT-TO-VIDEO, TWO EXPERTS, EACH ON TWO GPUs
+
+ComfyUI's Wan 2.2 14B template (the variant without the 4-step LoRA) with one CFG Parallel node behind each expert's ModelSamplingSD3: the high-noise expert samples steps 0-10 of 20 and hands its leftover noise to the low-noise expert for steps 10-20. Each sampling runs its positive and negative branch at the same time on two GPUs; the result equals one-GPU sampling bit for bit.
+
+Settings
+- The workers hold both experts at once (within CFG_PARALLEL_MODEL_BUDGET_GB, default half the host memory): alternating between them does not reload, in this prompt or the next.
+- Both CFG Parallel nodes need the same parallel_size and devices (one worker group).
+- With the 4-step LoRA and cfg 1 there is one branch per step: nothing to run in parallel.
+"""
+
+
+def wan22_two_experts() -> Graph:
+    g = Graph("wan22_two_experts", "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs")
+    g.column(0).group(None).note(WAN22_NOTE, w=420, h=560)
+    g.column(1).group("Models and prompt", BLUE)  # as ComfyUI's template "Text to Video (Wan 2.2)"
+    clip = g.node("CLIPLoader", w=380, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
+    vae = g.node("VAELoader", w=380, vae_name="wan_2.1_vae.safetensors")
+    experts = [g.node("UNETLoader", title=f"{n} noise expert", w=380, unet_name=f"wan2.2_t2v_{n.lower()}_noise_14B_fp8"
+                      f"_scaled.safetensors", weight_dtype="default") for n in ("High", "Low")]
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=380, h=150, clip=clip.out(), text=POSITIVE_VIDEO)
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=380, h=120, clip=clip.out(), text=NEGATIVE_VIDEO)
+    latent = g.node("EmptyHunyuanLatentVideo", w=380, width=1280, height=704, length=81, batch_size=1)
+    g.column(2).group(GUIDANCE, GREEN)
+    models = []
+    for unet in experts:
+        shifted = g.node("ModelSamplingSD3", w=320, model=unet.out(), shift=8.0)
+        models.append(g.node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=shifted.out(), parallel_size=2,
+                             devices=""))
+    g.column(3).group("Sampling: high noise, then low noise", PURPLE)
+    common = dict(steps=20, cfg=3.5, sampler_name="euler", scheduler="simple", positive=pos.out(), negative=neg.out())
+    high = g.node("KSamplerAdvanced", w=320, model=models[0].out(), add_noise="enable", noise_seed=0,
+                  latent_image=latent.out(), start_at_step=0, end_at_step=10, return_with_leftover_noise="enable",
+                  **common)
+    low = g.node("KSamplerAdvanced", w=320, model=models[1].out(), add_noise="disable", noise_seed=0,
+                 latent_image=high.out(), start_at_step=10, end_at_step=10000, return_with_leftover_noise="disable",
+                 **common)
+    g.column(4).group("Decode and save", BROWN)
+    frames = g.node("VAEDecode", w=300, samples=low.out(), vae=vae.out()).out()
+    video = g.node("CreateVideo", w=300, h=110, fps=16.0, images=frames)
+    g.node("SaveVideo", w=300, video=video.out(), filename_prefix="cfg_parallel/wan22", format="auto", codec="auto")
+    return g
+
+
+def all_graphs() -> list[Graph]:
+    return [ksampler_cfg_parallel(), wan22_two_experts()]
