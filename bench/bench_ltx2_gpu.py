@@ -481,7 +481,7 @@ class Bench:
         latent, noise = self.latent(stage)
         marks: list = []
         t_call = _now()
-        g = MultiBranchGuider(patcher, policy, ParallelSettings(size=1))
+        g = MultiBranchGuider(patcher, policy, ParallelSettings(world_size=1))
         g.set_conds(pos, neg)
         out = g.sample(noise, latent, comfy.samplers.ksampler("euler"), self.sigmas(steps),
                        callback=self._callback(marks), disable_pbar=True, seed=1)
@@ -649,7 +649,7 @@ class Bench:
                 raise _Done()
 
         latent, noise = self.latent(stage)
-        g = ProbeGuider(patcher, policy, ParallelSettings(size=1))
+        g = ProbeGuider(patcher, policy, ParallelSettings(world_size=1))
         g.set_conds(pos, neg)
         t0 = _now()
         try:
@@ -727,7 +727,7 @@ def _bench_parallel_settings(size: int, devices: str, backend: str):
             extra = {"load_timeout_s": 900.0} if "load_timeout_s" in spec.__dataclass_fields__ else {}
             return dc_replace(spec, backend=backend, start_timeout_s=600.0, **extra)
 
-    return BenchParallelSettings(size=size, devices=devices, step_timeout_s=600.0, start_timeout_s=600.0)
+    return BenchParallelSettings(world_size=size, devices=devices, step_timeout_s=600.0, start_timeout_s=600.0)
 
 
 def _comfy_version(path: str) -> str:

@@ -74,7 +74,7 @@ def run_group(patcher, ranks: int) -> dict:
     from devkit.tiny_models import tiny_conditioning, tiny_latent
 
     shutdown_group()
-    g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(size=ranks, devices=",".join(["cpu"] * ranks),
+    g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(world_size=ranks, devices=",".join(["cpu"] * ranks),
                                                                        step_timeout_s=600, start_timeout_s=600))
     g.set_conds(tiny_conditioning(1), tiny_conditioning(2))
     latent = tiny_latent(0)

@@ -65,6 +65,6 @@ class CFGParallelModel(io.ComfyNode):
         if foreign:
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
-        settings = ParallelSettings(size=parallel_size, devices=devices)
+        settings = ParallelSettings(world_size=parallel_size, devices=devices)
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

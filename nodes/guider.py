@@ -94,7 +94,7 @@ class MultiBranchGuiderNode(io.ComfyNode):
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         check_policy_fits_model(policy, model)
-        settings = ParallelSettings(size=parallel_size, devices=devices, strategy=plan,
+        settings = ParallelSettings(world_size=parallel_size, devices=devices, strategy=plan,
                                     keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s,
                                     sequence_degree=sequence_degree(sequence_split))
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)

@@ -142,7 +142,7 @@ def noise_for(latent, seed=SEED):
 def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=STEPS, seed=SEED):
     """One SamplerCustomAdvanced-like run of the Multi-Branch Guider; returns (tensors, what it ran:
     the guider's last_run record)."""
-    settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300)
+    settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300)
     guider = MultiBranchGuider(model, pol, settings)
     guider.set_conds(*conds)
     args = (noise_for(latent, seed), latent["samples"], comfy.samplers.sampler_object("euler"),
@@ -150,7 +150,7 @@ def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=S
     with torch.inference_mode():
         if one_rank_group:
             # A world of one rank: the worker path (shipping, rank-side sampling) without peers.
-            # ParallelSettings(size=1) itself samples in-process, so go through the group directly.
+            # ParallelSettings(world_size=1) itself samples in-process, so go through the group directly.
             from cfg_runtime.adapters.group_sampling import SampleCall, sample_on_group
 
             call = SampleCall(model, pol, guider.original_conds, *args, None, seed)

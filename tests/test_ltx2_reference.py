@@ -109,7 +109,7 @@ def sample(guider, model, latent):
 
 def run_pack(model, video, audio, latent, conds, size=1):
     guider = MultiBranchGuider(model, ltx2_multimodal(video, audio),
-                               ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300))
+                               ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300))
     guider.set_conds(*conds)
     return sample(guider, model, latent), guider.last_run
 

@@ -98,7 +98,7 @@ def sample(guider, fam: Family, sampler: str, sigmas: torch.Tensor) -> torch.Ten
 
 
 def pack(fam: Family, size: int, cfg: float = CFG, negative: bool = True) -> MultiBranchGuider:
-    settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=120, start_timeout_s=300)
+    settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=120, start_timeout_s=300)
     guider = MultiBranchGuider(fam.model, standard_cfg(cfg), settings)
     guider.set_conds(fam.positive, fam.negative if negative else None)
     return guider

@@ -66,7 +66,7 @@ def _sample(model, size: int, degree: int):
     from cfg_runtime.guidance.presets import standard_cfg
     from devkit.tiny_models import tiny_conditioning
 
-    guider = MultiBranchGuider(model, standard_cfg(3.0), ParallelSettings(size=size, devices="cpu",
+    guider = MultiBranchGuider(model, standard_cfg(3.0), ParallelSettings(world_size=size, devices="cpu",
                                step_timeout_s=300, start_timeout_s=300, sequence_degree=degree))
     guider.set_conds(tiny_conditioning(1), tiny_conditioning(2))
     latent = {"samples": torch.zeros(1, 128, 3, 1, 3)}  # 9 tokens: 1 padding row on 2 ranks

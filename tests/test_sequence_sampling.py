@@ -65,7 +65,7 @@ def one_thread():
 def sample(model, policy, latent, size: int, degree: int = 1):
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
+    settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
                                 sequence_degree=degree)
     guider = MultiBranchGuider(model, policy, settings)
     guider.set_conds(t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2))
@@ -137,7 +137,7 @@ def test_ltx2_two_stage_stage2_uses_every_rank(model, latent, one_thread, tmp_pa
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS).cpu()
 
     def job(size: int, degree: int):
-        settings = ParallelSettings(size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
+        settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
                                     sequence_degree=degree)
         with torch.inference_mode():
             final, _ = run_ltx2(model, t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2), ltx2_policy(), latent,

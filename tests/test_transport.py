@@ -15,7 +15,7 @@ def _guider(patcher, size: int):
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
 
-    g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(size=size, devices="cpu",
+    g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(world_size=size, devices="cpu",
                                                                        step_timeout_s=120.0))
     g.set_conds(tiny_conditioning(1), tiny_conditioning(2))
     return g

@@ -45,7 +45,7 @@ def _sample(patcher, size: int):
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
 
-    guider = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(size=size, devices="cpu",
+    guider = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(world_size=size, devices="cpu",
                                                                             step_timeout_s=120.0))
     guider.set_conds(tiny_conditioning(1), tiny_conditioning(2))
     latent = tiny_latent(0)

@@ -30,7 +30,7 @@ WORKER_INIT = "cfg_runtime.adapters.rank_setup:init_worker"
 class ParallelSettings:
     """How the guider runs: on how many ranks, which devices, how patiently."""
 
-    size: int = 1
+    world_size: int = 1  # ranks; the nodes call it parallel_size
     devices: str = ""
     strategy: str = "cost_balanced"
     keep_model_loaded: bool = True
@@ -51,7 +51,7 @@ class ParallelSettings:
                 and self.step_timeout_s > 0):
             raise GroupConfigError(f"step_timeout_s must be a positive number of seconds, got {self.step_timeout_s}.")
         backend = self.backend or os.environ.get(BACKEND_ENV, "").strip().lower()
-        devices = parse_devices(self.devices, self.size, backend)
+        devices = parse_devices(self.devices, self.world_size, backend)
         # CPU kernels can round differently with another thread count: CPU ranks use this
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
         return GroupSpec(devices=devices, backend=backend, step_timeout_s=self.step_timeout_s,
@@ -70,7 +70,7 @@ class MultiBranchGuider(BranchGuider):
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                seed=None):
         check_model_options(self.model_patcher.model_options)
-        if self.parallel.size <= 1:
+        if self.parallel.world_size <= 1:
             dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
             try:
                 return self.sample_with(dispatcher, noise, latent_image, sampler, sigmas, denoise_mask, callback,

@@ -168,9 +168,9 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
     noise2 = Noise_RandomNoise(seed).generate_noise(stage2_input)
     stage2 = _sample(stage2_model or model, standard_cfg(1.0), settings, positive, None, joined, noise2,
                      stage2_sampler or sampler, stage2_sigmas, None, seed, progress.callback)
-    if settings.size > 1 and settings.sequence_degree != 1:
+    if settings.world_size > 1 and settings.sequence_degree != 1:
         log.info("cfg-parallel LTX2: stage 2 has one branch; it was split over the ranks (layout above)")
-    elif settings.size > 1:
+    elif settings.world_size > 1:
         log.info("cfg-parallel LTX2: stage 2 has one branch; it ran on rank 0 (other ranks idle; a sequence "
                  "degree of 0 or N splits it over the ranks)")
     return {"samples": stage2}, stage1_latent

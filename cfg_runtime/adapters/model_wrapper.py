@@ -177,7 +177,7 @@ class GroupSampleWrapper:
         guider = MultiBranchGuider(patcher_for_branches(core.model_patcher, denoise_mask), policy, self.settings)
         guider.original_conds = conds
         log.info("cfg-parallel: %s (%s) -> %d branch(es) on %d rank(s)", type(core).__name__, policy.name,
-                 len(policy.branches), self.settings.size)
+                 len(policy.branches), self.settings.world_size)
         out = guider.sample(unpacked(noise, latent_shapes), unpacked(latent_image, latent_shapes), sampler, sigmas,
                             None, callback, disable_pbar, seed)
         return packed(out)
