@@ -29,7 +29,7 @@ if comfyui_available():
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import shutdown_group
     from cfg_runtime.guidance.presets import standard_cfg
-    from support import tiny_models as tm
+    from devkit import tiny_models as tm
 
     SAMPLERS = list(comfy.samplers.KSampler.SAMPLERS)
     SCHEDULERS = list(comfy.samplers.KSampler.SCHEDULERS)
