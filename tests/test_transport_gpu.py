@@ -133,3 +133,33 @@ def test_size2_equals_size1_on_one_gpu(gpu_server, weight_dtype):
                 (parallel[part].float() - serial[part].float()).abs().max())
         assert eq, part
         assert torch.equal(again[part], serial[part]), part
+
+
+def _run_ksampler(server, size: int, nonce: int) -> dict:
+    """The same model under KSampler with the CFG Parallel node (MODEL -> MODEL) before it: a
+    user's KSampler graph with one node added, on the GPU with dynamic VRAM."""
+    g = ltx2_sampler_graph("ltx2_full_width.safetensors", size=size, audio_vae="tiny_ltx_audio_vae.safetensors",
+                           channels=2 * CAPTION_CHANNELS, steps=STEPS, width=WIDTH, height=HEIGHT, length=LENGTH,
+                           prefix=f"latents/gpu_ksampler_{size}", nonce=nonce)
+    for nid in ("9", "12", "15", "20", "6", "8"):
+        g.pop(nid)
+    g["40"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {
+        "model": ["1", 0], "parallel_size": size, "devices": ",".join(["cuda:0"] * size)}}
+    g["41"] = {"class_type": "KSampler", "inputs": {
+        "model": ["40", 0], "seed": 5, "steps": STEPS, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["13", 0], "denoise": 1.0}}
+    g["14"]["inputs"]["av_latent"] = ["41", 0]
+    t0 = time.monotonic()
+    entry = server.run(g, timeout=900)
+    REPORT["runs"][f"ksampler/size{size}/{nonce}"] = {"seconds": round(time.monotonic() - t0, 2)}
+    return {"video": server.saved_latent(entry, node_id="10"), "audio": server.saved_latent(entry, node_id="11")}
+
+
+def test_cfg_parallel_node_under_ksampler_size2_equals_size1(gpu_server):
+    serial = _run_ksampler(gpu_server, 1, 21)
+    parallel = _run_ksampler(gpu_server, 2, 22)
+    for part in ("video", "audio"):
+        assert torch.isfinite(serial[part]).all(), part
+        eq = torch.equal(parallel[part], serial[part])
+        REPORT["runs"][f"ksampler/equal_{part}"] = eq
+        assert eq, part
