@@ -83,8 +83,26 @@ def _from_file_module(module: str, file: str, qualname: str) -> Any:
     return obj
 
 
+def _on_this_rank_gpu(tensor):
+    """A tensor that was on a GPU in the ComfyUI process, on this rank's GPU (its CPU copy where
+    the rank has none)."""
+    import torch
+
+    return tensor.to(torch.device("cuda", torch.cuda.current_device())) if torch.cuda.is_available() else tensor
+
+
+def _is_cuda_tensor(obj) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor) and obj.device.type == "cuda"
+
+
 class WorkerPickler(ForkingPickler):
     def reducer_override(self, obj):
+        if _is_cuda_tensor(obj):
+            # GPU tensors (KSampler's sigmas, a prepared noise mask) travel through host memory:
+            # CUDA IPC fails under ComfyUI's cudaMallocAsync allocator, and a rank may sit on
+            # another GPU. The rank puts them back on its own GPU.
+            return _on_this_rank_gpu, (obj.detach().to("cpu"),)
         if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
             source = _file_module_source(obj)
             return (_from_file_module, source) if source else NotImplemented
