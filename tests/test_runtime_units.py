@@ -6,7 +6,7 @@ from cfg_runtime.errors import GroupConfigError, PolicyError, PredictionError
 from cfg_runtime.group import parse_devices
 from cfg_runtime.parallel.plan import cost_balanced_plan, make_plan, round_robin_plan
 from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, CombineContext, StandardCFG
-from cfg_runtime.guidance.presets import build_preset, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
+from cfg_runtime.guidance.presets import custom, ltx2_multimodal, parse_custom_spec, standard_cfg
 from cfg_runtime.guidance.ltx import ModalityGuidance
 from support.toy import ToyFaults, ToySampleJob, run_serial
 
@@ -50,8 +50,6 @@ def test_policy_validation_errors():
         CFGPolicy("x", (CFGBranch("cond"),), StandardCFG(2.0))
     with pytest.raises(PolicyError, match="cond must be one of"):
         CFGBranch("a", "sideways").validate()
-    with pytest.raises(PolicyError, match="Unknown preset"):
-        build_preset("turbo_cfg")
     with pytest.raises(PolicyError, match="rescale"):
         standard_cfg(3.0, rescale=2.0)
     with pytest.raises(PolicyError, match="name:positive"):

@@ -79,14 +79,3 @@ def parse_custom_spec(text: str) -> list[tuple[str, str, float]]:
     if not items:
         raise PolicyError("The custom preset needs at least one branch besides 'cond', e.g. 'neg:negative:2.0'.")
     return items
-
-
-def build_preset(name: str, **params) -> CFGPolicy:
-    """Build a policy by preset name; unknown names get a clear error."""
-    if name == "standard_cfg":
-        return standard_cfg(**params)
-    if name == "ltx2_multimodal":
-        return ltx2_multimodal(**params)
-    if name == "custom":
-        return custom(**params)
-    raise PolicyError(f"Unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}.")
