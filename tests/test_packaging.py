@@ -68,6 +68,7 @@ def test_archive_holds_only_the_pack():
             "pyproject.toml", "README.md"} <= top, top
     assert not top & {"tests", "devkit", "bench", "scripts", ".ci", "docs"}, top
     assert "workflows/build.py" not in shipped and "workflows/api/plain_cfg.json" in shipped
+    assert not [p for p in shipped if p.startswith("workflows/") and p.endswith(".py")], "the graph sources stay home"
     # every example workflow ships with its thumbnail, every node with its help page
     examples = {p for p in shipped if p.startswith("example_workflows/")}
     assert {p[:-5] for p in examples if p.endswith(".json")} == {p[:-4] for p in examples if p.endswith(".jpg")}
