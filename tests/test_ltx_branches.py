@@ -591,7 +591,7 @@ AV_CROSS = ("audio_to_video_attn", "video_to_audio_attn")
 def test_ltxav_family_and_blocks(comfy, ltxav):
     assert lb.model_family(ltxav) == "ltxav"
     assert lb.count_transformer_blocks(ltxav) == 3
-    lb.check_branch(ltxav, perturb_blocks=(0, 2), isolate_modalities=True)
+    _fits(ltxav, CFGBranchT("ptb", perturb_blocks=(0, 2)), CFGBranchT("iso", isolate_modalities=True))
     with pytest.raises(ValueError, match=r"^STG block 3 is out of range: this model has 3 "):
         lb.check_blocks(ltxav, (3,))
 
@@ -731,7 +731,24 @@ def test_ltxav_video_stream_off(comfy, ltxav, ltxav_inputs):
 
 @needs_029
 def test_ltxav_check_branch_per_stream(comfy, ltxav, ltxv):
-    lb.check_branch(ltxav, perturb_blocks=(0,), perturb_audio_blocks=(2,))
-    with pytest.raises(ValueError, match=r"^STG block 3 is out of range"):
-        lb.check_branch(ltxav, perturb_audio_blocks=(3,))
-    lb.check_branch(ltxv, perturb_audio_blocks=(29,))  # no audio stream: nothing to check
+    from cfg_runtime.errors import PolicyError
+
+    _fits(ltxav, CFGBranchT("ptb", perturb_blocks=(0,), perturb_audio_blocks=(2,)))
+    with pytest.raises(PolicyError, match=r"\(audio_stg_blocks\): STG block 3 is out of range"):
+        _fits(ltxav, CFGBranchT("ptb", perturb_audio_blocks=(3,)))
+    _fits(ltxv, CFGBranchT("ptb", perturb_audio_blocks=(29,)))  # no audio stream: nothing to check
+
+
+def CFGBranchT(name, **kw):
+    from cfg_runtime.guidance.policy import CFGBranch
+
+    return CFGBranch(name, **kw)
+
+
+def _fits(model, *branches):
+    """The one policy-vs-model check (adapters.model_checks) on a policy of cond + these branches."""
+    from cfg_runtime.adapters.model_checks import check_policy_fits_model
+    from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
+
+    policy = CFGPolicy("p", (CFGBranch("cond"),) + branches, WeightedBranches(tuple((b.name, 0.5) for b in branches)))
+    check_policy_fits_model(policy, model)
