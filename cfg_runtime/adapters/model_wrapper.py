@@ -153,6 +153,19 @@ def packed(out: Any) -> torch.Tensor:
     return out
 
 
+def packed_callback(callback):
+    """The outer_sample callback, fed from the inner sample(): outer_sample's callback takes the
+    packed latent (0.33's sample() wraps it to unpack), while the inner sample() of 0.33 hands
+    its callback the nested view: pack it again (a no-op where it is packed already)."""
+    if callback is None:
+        return None
+
+    def inner(step, x0, x, total_steps):
+        return callback(step, packed(x0), packed(x), total_steps)
+
+    return inner
+
+
 @dataclass(frozen=True)
 class GroupSampleWrapper:
     """OUTER_SAMPLE wrapper of the CFG Parallel node: the model's samplings run as a policy's branches."""
@@ -179,7 +192,7 @@ class GroupSampleWrapper:
         log.info("cfg-parallel: %s (%s) -> %d branch(es) on %d rank(s)", type(core).__name__, policy.name,
                  len(policy.branches), self.settings.world_size)
         out = guider.sample(unpacked(noise, latent_shapes), unpacked(latent_image, latent_shapes), sampler, sigmas,
-                            None, callback, disable_pbar, seed)
+                            None, packed_callback(callback), disable_pbar, seed)
         return packed(out)
 
 
