@@ -147,6 +147,7 @@ def test_a_gpu_group_this_process_cannot_start_is_refused_in_one_message():
     assert parse_devices("cuda:0,cuda:1", 2, "gloo", visible_gpus=2, nccl=False) == ("cuda:0", "cuda:1")
     assert parse_devices("", 2, visible_gpus=2, nccl=True) == ("cuda:0", "cuda:1")
     assert parse_devices("cpu", 2, visible_gpus=1, nccl=False) == ("cpu", "cpu")
+    assert parse_devices("", 1, visible_gpus=1, nccl=False) == ("cuda:0",)  # size 1 needs no NCCL (Windows)
 
 
 def test_on_this_machine_gpu_devices_are_refused_with_what_to_do():

@@ -121,7 +121,7 @@ def _nccl_available() -> bool:
 def check_gpu_group(devices: tuple[str, ...], backend: str, visible_gpus: int, nccl: bool) -> None:
     """Refuse, in one message, a GPU group this process cannot start: a device beyond the GPUs it
     sees (ComfyUI >= 0.33 on Windows shows only GPU 0 unless started with --cuda-device all), or
-    NCCL missing (Windows builds of PyTorch have none) where the ranks would need it."""
+    NCCL missing (Windows builds of PyTorch have none) where two or more ranks would need it."""
     highest = max(int(d[5:]) for d in devices)
     problems, fixes = [], []
     if highest >= visible_gpus:
@@ -133,14 +133,14 @@ def check_gpu_group(devices: tuple[str, ...], backend: str, visible_gpus: int, n
                      "and later show only GPU 0 otherwise, and ask for --disable-pinned-memory with it)")
         fixes.append(f"use at most {visible_gpus} ranks, on cuda:0 to cuda:{visible_gpus - 1}" if visible_gpus > 1
                      else "use parallel size 1")
-    if (backend or "nccl") == "nccl" and not nccl:
+    if (backend or "nccl") == "nccl" and not nccl and len(devices) > 1:  # size 1 samples in the ComfyUI process
         problems.append("GPU ranks exchange their predictions through NCCL, which this PyTorch lacks"
                         + (" (Windows builds of PyTorch have none)" if sys.platform == "win32" else "") + ".")
         fixes.append(f"use the gloo backend (start ComfyUI with the environment variable {BACKEND_ENV}=gloo; slower: "
                      f"the exchange goes through host memory)")
     if problems:
         fixes.append("set devices to 'cpu' to run the ranks on the CPU")
-        raise GroupConfigError(" ".join(problems) + " To run in parallel: " + "; or ".join(fixes) + ".")
+        raise GroupConfigError(" ".join(problems) + " What to do: " + "; or ".join(fixes) + ".")
 
 
 def check_device_backend(devices: tuple[str, ...], backend: str) -> None:
