@@ -14,6 +14,7 @@ import json
 from comfy_api.latest import io, ui
 
 from cfg_runtime.adapters.group_sampling import resident_model
+from cfg_runtime.adapters.launch_options import config_differences, effective_config
 from cfg_runtime.group import current_group, shutdown_group
 
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
@@ -38,6 +39,8 @@ def group_report() -> dict:
     report = group.status()
     report["loaded_model"] = resident_model(group)  # the ranks' own report, kept by the adapters
     report["rss_mib"] = {pid: _rss_mib(pid) for pid in group.pids()}
+    report["comfyui_config"] = here = effective_config()  # what each rank's "rank_setup" should match
+    report["config_differences"] = [config_differences(here, s) if s else None for s in report["rank_setup"]]
     return report
 
 
@@ -55,6 +58,9 @@ def summary_text(report: dict) -> str:
     if report.get("finishing_interrupted_job"):
         lines.append("finishing an interrupted job")
     lines.append(f"model: {report.get('loaded_model') or 'none loaded'}")
+    differences = [d for d in report.get("config_differences") or () if d]
+    if differences:
+        lines.append("ranks differ from this ComfyUI's launch options: " + "; ".join(differences[0])[:300])
     if report.get("last_error"):
         lines.append(f"last error: {str(report['last_error'])[:300]}")
     job = report.get("last_job") or {}

@@ -67,7 +67,8 @@ def started():
     old_level = pack.level
     pack.setLevel(logging.DEBUG)
     pack.addHandler(handler)
-    g = WorkerGroup(GroupSpec(("cpu", "cpu"), worker_init="support.group_jobs:noisy_init"))
+    g = WorkerGroup(GroupSpec(("cpu", "cpu"), worker_init="support.group_jobs:noisy_init",
+                              worker_init_data=b"the parent's launch options"))
     phases = []
 
     def on_phase(phase):
@@ -94,6 +95,8 @@ def test_start_up_phases_arrive_in_order_before_ready(started):
         assert all(a.elapsed_s <= b.elapsed_s for (a, _), (b, _) in zip(mine, mine[1:]))
         assert mine[-1][0].text.startswith(f"rank {rank} ready on cpu in ")
         assert isinstance(g.ranks[rank].ready, Ready) and g.ranks[rank].ready.pid == g.pids()[rank]
+        assert g.ranks[rank].ready.setup == {"device": "cpu", "data": "the parent's launch options"}
+    assert g.status()["rank_setup"] == [{"device": "cpu", "data": "the parent's launch options"}] * 2
 
 
 def test_start_up_logs_reach_the_parent_with_the_rank_named(started):
@@ -126,6 +129,20 @@ def test_a_job_logs_and_phases_on_any_rank_reach_the_parent(started, caplog):
     assert not any("foreign info" in t for t in by_text), "a foreign INFO record must stay on the rank"
     assert not any(t.startswith("[rank 0] some.library") for t in by_text)
     assert "[rank 0] loading the model on rank 0" in by_text  # job phases are logged too
+
+
+def test_at_a_verbose_console_every_record_of_a_rank_travels(caplog):
+    """A console at DEBUG (ComfyUI started with --verbose): the ranks follow it, foreign INFO included."""
+    caplog.set_level(logging.DEBUG, logger="cfg_parallel")
+    g = WorkerGroup(GroupSpec(("cpu",), log_level=logging.DEBUG))
+    try:
+        g.start()
+        g.run(LoggingJob(rank=0))
+    finally:
+        g.teardown()
+    texts = [r.getMessage() for r in caplog.records if r.name == "cfg_parallel"]
+    assert "[rank 0] some.library: foreign info: stays on the rank at INFO" in texts, texts
+    assert "[rank 0] pack info from rank 0" in texts
 
 
 def test_an_on_phase_that_raises_during_start_up_leaves_the_ranks_starting():

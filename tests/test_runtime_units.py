@@ -94,7 +94,7 @@ def test_parse_devices():
     with pytest.raises(GroupConfigError, match="at least 1"):
         parse_devices("", -2)
     if torch.cuda.device_count() == 0:
-        with pytest.raises(GroupConfigError, match="does not exist"):
+        with pytest.raises(GroupConfigError, match="this ComfyUI process sees 0"):
             parse_devices("cuda:0,cuda:1", 2)
         assert parse_devices("", 2) == ("cpu", "cpu")
     with pytest.raises(GroupConfigError, match="exactly one device per rank"):
@@ -126,3 +126,33 @@ def test_every_rule_names_its_cfg_scale():
     assert custom([("ptb", "positive", 1.0)]).rule.cfg_scale == 1.0
     video, audio = ModalityGuidance(cfg=3.0), ModalityGuidance(cfg=7.0)
     assert ltx2_multimodal(video, audio).rule.cfg_scale == 3.0
+
+
+def test_a_gpu_group_this_process_cannot_start_is_refused_in_one_message():
+    """Before any rank starts, with another machine's facts passed in: Windows ComfyUI >= 0.33
+    shows one GPU unless started with --cuda-device all, and its PyTorch has no NCCL."""
+    with pytest.raises(GroupConfigError) as one_gpu:
+        parse_devices("", 2, visible_gpus=1, nccl=True)
+    text = str(one_gpu.value)
+    assert "sees 1" in text and "--cuda-device all" in text and "parallel size 1" in text and "'cpu'" in text
+    with pytest.raises(GroupConfigError, match="use at most 2 ranks, on cuda:0 to cuda:1"):
+        parse_devices("cuda:0,cuda:3", 2, visible_gpus=2, nccl=True)
+    with pytest.raises(GroupConfigError) as no_nccl:
+        parse_devices("cuda:0,cuda:1", 2, visible_gpus=2, nccl=False)
+    text = str(no_nccl.value)
+    assert "NCCL" in text and "CFG_PARALLEL_BACKEND=gloo" in text and "'cpu'" in text and "sees" not in text
+    with pytest.raises(GroupConfigError) as both:  # Windows, ComfyUI 0.33 as started by default
+        parse_devices("", 2, visible_gpus=1, nccl=False)
+    assert "--cuda-device all" in str(both.value) and "NCCL" in str(both.value)
+    assert parse_devices("cuda:0,cuda:1", 2, "gloo", visible_gpus=2, nccl=False) == ("cuda:0", "cuda:1")
+    assert parse_devices("", 2, visible_gpus=2, nccl=True) == ("cuda:0", "cuda:1")
+    assert parse_devices("cpu", 2, visible_gpus=1, nccl=False) == ("cpu", "cpu")
+    assert parse_devices("", 1, visible_gpus=1, nccl=False) == ("cuda:0",)  # size 1 needs no NCCL (Windows)
+
+
+def test_on_this_machine_gpu_devices_are_refused_with_what_to_do():
+    """The real path: torch's own GPU count and NCCL on this machine."""
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    with pytest.raises(GroupConfigError, match="--cuda-device all"):
+        parse_devices("cuda:0,cuda:1", 2)

@@ -4,6 +4,8 @@ with bf16 weights and with weight_dtype fp8_e4m3fn. Skipped without CUDA or LTX-
 
 Two ranks share the one GPU (devices "cuda:0,cuda:0"): NCCL refuses a GPU listed twice, so
 the server runs with CFG_PARALLEL_BACKEND=gloo (the documented way to do that).
+CFGP_GPU_ARGS adds launch options to main.py (e.g. "--use-split-cross-attention --reserve-vram 2"):
+the ranks run with them too, and the console lines a size-2 prompt adds are counted.
 
     CFGP_GPU_BLOCKS=4 CFGP_GPU_REPORT=$OUT/gpu_transport.json python -m pytest -q tests/test_transport_gpu.py
 """
@@ -25,8 +27,12 @@ pytestmark = [pytest.mark.server, pytest.mark.slow,
 
 BLOCKS = int(os.environ.get("CFGP_GPU_BLOCKS", "4"))
 CAPTION_CHANNELS = 3840  # LTXAVModel's default: a processed text embedding is 2 x 3840 wide
-WIDTH, HEIGHT, LENGTH, STEPS = 768, 512, 121, 4
-REPORT: dict = {"blocks": BLOCKS, "shape": [WIDTH, HEIGHT, LENGTH], "steps": STEPS, "runs": {}}
+WIDTH, HEIGHT, LENGTH = 768, 512, 121
+STEPS = int(os.environ.get("CFGP_GPU_STEPS", "4"))
+LAUNCH_ARGS = os.environ.get("CFGP_GPU_ARGS", "").split()
+LINES_PER_RANK = 10  # console lines a size-2 prompt may add per rank beyond a size-1 prompt (group start included)
+REPORT: dict = {"blocks": BLOCKS, "shape": [WIDTH, HEIGHT, LENGTH], "steps": STEPS, "launch_args": LAUNCH_ARGS,
+                "runs": {}}
 
 
 class GpuComfyServer(ComfyServer):
@@ -38,7 +44,7 @@ class GpuComfyServer(ComfyServer):
         front = self.base_dir / "frontend"
         front.mkdir(exist_ok=True)
         (front / "index.html").write_text("<html></html>")
-        return cmd + ["--front-end-root", str(front)]
+        return cmd + ["--front-end-root", str(front)] + LAUNCH_ARGS
 
 
 def build_full_width_ltxav(path: Path, blocks: int, seed: int = 0) -> Path:
@@ -116,6 +122,32 @@ def _run(server, size: int, weight_dtype: str, nonce: int) -> dict:
 
 def test_server_runs_with_dynamic_vram(gpu_server):
     assert "DynamicVRAM support detected and enabled" in gpu_server.log_text()
+
+
+def _lines(server) -> int:
+    with open(server.log_path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def test_size2_adds_a_few_console_lines_and_runs_with_the_launch_options(gpu_server):
+    """The first size-2 prompt (the group starts; each rank runs dynamic VRAM): its console lines
+    against a size-1 prompt's, and every rank's effective configuration against the server's."""
+    n0 = _lines(gpu_server)
+    serial = _run(gpu_server, 1, "default", 31)
+    n1 = _lines(gpu_server)
+    parallel = _run(gpu_server, 2, "default", 32)
+    n2 = _lines(gpu_server)
+    status = gpu_server.group_status()
+    REPORT["console_lines"] = {"size1": n1 - n0, "size2_first": n2 - n1}
+    REPORT["comfyui_config"] = status.get("comfyui_config")
+    REPORT["rank_setup"] = status.get("rank_setup")
+    REPORT["config_differences"] = status.get("config_differences")
+    for part in ("video", "audio"):
+        REPORT["runs"][f"launch_args/equal_{part}"] = eq = torch.equal(parallel[part], serial[part])
+        assert eq, part
+    assert status["config_differences"] == [[], []]
+    assert all(s["dynamic_vram"] and s["aimdo_log_level"] == "INFO" for s in status["rank_setup"])
+    assert n2 - n1 <= n1 - n0 + 2 * LINES_PER_RANK
 
 
 @pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])

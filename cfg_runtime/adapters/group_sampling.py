@@ -7,7 +7,6 @@ their summaries; the group itself knows nothing of models.
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -21,7 +20,6 @@ from ..guidance.policy import CFGPolicy
 from .model_cache import BUDGET_ENV, short
 from .model_checks import check_model_options
 from .progress_text import ProgressText
-from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
 from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
@@ -98,8 +96,6 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
     log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree, call.model_patcher))
-    if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
-        os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
     job = _job(call, settings, route)
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)

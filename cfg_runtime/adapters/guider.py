@@ -18,6 +18,7 @@ from ..guidance.policy import CFGPolicy
 from ..parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
+from .launch_options import capture, console_level, level_number
 from .model_checks import check_model_options
 from .sequence_job import sequence_degree_from_env
 
@@ -56,7 +57,8 @@ class ParallelSettings:
         # process's count, so their results equal the in-process (size 1) ones bit for bit.
         return GroupSpec(devices=devices, backend=backend, step_timeout_s=self.step_timeout_s,
                          start_timeout_s=self.start_timeout_s, collective_timeout_s=max(self.step_timeout_s, 60.0),
-                         worker_init=WORKER_INIT, threads_per_rank=torch.get_num_threads())
+                         worker_init=WORKER_INIT, threads_per_rank=torch.get_num_threads(),
+                         worker_init_data=capture(), log_level=level_number(console_level()))
 
 
 class MultiBranchGuider(BranchGuider):

@@ -1,47 +1,85 @@
-"""ComfyUI's configuration inside a worker rank, set before anything imports comfy.model_management."""
+"""ComfyUI inside a worker rank, set up from the ComfyUI process's launch options before
+anything imports comfy.model_management (which reads them once, when imported)."""
 from __future__ import annotations
 
-import os
+import logging
+import pickle
+import sys
 
-RANK_DYNAMIC_VRAM_ENV = "CFG_PARALLEL_RANK_DYNAMIC_VRAM"  # set by a ComfyUI process that runs dynamic VRAM
+from .launch_options import LaunchOptions, effective_config, rank_overrides
+
+log = logging.getLogger("cfg_parallel")
+
+_AIMDO_LEVELS = {"DEBUG": "set_log_debug", "DETAIL": "set_log_detail", "INFO": "set_log_info",
+                 "WARNING": "set_log_warning", "ERROR": "set_log_error", "CRITICAL": "set_log_critical"}
 
 
-def init_worker(device: str) -> None:
-    """Configure ComfyUI in a worker before anything imports comfy.model_management.
-
-    When the ComfyUI process runs 0.29's dynamic VRAM, a GPU rank turns it on too (comfy-aimdo
-    for its device, ModelPatcherDynamic as the core patcher): the rank then loads the model
-    from its file the way ComfyUI does, with the same numerics."""
+def init_worker(device: str, data: bytes = b"") -> dict:
+    """The rank's worker_init: ComfyUI's arguments become the ComfyUI process's (`data`, from
+    launch_options.capture; empty: ComfyUI's defaults), the options of RANK_OVERRIDES follow the
+    rank's device, and a GPU rank of a ComfyUI process that runs dynamic VRAM runs it too
+    (comfy-aimdo at the console's log level, as main.py sets it). Returns the rank's effective
+    configuration (its Ready message carries it to the parent)."""
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = device == "cpu"
-    comfy.cli_args.args.disable_smart_memory = False
-    if device.startswith("cuda") and os.environ.get(RANK_DYNAMIC_VRAM_ENV) == "1":
-        _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0)
+    if "comfy.model_management" in sys.modules:  # pragma: no cover - a hook that imports ComfyUI too early
+        log.warning("cfg-parallel: ComfyUI was imported on this rank before its launch options were set")
+    options: LaunchOptions | None = pickle.loads(data) if data else None
+    args = comfy.cli_args.args
+    for name, value in options.args if options is not None else ():
+        setattr(args, name, value)
+    overridden = rank_overrides(device)
+    for name, value in overridden.items():
+        if hasattr(args, name):
+            setattr(args, name, value)
+    aimdo_level = None
+    if device.startswith("cuda") and options is not None and options.dynamic_vram:
+        aimdo_level = _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0, args,
+                                           options.console_level)
+    report = effective_config()
+    report.update(device=device, overridden={k: v for k, v in overridden.items() if hasattr(args, k)},
+                  aimdo_log_level=aimdo_level)
+    return report
 
 
-def _enable_dynamic_vram(index: int) -> None:
-    import comfy_aimdo.control
+def _enable_dynamic_vram(index: int, args, console_level: str) -> str:
+    """Dynamic VRAM for this rank's device as main.py turns it on (headroom, reserve, NVML
+    pressure from the launch options); comfy-aimdo logs at the console's level, not at its own
+    default, which prints a line per CUDA allocation. Returns the aimdo log level set."""
+    import comfy_aimdo.control as control
 
-    if not comfy_aimdo.control.init():
+    reserve = getattr(args, "reserve_vram", None)
+    simple = None if reserve is None else int(reserve * 1024 ** 3)
+    nvml = not getattr(args, "disable_nvml_pressure", False)
+    ok = _first_accepted(control.init, ({"simple_vram_headroom": simple, "nvml_pressure": nvml},
+                                        {"simple_vram_headroom": simple}, {}))
+    if ok is False:
         raise RuntimeError("comfy-aimdo did not load in the worker, but the ComfyUI process runs dynamic VRAM")
     import comfy.memory_management
     import comfy.model_patcher
 
+    headroom = int(float(getattr(args, "vram_headroom", 0) or 0) * 1024 ** 3)
     try:
-        ok = comfy_aimdo.control.init_devices([(index, 0)])
-    except TypeError:  # older comfy-aimdo: plain device indices
-        ok = comfy_aimdo.control.init_devices([index])
+        ok = control.init_devices([(index, headroom)])
+    except TypeError:  # comfy-aimdo 0.4.9: plain device indices
+        ok = control.init_devices([index])
     if not ok:
         raise RuntimeError(f"comfy-aimdo could not initialise cuda:{index} in the worker")
+    name = _AIMDO_LEVELS.get(console_level, "set_log_info")
+    if not hasattr(control, name):  # older comfy-aimdo: no DETAIL
+        name = "set_log_info"
+    getattr(control, name)()
     comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
     comfy.memory_management.aimdo_enabled = True
+    return name.removeprefix("set_log_").upper()
 
 
-def parent_runs_dynamic_vram() -> bool:
-    try:
-        import comfy.memory_management
-
-        return bool(getattr(comfy.memory_management, "aimdo_enabled", False))
-    except ImportError:
-        return False
+def _first_accepted(func, keyword_sets):
+    """func(**kw) with the first keyword set this version of it accepts."""
+    for i, kwargs in enumerate(keyword_sets):
+        try:
+            return func(**kwargs)
+        except TypeError:
+            if i == len(keyword_sets) - 1:
+                raise
+    return None

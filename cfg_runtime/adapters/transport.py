@@ -38,7 +38,7 @@ import torch
 from ..errors import ShippingError
 from ..group.shipping import check_shippable, fingerprint
 from .model_checks import check_model_options
-from .rank_setup import parent_runs_dynamic_vram
+from .launch_options import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
 

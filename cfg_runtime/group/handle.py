@@ -359,4 +359,5 @@ class WorkerGroup:
             "jobs_run": self.jobs_run,
             "last_error": self.last_error,
             "last_job": self.last_job,
+            "rank_setup": [r.ready.setup if r.ready is not None else None for r in self.ranks],
         }

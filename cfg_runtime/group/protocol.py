@@ -12,7 +12,7 @@ Start-up (once per group)::
                                 <- Phase(r, TORCH)     torch imported
                                 <- Phase(r, JOINED)    process group joined (first barrier)
                                 <- Phase(r, READY)     "rank r ready on cuda:1 in 3.2 s"
-                                <- Ready(r, ...)       or StartFailed(Failure) and the rank exits
+                                <- Ready(r, ..., setup)  or StartFailed(Failure) and the rank exits
       Phase(None, READY, "N workers ready in 3.4 s")       (to the caller's on_phase only)
 
 One job (every rank gets the same job; rank 0 alone reports steps and the value)::
@@ -126,6 +126,7 @@ class Ready:
     torch_version: str
     gloo_listener_closed: bool
     seconds: float  # from spawn to ready
+    setup: dict = field(default_factory=dict)  # what the init hook reported (the rank's effective configuration)
 
 
 @dataclass(frozen=True)

@@ -39,24 +39,29 @@ class Outbox:
         self.send(Phase(self.rank, stage, text, elapsed_s=round(time.time() - self.spawned_at, 3)))
 
 
-def _forwarded(record: logging.LogRecord) -> bool:
-    """The pack's own records at INFO and above, and any logger's at WARNING and above."""
-    if record.levelno >= logging.WARNING:
+def forwarded(record: logging.LogRecord, level: int) -> bool:
+    """Whether a rank's record reaches the console whose level is `level`: none below it; at INFO
+    and above, the pack's own records and any logger's warnings and errors (ComfyUI's INFO lines
+    on a rank repeat what the ComfyUI process says, once per rank); below INFO (--verbose), all."""
+    if record.levelno < level:
+        return False
+    if record.levelno >= logging.WARNING or level < logging.INFO:
         return True
-    return record.levelno >= logging.INFO and (record.name == LOGGER or record.name.startswith(LOGGER + "."))
+    return record.name == LOGGER or record.name.startswith(LOGGER + ".")
 
 
 class LogForwarder(logging.Handler):
     """A root-logger handler that sends the rank's records to the parent as Log messages."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, level: int = logging.INFO) -> None:
         super().__init__()
         self.outbox = outbox
+        self.console_level = level
         self.setFormatter(logging.Formatter("%(message)s"))  # message, then traceback and stack if any
         self._busy = threading.local()  # a record logged while sending one is dropped, not recursed into
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return _forwarded(record) and super().filter(record)
+        return forwarded(record, self.console_level) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._busy, "on", False):
@@ -70,13 +75,16 @@ class LogForwarder(logging.Handler):
             self._busy.on = False
 
 
-def forward_logs(outbox: Outbox) -> LogForwarder:
-    """Send this rank's log records (and its Python warnings) to the parent from now on."""
-    handler = LogForwarder(outbox)
-    logging.getLogger().addHandler(handler)
+def forward_logs(outbox: Outbox, level: int = logging.INFO) -> LogForwarder:
+    """Send this rank's log records (and its Python warnings) to the parent from now on, those
+    the parent's console shows at its level (see `forwarded`)."""
+    handler = LogForwarder(outbox, level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.WARNING))  # as the ComfyUI process's root logger, for the records it shows
     pack = logging.getLogger(LOGGER)
-    if pack.getEffectiveLevel() > logging.INFO:
-        pack.setLevel(logging.INFO)
+    if pack.getEffectiveLevel() > level:
+        pack.setLevel(level)
     logging.captureWarnings(True)  # warnings.warn(...) -> the 'py.warnings' logger, at WARNING
     return handler
 

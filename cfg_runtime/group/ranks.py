@@ -56,7 +56,7 @@ class Processes:
             for rank, device in enumerate(spec.devices):
                 config = WorkerConfig(rank, spec.world_size, device, spec.resolved_backend, store_path,
                                       spec.collective_timeout_s, spec.threads_per_rank, env, spec.worker_init,
-                                      spawned_at, spec.parent_poll_s)
+                                      spec.worker_init_data, spec.log_level, spawned_at, spec.parent_poll_s)
                 parent_conn, child_conn = mp_ctx.Pipe(duplex=True)
                 death_r, death_w = mp_ctx.Pipe(duplex=False)
                 proc = mp_ctx.Process(target=worker_main, name=f"cfgp-rank{rank}",

@@ -57,9 +57,12 @@ def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = 
 
 
 def _same_processes(a: GroupSpec, b: GroupSpec) -> bool:
-    """Whether two specs describe the same worker processes (deadlines aside)."""
-    return (a.devices, a.resolved_backend, a.threads_per_rank, a.worker_init) == \
-        (b.devices, b.resolved_backend, b.threads_per_rank, b.worker_init)
+    """Whether two specs describe the same worker processes (deadlines aside): the same devices,
+    backend, threads, set-up (the ComfyUI launch options they run with) and log level."""
+    def identity(s: GroupSpec) -> tuple:
+        return s.devices, s.resolved_backend, s.threads_per_rank, s.worker_init, s.worker_init_data, s.log_level
+
+    return identity(a) == identity(b)
 
 
 def current_group() -> WorkerGroup | None:

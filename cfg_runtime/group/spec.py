@@ -1,8 +1,10 @@
 """Which worker processes to start: devices, backend, deadlines; device names checked."""
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,7 +38,11 @@ class GroupSpec:
     handle_release_s: float = 2.0  # for multiprocessing's resource sharer to stop after a fault
     poll_s: float = 0.05  # how often a wait looks at the interrupt flag
     parent_poll_s: float = 1.0  # how often a rank checks that its parent lives (read when it starts)
-    worker_init: str = ""  # "module:function" called with the device name before the first job
+    worker_init: str = ""  # "module:function" called with (device, worker_init_data) before the rank joins
+    # Opaque to the group: what the ranks are set up with (the ComfyUI process's launch options, from
+    # the adapters). Part of the group's identity: a group started with other data is not reused.
+    worker_init_data: bytes = b""
+    log_level: int = logging.INFO  # the ComfyUI console's level: the ranks forward their records from it
     fd_margin: int = 1024  # open fds a rank may gain after its first job before the group is respawned
     host_mib_per_rank: float = 800.0  # host memory a rank needs before any model: torch + ComfyUI (~790 MiB RSS)
 
@@ -60,20 +66,22 @@ _CUDA_NAME = re.compile(r"cuda:[0-9]{1,4}")
 BACKEND_ENV = "CFG_PARALLEL_BACKEND"  # "gloo" lets two ranks share one GPU (tests, benchmarks)
 
 
-def parse_devices(text: str, world_size: int, backend: str = "") -> tuple[str, ...]:
-    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + world_size -> validated device tuple."""
+def parse_devices(text: str, world_size: int, backend: str = "", visible_gpus: int | None = None,
+                  nccl: bool | None = None) -> tuple[str, ...]:
+    """'cuda:0,cuda:1' / 'cpu' / '' (auto) + world_size -> validated device tuple.
+
+    visible_gpus / nccl: the GPUs this process sees and whether torch has NCCL (None: ask torch);
+    a test passes another machine's facts (e.g. Windows: one visible GPU, no NCCL)."""
     import torch
 
     if not isinstance(world_size, int) or world_size < 1:
         raise GroupConfigError(f"Parallel size must be a whole number of at least 1, got {world_size!r}.")
     if not isinstance(text, str):
         raise GroupConfigError(f"devices must be text such as 'cuda:0,cuda:1' or 'cpu', got {clip(text)}.")
+    n_gpu = torch.cuda.device_count() if visible_gpus is None else visible_gpus
     names = [d.strip().lower() for d in text.replace(";", ",").split(",") if d.strip()] if text else []
     if not names or names == ["auto"]:
-        n_gpu = torch.cuda.device_count()
-        if n_gpu >= world_size:
-            names = [f"cuda:{i}" for i in range(world_size)]
-        elif n_gpu == 0:
+        if n_gpu == 0:
             cores = os.cpu_count() or 1
             if world_size > cores:
                 raise GroupConfigError(
@@ -82,10 +90,7 @@ def parse_devices(text: str, world_size: int, backend: str = "") -> tuple[str, .
                     f"'cpu' to insist.")
             names = ["cpu"] * world_size
         else:
-            raise GroupConfigError(
-                f"Parallel size {world_size} asks for {world_size} GPUs but this machine has {n_gpu}. Lower the "
-                f"parallel size to {n_gpu} or less, or list devices explicitly (e.g. 'cpu' to run the ranks on the "
-                f"CPU).")
+            names = [f"cuda:{i}" for i in range(world_size)]
     elif names == ["cpu"]:
         names = ["cpu"] * world_size
     for name in names:
@@ -102,11 +107,40 @@ def parse_devices(text: str, world_size: int, backend: str = "") -> tuple[str, .
     if len(kinds) > 1:
         raise GroupConfigError(f"Mixed devices ({clip(', '.join(names), 80)}): all ranks must be CPUs or all GPUs.")
     check_device_backend(tuple(names), backend)
-    n_gpu = torch.cuda.device_count() if "cuda" in kinds else 0
-    for name in names:
-        if name != "cpu" and int(name[5:]) >= n_gpu:
-            raise GroupConfigError(f"Device '{name}' does not exist: this machine has {n_gpu} CUDA device(s).")
+    if "cuda" in kinds:
+        check_gpu_group(tuple(names), backend, n_gpu, _nccl_available() if nccl is None else nccl)
     return tuple(names)
+
+
+def _nccl_available() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_nccl_available()
+
+
+def check_gpu_group(devices: tuple[str, ...], backend: str, visible_gpus: int, nccl: bool) -> None:
+    """Refuse, in one message, a GPU group this process cannot start: a device beyond the GPUs it
+    sees (ComfyUI >= 0.33 on Windows shows only GPU 0 unless started with --cuda-device all), or
+    NCCL missing (Windows builds of PyTorch have none) where two or more ranks would need it."""
+    highest = max(int(d[5:]) for d in devices)
+    problems, fixes = [], []
+    if highest >= visible_gpus:
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        problems.append(f"The ranks need {highest + 1} GPU(s) ({clip(', '.join(devices), 80)}) but this ComfyUI "
+                        f"process sees {visible_gpus}" + (f" (CUDA_VISIBLE_DEVICES={clip(seen, 40)})"
+                                                          if seen is not None else "") + ".")
+        fixes.append("if the machine has more GPUs, start ComfyUI with --cuda-device all (on Windows ComfyUI 0.33 "
+                     "and later show only GPU 0 otherwise, and ask for --disable-pinned-memory with it)")
+        fixes.append(f"use at most {visible_gpus} ranks, on cuda:0 to cuda:{visible_gpus - 1}" if visible_gpus > 1
+                     else "use parallel size 1")
+    if (backend or "nccl") == "nccl" and not nccl and len(devices) > 1:  # size 1 samples in the ComfyUI process
+        problems.append("GPU ranks exchange their predictions through NCCL, which this PyTorch lacks"
+                        + (" (Windows builds of PyTorch have none)" if sys.platform == "win32" else "") + ".")
+        fixes.append(f"use the gloo backend (start ComfyUI with the environment variable {BACKEND_ENV}=gloo; slower: "
+                     f"the exchange goes through host memory)")
+    if problems:
+        fixes.append("set devices to 'cpu' to run the ranks on the CPU")
+        raise GroupConfigError(" ".join(problems) + " What to do: " + "; or ".join(fixes) + ".")
 
 
 def check_device_backend(devices: tuple[str, ...], backend: str) -> None:

@@ -46,7 +46,9 @@ class WorkerConfig:
     collective_timeout_s: float
     threads: int
     env: tuple[tuple[str, str], ...] = ()
-    init: str = ""  # "module:function(device)" run before the process group forms
+    init: str = ""  # "module:function(device, init_data) -> dict" run before the process group forms
+    init_data: bytes = b""  # opaque to the group (GroupSpec.worker_init_data)
+    log_level: int = 20  # the parent's console level (logging.INFO by default): records from it travel
     spawned_at: float = 0.0  # the parent's time.time() at spawn (same host): start-up phases count from it
     parent_poll_s: float = 1.0  # how often the rank checks that its parent lives
 
@@ -106,20 +108,24 @@ def _prepare_process(config: WorkerConfig, death_conn, outbox: Outbox) -> None:
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
-    forward_logs(outbox)
+    forward_logs(outbox, config.log_level)
     outbox.startup_phase(Stage.STARTED, f"rank {config.rank} process started (pid {os.getpid()})")
 
 
-def _run_init(config: WorkerConfig) -> None:
-    if config.init:
-        import importlib
+def _run_init(config: WorkerConfig) -> dict:
+    """The init hook's report (e.g. the rank's effective configuration), {} without a hook."""
+    if not config.init:
+        return {}
+    import importlib
 
-        module, _, func = config.init.partition(":")
-        getattr(importlib.import_module(module), func)(config.device)
+    module, _, func = config.init.partition(":")
+    report = getattr(importlib.import_module(module), func)(config.device, config.init_data)
+    return dict(report) if isinstance(report, dict) else {}
 
 
-def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "Exchange", bool]:
-    """Import torch, run the init hook, join the process group; (device, exchange, gloo port closed)."""
+def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "Exchange", bool, dict]:
+    """Import torch, run the init hook, join the process group; (device, exchange, gloo port closed,
+    the init hook's report)."""
     import torch
     import torch.distributed as dist
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
@@ -128,7 +134,7 @@ def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "
 
     outbox.startup_phase(Stage.TORCH, f"rank {config.rank} imported torch {torch.__version__}")
     device = torch.device(config.device)
-    _run_init(config)
+    setup = _run_init(config)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -144,16 +150,16 @@ def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "
         dist.barrier()  # the pairs still work without the port
     outbox.startup_phase(Stage.JOINED, f"rank {config.rank} joined the process group ({config.backend}, "
                                        f"{config.world_size} ranks)")
-    return device, CollectiveExchange(config.rank, config.world_size), listener_closed
+    return device, CollectiveExchange(config.rank, config.world_size), listener_closed, setup
 
 
-def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool) -> None:
+def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool, setup: dict) -> None:
     import torch
 
     seconds = round(time.time() - config.spawned_at, 3)
     outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s")
     outbox.send(Ready(config.rank, os.getpid(), str(device), config.backend, torch.__version__, listener_closed,
-                      seconds))
+                      seconds, setup))
 
 
 # --- jobs -------------------------------------------------------------------------------
@@ -226,11 +232,11 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     outbox = Outbox(conn, config.rank, config.spawned_at)
     _prepare_process(config, death_conn, outbox)
     try:
-        device, exchange, listener_closed = _join_group(config, outbox)
+        device, exchange, listener_closed, setup = _join_group(config, outbox)
     except BaseException as exc:  # report, then exit: the parent turns this into a clear error
         outbox.send(StartFailed(Failure.of(exc, config.rank)))
         sys.exit(1)
-    _report_ready(config, outbox, device, listener_closed)
+    _report_ready(config, outbox, device, listener_closed, setup)
     _Rank(config, outbox, device, exchange, stop_event).serve(conn)
     try:
         import torch.distributed as dist

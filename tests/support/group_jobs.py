@@ -6,10 +6,12 @@ import warnings
 from dataclasses import dataclass
 
 
-def noisy_init(device: str) -> None:
-    """A worker_init hook that logs while the rank starts (before it joins the group)."""
+def noisy_init(device: str, data: bytes) -> dict:
+    """A worker_init hook that logs while the rank starts (before it joins the group) and reports
+    what it was given (the rank's Ready carries the report)."""
     logging.getLogger("cfg_parallel").info("init hook ran on %s", device)
     logging.getLogger("some.library").warning("start-up warning on %s", device)
+    return {"device": device, "data": data.decode()}
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class LoggingJob:
         if ctx.rank == self.rank:
             logging.getLogger("some.library").warning("%s on this rank", self.text)
             logging.getLogger("cfg_parallel.sub").info("pack info from rank %d", ctx.rank)
-            logging.getLogger("some.library").info("foreign info: stays on the rank")
+            logging.getLogger("some.library").info("foreign info: stays on the rank at INFO")
             warnings.warn("a python warning from the job", UserWarning)
             try:
                 raise ValueError("caught and logged")
