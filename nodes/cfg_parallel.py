@@ -3,7 +3,7 @@
 Placed after the loader and the patch nodes (LoRA, ModelSampling*, ...), it makes KSampler,
 KSamplerAdvanced, SamplerCustom(Advanced) with CFGGuider / BasicGuider / DualCFGGuider run
 their branches in parallel, with the guidance read from the sampler node, or the connected
-CFG_POLICY. The hook is a sampling wrapper (cfg_runtime.adapters.model_wrapper).
+CFG_POLICY. The hook is a sampling wrapper (cfg_runtime.adapters.sampling.model_wrapper).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import ParallelSettings
-from cfg_runtime.adapters.model_checks import check_model_options, check_policy_fits_model
-from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_sampling
+from cfg_runtime.adapters.sampling.guider import ParallelSettings
+from cfg_runtime.adapters.models.model_checks import check_model_options, check_policy_fits_model
+from cfg_runtime.adapters.sampling.model_wrapper import foreign_wrappers, with_group_sampling
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
-from cfg_runtime.adapters.model_checks import check_policy_fits_model
+from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
+from cfg_runtime.adapters.models.model_checks import check_policy_fits_model
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 from cfg_runtime.parallel.plan import PLANNERS

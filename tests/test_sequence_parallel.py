@@ -31,7 +31,7 @@ def groups():
     def get(size: int) -> WorkerGroup:
         if size not in made:
             g = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                      worker_init="cfg_runtime.adapters.rank_setup:init_worker"))
+                                      worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
             g.start()
             made[size] = g
         return made[size]
@@ -122,7 +122,7 @@ def test_stg_pass_composes_with_the_split(groups, route):
 
 @needs_ltxav
 def test_degree_one_is_the_unchanged_path():
-    from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
+    from cfg_runtime.adapters.families.ltx2 import with_sequence_parallel
 
     options = {"transformer_options": {"x": 1}}
     same, wrapper = with_sequence_parallel(options, SINGLE)

@@ -43,7 +43,7 @@ try:
 except ImportError:  # a ComfyUI without LTX-2 audio+video (0.3.75): nothing to split
     CompressedTimestep = LTXAVModel = None
 
-from ..parallel.sequence import (SequenceGroup, SequenceShard, gather_tokens, heads_divisible, heads_to_tokens,
+from ...parallel.sequence import (SequenceGroup, SequenceShard, gather_tokens, heads_divisible, heads_to_tokens,
                                  plan_shard, tokens_to_heads)
 
 log = logging.getLogger("cfg_parallel")

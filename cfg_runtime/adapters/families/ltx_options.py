@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from ..guidance.blocks import block_indices
+from ...guidance.blocks import block_indices
 from .ltx_stg import STREAMS, PerturbedBlock
 
 __all__ = [

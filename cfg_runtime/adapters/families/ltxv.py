@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import comfy.patcher_extension
 
-from ..parallel.sequence import SequenceGroup, SequenceShard, gather_tokens, plan_shard
-from .ltx_sequence import SequenceAttention, SequenceStats, slice_rows
+from ...parallel.sequence import SequenceGroup, SequenceShard, gather_tokens, plan_shard
+from .ltx2 import SequenceAttention, SequenceStats, slice_rows
 
 _DIT = "double_block"
 

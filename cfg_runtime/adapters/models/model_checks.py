@@ -1,9 +1,9 @@
 """What a policy and a model's options ask of each other, checked before any sampling starts."""
 from __future__ import annotations
 
-from ..errors import PolicyError, ShippingError
-from ..guidance.policy import CFGPolicy
-from .ltx_options import check_blocks, model_family
+from ...errors import PolicyError, ShippingError
+from ...guidance.policy import CFGPolicy
+from ..families.ltx_options import check_blocks, model_family
 
 # Model options that replace or reorder the guidance combine: they cannot coexist with a policy.
 CONFLICTING_OPTIONS = {

@@ -10,10 +10,10 @@ import torch
 
 import comfy.samplers
 
-from ..errors import PolicyError
-from ..guidance.policy import CFGBranch, CFGPolicy
-from ..parallel.dispatch import BranchDispatcher
-from .ltx_options import branch_model_options
+from ...errors import PolicyError
+from ...guidance.policy import CFGBranch, CFGPolicy
+from ...parallel.dispatch import BranchDispatcher
+from ..families.ltx_options import branch_model_options
 
 
 def step_index(timestep: torch.Tensor, model_options: dict) -> int:

@@ -14,17 +14,17 @@ from typing import Any, Callable
 
 import comfy.model_management
 
-from ..errors import JobInterrupted, ShippingError
-from ..group import JobResult, WorkerGroup, get_group
-from ..group.shipping import check_shippable
-from ..guidance.policy import CFGPolicy
-from .model_cache import BUDGET_ENV, short
-from .model_checks import check_model_options
+from ...errors import JobInterrupted, ShippingError
+from ...group import JobResult, WorkerGroup, get_group
+from ...group.shipping import check_shippable
+from ...guidance.policy import CFGPolicy
+from ..models.model_cache import BUDGET_ENV, short
+from ..models.model_checks import check_model_options
 from .progress_text import ProgressText
-from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
+from ..models.rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
-from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
+from ..models.transport import RELEASED, WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
 

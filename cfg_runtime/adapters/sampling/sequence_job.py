@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GroupConfigError, clip
-from ..parallel.layout import GroupedExchange, ParallelLayout, plan_layout
-from ..parallel.sequence import cached_sequence_group
-from .ltx_sequence import LTXAVSequenceParallel, diffusion_model, is_ltxav
-from .ltxv_sequence import BlockSplit
+from ...errors import GroupConfigError, clip
+from ...parallel.layout import GroupedExchange, ParallelLayout, plan_layout
+from ...parallel.sequence import cached_sequence_group
+from ..families.ltx2 import LTXAVSequenceParallel, diffusion_model, is_ltxav
+from ..families.ltxv import BlockSplit
 
 log = logging.getLogger("cfg_parallel")
 
