@@ -141,9 +141,15 @@ def test_degree_one_is_the_unchanged_path():
     (1, 1, (1, 1)),
 ])
 def test_plan_layout(branches, world, expected):
-    layout = plan_layout(branches, world)
+    layout = plan_layout(branches, world, split_share=0.26 / 0.374)  # LTX-2's measured share
     assert (layout.branch_groups, layout.degree) == expected
     assert layout.world_size == world
+
+
+def test_plan_layout_uses_the_family_share():
+    """The planner weighs a family's own share: none at all never splits; Wan's splits where LTX-2's does."""
+    assert plan_layout(1, 2, split_share=0.0) == ParallelLayout(2, 1)
+    assert plan_layout(1, 4, split_share=0.98) == ParallelLayout(1, 4)
 
 
 def test_plan_layout_override_and_refusals():

@@ -1,108 +1,58 @@
-"""Sequence parallelism for ComfyUI's LTX-Video model (``LTXVModel``; 0.3.75 and 0.29).
+"""LTX-Video (``LTXVModel``; 0.3.75 and 0.29): one video stream, text cross-attention.
 
-LTX-Video has one token stream (video) and text cross-attention, so the split is made at
-the block boundary with per-call ``patches_replace["dit"][("double_block", i)]`` patches
-(no model code is re-run or changed): block 0's patch keeps this rank's rows of the video
-tokens, every block's patch slices that block's per-token timestep modulation and rotary
-embedding to the same rows and runs the block with the sequence attention override of
-:mod:`.ltx_sequence` (video self-attention through the Ulysses all-to-all, text
-cross-attention local), and the last block's patch all-gathers the tokens, so ComfyUI's
-own output step sees the whole stream. A replace patch already on a block (another node's,
-or the pack's STG patch) is called in turn.
-
-An evaluation with a guide self-attention mask (0.29 guide attenuation) is not split.
+Split with the generic block patches (:mod:`..split.blocks`) on ``("double_block", i)``: the
+video tokens, each block's per-token timestep modulation (``vec``) and rotary embedding
+(``pe``) are sliced to this rank's rows; the video self-attention goes through the Ulysses
+all-to-all; text cross-attention stays local. An evaluation with a guide self-attention mask
+(0.29 guide attenuation) runs whole.
 """
 from __future__ import annotations
 
-import comfy.patcher_extension
+try:
+    from comfy.ldm.lightricks.model import LTXVModel
+except ImportError:  # pragma: no cover - every supported ComfyUI has LTX-Video
+    LTXVModel = None
+try:
+    from comfy.ldm.lightricks.av_model import LTXAVModel
+except ImportError:  # 0.3.75: no LTX-2
+    LTXAVModel = None
 
-from ...parallel.sequence import SequenceGroup, SequenceShard, gather_tokens, plan_shard
-from .ltx2 import SequenceAttention, SequenceStats, slice_rows
+from ..split.blocks import BlockSplit, Evaluation, TokenPlan
+from .base import STG, ModelFamily
+from .ltx2 import _branch_options
+from .ltx_options import count_transformer_blocks
 
 _DIT = "double_block"
 
 
-class _Evaluation:
-    """The split of the evaluation in flight (decided at block 0, read by every block)."""
+class LTXVBlocks:
+    """How LTX-Video's block arguments hold the video tokens."""
 
-    def __init__(self, group: SequenceGroup) -> None:
-        self.group = group
-        self.stats = SequenceStats()
-        self.shard: SequenceShard | None = None
-        self.index = None
-
-    def begin(self, args: dict) -> None:
-        self.shard = self.index = None
+    def plan(self, args: dict, call: dict) -> TokenPlan | str:
         if args.get("self_attention_mask") is not None:
-            self.stats.unsplit += 1
-            return
-        x, text = args["img"], args["txt"]
-        self.shard = plan_shard(x.shape[1], self.group.degree, self.group.rank, avoid=(text.shape[1],))
-        self.index = self.shard.index(x.device)
-        self.stats.evaluations += 1
-        self.stats.padding = self.shard.padding
+            return "a guide self-attention mask (guide attenuation)"
+        return TokenPlan(args["img"].shape[1], avoid=(args["txt"].shape[1],))
+
+    def local_args(self, args: dict, key, ev: Evaluation, first: bool) -> dict:
+        x = ev.rows(args["img"], "video tokens") if first else args["img"]
+        pe = args["pe"]  # 0.29: (rotation matrix [B, tokens, ...], split mode); 0.3.75: [B, 1, tokens, ...]
+        pe = (ev.rows(pe[0], "positional embedding"), pe[1]) if isinstance(pe, tuple) else ev.rows(
+            pe, "positional embedding", dim=2)
+        return dict(args, img=x, vec=ev.rows(args["vec"], "timestep modulation"), pe=pe)
+
+    def whole_out(self, out: dict, ev: Evaluation) -> dict:
+        return dict(out, img=ev.gather(out["img"]))
 
 
-def _slice_pe(pe, index, total: int):
-    """0.29: (rotation matrix [B, tokens, ...], split mode); 0.3.75: a tensor [B, 1, tokens, ...]."""
-    if isinstance(pe, tuple):
-        return slice_rows(pe[0], index, total, "positional embedding"), pe[1]
-    return slice_rows(pe.movedim(2, 1), index, total, "positional embedding").movedim(1, 2)
+def make_split(dm, group) -> BlockSplit:
+    return BlockSplit(group, LTXVBlocks(), tuple((_DIT, i) for i in range(len(dm.transformer_blocks))))
 
 
-class SplitBlock:
-    """The replace patch of block ``block`` (of ``blocks``); ``inner`` is a patch that was
-    there before. Shares ``evaluation`` with the other blocks' patches of the same options."""
-
-    def __init__(self, block: int, blocks: int, evaluation: _Evaluation, inner=None) -> None:
-        self.block = block
-        self.last = block == blocks - 1
-        self.evaluation = evaluation
-        self.inner = inner
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def _run(self, args: dict, extra: dict) -> dict:
-        return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        ev = self.evaluation
-        if self.block == 0:
-            ev.begin(args)
-        if ev.shard is None:
-            return self._run(args, extra)
-        shard, index = ev.shard, ev.index
-        x = args["img"].index_select(1, index) if self.block == 0 else args["img"]
-        to = dict(args.get("transformer_options") or {})
-        to["optimized_attention_override"] = SequenceAttention(shard, ev.group, to.get("optimized_attention_override"),
-                                                                ev.stats)
-        local = dict(args, img=x, vec=slice_rows(args["vec"], index, shard.total, "timestep modulation"),
-                     pe=_slice_pe(args["pe"], index, shard.total), transformer_options=to)
-        out = self._run(local, extra)
-        if self.last:
-            out = dict(out, img=gather_tokens(out["img"], shard, ev.group))
-        return out
+def _matches(dm) -> bool:
+    return LTXVModel is not None and isinstance(dm, LTXVModel) and not (
+        LTXAVModel is not None and isinstance(dm, LTXAVModel))
 
 
-class BlockSplit:
-    """The split of an LTX-Video model with ``blocks`` blocks over ``group``; ``apply`` puts it
-    into a copy of some model options (the same split state serves every copy)."""
-
-    def __init__(self, group: SequenceGroup, blocks: int) -> None:
-        self.evaluation = _Evaluation(group)
-        self.blocks = blocks
-
-    @property
-    def stats(self) -> SequenceStats:
-        return self.evaluation.stats
-
-    def apply(self, model_options: dict) -> dict:
-        options = comfy.patcher_extension.copy_nested_dicts(model_options)
-        to = options.setdefault("transformer_options", {})
-        replace = to.setdefault("patches_replace", {})
-        dit = dict(replace.get("dit") or {})
-        for i in range(self.blocks):
-            dit[(_DIT, i)] = SplitBlock(i, self.blocks, self.evaluation, inner=dit.get((_DIT, i)))
-        replace["dit"] = dit
-        return options
+# Everything but the input/output projections runs on split tokens (the text is short).
+FAMILY = ModelFamily(name="ltxv", label="LTX-Video", matches=_matches, make_split=make_split, split_share=0.95,
+                     passes=frozenset({STG}), branch_options=_branch_options, blocks=count_transformer_blocks)

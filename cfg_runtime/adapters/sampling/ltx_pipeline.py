@@ -22,7 +22,7 @@ import comfy.utils
 from .guider import MultiBranchGuider, ParallelSettings
 from ..models.model_checks import check_policy_fits_model
 from ...errors import PolicyError, clip
-from ..families.ltx_options import model_family
+from ..families import model_family
 from ...guidance.policy import CFGPolicy
 from ...guidance.presets import standard_cfg
 

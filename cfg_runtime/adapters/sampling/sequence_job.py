@@ -1,9 +1,10 @@
 """The sequence split inside a sampling job: the layout, and what a rank runs with.
 
 Both sides plan the same layout from the same facts (the policy's branch count, the world
-size, the requested degree, whether the model has a split): the ComfyUI process to refuse
-a bad request before any rank starts and to log the layout; every rank to build its
-sequence group, its branch-group exchange and its model options.
+size, the requested degree, the model family's split and its split share): the ComfyUI
+process to refuse a bad request before any rank starts and to log the layout; every rank to
+build its sequence group, its branch-group exchange and its model options. The model is
+reached only through the family lookup (:func:`..families.family_of`).
 """
 from __future__ import annotations
 
@@ -13,26 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import GroupConfigError, clip
-from ...parallel.layout import GroupedExchange, ParallelLayout, plan_layout
+from ...parallel.layout import GroupedExchange, ParallelLayout, parse_sequence_degree, plan_layout
 from ...parallel.sequence import cached_sequence_group
-from ..families.ltx2 import LTXAVSequenceParallel, diffusion_model, is_ltxav
-from ..families.ltxv import BlockSplit
+from ..families import Split, diffusion_model, family_of
 
 log = logging.getLogger("cfg_parallel")
 
-SEQUENCE_ENV = "CFG_PARALLEL_SEQUENCE_DEGREE"  # "auto" / "0" = planned, "1" = off (default), N = forced
+SEQUENCE_ENV = "CFG_PARALLEL_SEQUENCE_DEGREE"  # "auto" / "0" = planned, "1" / "off" = off (default), N = forced
 
 
 def sequence_degree_from_env() -> int:
     """The requested sequence degree: 0 = automatic, 1 = no split (default), N = N."""
-    text = os.environ.get(SEQUENCE_ENV, "").strip().lower()
-    if text in ("", "off"):
-        return 1
-    if text == "auto":
-        return 0
-    if not text.isdigit():
-        raise GroupConfigError(f"{SEQUENCE_ENV}={clip(text)}: use 'auto', 'off' or a whole number (1 = no split).")
-    return int(text)
+    return parse_sequence_degree(os.environ.get(SEQUENCE_ENV, ""), SEQUENCE_ENV)
 
 
 def job_layout(policy, world_size: int, degree: int, model) -> ParallelLayout:
@@ -41,7 +34,9 @@ def job_layout(policy, world_size: int, degree: int, model) -> ParallelLayout:
         raise GroupConfigError(f"The sequence degree must be 0 (automatic) or a whole number >= 1, got {clip(degree)}.")
     if degree == 1 or world_size == 1:
         return ParallelLayout(world_size, 1)
-    return plan_layout(len(policy.branches), world_size, degree, can_split=can_split(model))
+    family = family_of(model)
+    return plan_layout(len(policy.branches), world_size, degree, can_split=family.can_split,
+                       split_share=family.split_share)
 
 
 def log_layout(policy, layout: ParallelLayout) -> None:
@@ -51,11 +46,11 @@ def log_layout(policy, layout: ParallelLayout) -> None:
 @dataclass(frozen=True)
 class SequenceSetup:
     """What a rank samples with: the exchange the dispatcher sees (branch groups), the
-    layout, and the split's wrapper (None at degree 1) for the guider's model options."""
+    layout, and the family's split (None at degree 1) for the guider's model options."""
 
     exchange: Any
     layout: ParallelLayout
-    split: LTXAVSequenceParallel | BlockSplit | None = None
+    split: Split | None = None
 
     def apply(self, guider) -> None:
         """Put the split into the guider's model options (a copy: the model is not changed)."""
@@ -78,20 +73,9 @@ def sequence_setup(ctx, model, policy, degree: int) -> SequenceSetup:
     return SequenceSetup(GroupedExchange(ctx.exchange, layout), layout, model_split(model, group))
 
 
-def can_split(model) -> bool:
-    """Whether this model has a sequence split: LTX-2 audio+video and LTX-Video."""
-    return is_ltxav(model) or _is_ltxv(model)
-
-
-def _is_ltxv(model) -> bool:
-    inner = diffusion_model(model)
-    return type(inner).__name__ == "LTXVModel" and type(inner).__module__ == "comfy.ldm.lightricks.model"
-
-
-def model_split(model, group):
-    """The split of this model over ``group`` (LTX-2: a diffusion-model wrapper; LTX-Video: block patches)."""
-    if is_ltxav(model):
-        return LTXAVSequenceParallel(group)
-    if _is_ltxv(model):
-        return BlockSplit(group, len(diffusion_model(model).transformer_blocks))
-    raise GroupConfigError(f"{type(diffusion_model(model)).__name__} has no sequence split: use sequence degree 1.")
+def model_split(model, group) -> Split:
+    """The split of this model over ``group``, made by its family."""
+    family = family_of(model)
+    if not family.can_split:
+        raise GroupConfigError(f"{family.label} has no sequence split: use sequence degree 1.")
+    return family.make_split(diffusion_model(model), group)
