@@ -75,3 +75,83 @@ def test_fallbacks(groups, family):
     _check(groups, FamilySplitEvalJob(family, 3, heads=2), "gathered_kv_calls")
     stats = _check(groups, FamilySplitEvalJob(family, 3, frames=1, height=2, width=4), "ulysses_calls")
     assert stats["padding"] == 1
+
+
+# --- whole sampling runs: size 1 against 1 x 2 and 2 x 2 (Wan, loaded by core detection) --------------
+
+@pytest.fixture(scope="module")
+def wan_model(tmp_path_factory):
+    import comfy.sd
+
+    from support.family_jobs import build_tiny_wan_split
+
+    _needs("wan")
+    path = build_tiny_wan_split(tmp_path_factory.mktemp("seq_wan") / "tiny_wan_split.safetensors")
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def _wan_sample(model, cfg: float, size: int, degree: int):
+    import comfy.samplers
+    import torch
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.guidance.presets import standard_cfg
+    from support.family_jobs import WAN_TEXT_CHANNELS
+
+    guider = MultiBranchGuider(model, standard_cfg(cfg), ParallelSettings(world_size=size, devices="cpu",
+                               step_timeout_s=300, start_timeout_s=300, sequence_degree=degree))
+    gen = torch.Generator().manual_seed(5)
+    positive = [[torch.randn(1, 6, WAN_TEXT_CHANNELS, generator=gen), {}]]
+    guider.set_conds(positive, [[torch.randn(1, 6, WAN_TEXT_CHANNELS, generator=gen), {}]] if cfg != 1 else None)
+    latent = torch.zeros(1, 16, 2, 4, 6)  # 2 frames of 2 x 3 tokens: 12 tokens
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 3).cpu()
+    with torch.inference_mode():
+        out = guider.sample(Noise_RandomNoise(3).generate_noise({"samples": latent}), latent,
+                            comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=3)
+    return out, guider.last_run
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_wan_sampling_split(wan_model, cfg):
+    """cfg 1 (one branch: both layouts split it) and cfg 5 (cond + negative) sampled at size 1, at
+    1 x sequence 2 and at 2 x sequence 2."""
+    import torch
+
+    from cfg_runtime.group import shutdown_group
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every rank
+    try:
+        ref, _ = _wan_sample(wan_model, cfg, 1, 1)
+        for size, layout in ((2, [1, 2]), (4, [2, 2])):
+            out, last_run = _wan_sample(wan_model, cfg, size, 2)
+            diff = (out.double() - ref.double())
+            rel = float(diff.norm() / ref.double().norm())
+            print(f"\nWan cfg {cfg}, layout {layout}: max abs {float(diff.abs().max()):.3g}, rel L2 {rel:.3g}")
+            assert rel <= 1e-5
+            ranks = last_run["per_rank"]
+            assert all(s["layout"] == layout for s in ranks)
+            assert sum(s["sequence"]["evaluations"] for s in ranks) > 0
+            assert all(s["sequence"]["ulysses_calls"] > 0 for s in ranks if s["sequence"]["evaluations"])
+    finally:
+        torch.set_num_threads(before)
+        shutdown_group()
+
+
+def test_idle_ranks_are_named_with_the_setting_that_uses_them(wan_model):
+    """cfg 1 on 2 ranks with the split off: one rank idle, and sequence_split auto would use it."""
+    from cfg_runtime.adapters.sampling.sequence_job import idle_note
+    from cfg_runtime.parallel.layout import ParallelLayout
+
+    note = idle_note(1, ParallelLayout(2, 1), 1, wan_model)
+    assert "1 of 2 ranks idle" in note and "sequence_split auto" in note and "Wan" in note, note
+    assert idle_note(2, ParallelLayout(2, 1), 1, wan_model) == ""   # CFG on 2: nothing idle
+    assert idle_note(1, ParallelLayout(1, 2), 0, wan_model) == ""   # the split is on
+    assert idle_note(1, ParallelLayout(2, 1), 1, _plain_model()) == ""  # no split for this model: nothing to say
+
+
+def _plain_model():
+    import torch
+
+    return torch.nn.Linear(2, 2)

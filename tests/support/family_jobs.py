@@ -109,3 +109,21 @@ class FamilySplitEvalJob:
         stats = vars(split.stats).copy()
         ctx.summary.update({"sequence": stats, "split_digest": digest(split_out)})
         return {"whole": whole, "split": split_out, "stats": stats} if ctx.rank == 0 else None
+
+
+# A Wan 2.1 t2v file that core detection reads as 2 heads of 128 (dim 256), 2 blocks: Ulysses at degree 2.
+TINY_WAN_SPLIT_CONFIG = {"model_type": "t2v", "dim": 256, "ffn_dim": 64, "num_heads": 2, "num_layers": 2,
+                         "in_dim": 16, "out_dim": 16}
+WAN_TEXT_CHANNELS = 4096  # fixed by detection
+
+
+def build_tiny_wan_split(path, seed: int = 0, std: float = 0.05):
+    """Write the tiny Wan above as a safetensors file (what UNETLoader loads)."""
+    import_comfy()
+    from comfy.ldm.wan.model import WanModel
+    from safetensors.torch import save_file
+
+    model = WanModel(**TINY_WAN_SPLIT_CONFIG, **_ops())
+    init_weights(model, seed, std)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+    return path

@@ -97,7 +97,8 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
-    log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree, call.model_patcher))
+    idle = log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree,
+                                              call.model_patcher), settings.sequence_degree, call.model_patcher)
     if parent_runs_dynamic_vram():  # GPU ranks run ComfyUI's dynamic VRAM too (read when they start)
         os.environ[RANK_DYNAMIC_VRAM_ENV] = "1"
     job = _job(call, settings, route)
@@ -110,7 +111,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
 
     def on_progress(payload: dict) -> None:
         if "step" in payload:
-            text.show(f"cfg-parallel: sampling on {spec.world_size} ranks")
+            text.show(f"cfg-parallel: sampling on {spec.world_size} ranks" + (f"\n{idle}" if idle else ""))
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 

@@ -39,8 +39,31 @@ def job_layout(policy, world_size: int, degree: int, model) -> ParallelLayout:
                        split_share=family.split_share)
 
 
-def log_layout(policy, layout: ParallelLayout) -> None:
+def log_layout(policy, layout: ParallelLayout, degree: int = 1, model=None) -> str:
+    """Log the layout; when ranks sit idle that a split would use (the split was off), log one line
+    saying so and return it (for the progress text), else return ""."""
     log.info("cfg-parallel layout for %s (%d branches): %s", policy.name, len(policy.branches), layout.describe())
+    note = idle_note(len(policy.branches), layout, degree, model)
+    if note:
+        log.info("%s", note)
+    return note
+
+
+def idle_note(branches: int, layout: ParallelLayout, degree: int, model) -> str:
+    """What a branch-only layout leaves idle and which setting would use it ("" if nothing, or if the
+    split was asked for, or the model's family has none)."""
+    idle = layout.world_size - min(branches, layout.world_size)
+    if degree != 1 or layout.degree != 1 or idle == 0 or model is None:
+        return ""
+    family = family_of(model)
+    if not family.can_split:
+        return ""
+    what = f"cfg-parallel: {idle} of {layout.world_size} ranks idle ({branches} branch(es) per step)"
+    auto = plan_layout(branches, layout.world_size, 0, split_share=family.split_share)
+    if auto.degree > 1:
+        return f"{what}; sequence_split auto splits {family.label} over them ({auto.describe()})."
+    return (f"{what}; a split needs the parallel size to be a multiple of the branch groups: parallel_size "
+            f"{branches * 2} with sequence_split auto uses every rank.")
 
 
 @dataclass(frozen=True)
