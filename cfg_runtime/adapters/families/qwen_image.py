@@ -55,4 +55,4 @@ def make_split(dm, group) -> BlockSplit:
 FAMILY = ModelFamily(
     name="qwen_image", label="Qwen-Image",
     matches=lambda dm: QwenImageTransformer2DModel is not None and type(dm) is QwenImageTransformer2DModel,
-    make_split=make_split, split_share=0.9)
+    make_split=make_split, split_share=0.97)  # at 1328², on paper (bench/predict_families.py)
