@@ -57,7 +57,7 @@ if ltxav_available():
     import comfy.samplers  # noqa: E402
     import comfy.utils  # noqa: E402
 
-    from cfg_runtime.adapters import ltx_options as lb  # noqa: E402
+    from cfg_runtime.adapters.families import ltx_options as lb  # noqa: E402
     from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
     from cfg_runtime.group import shutdown_group  # noqa: E402
     from cfg_runtime.guidance.ltx import ModalityGuidance  # noqa: E402

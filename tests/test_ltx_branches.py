@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cfg_runtime.adapters import ltx_options as lb  # noqa: E402  (must import without ComfyUI)
+from cfg_runtime.adapters.families import ltx_options as lb  # noqa: E402  (must import without ComfyUI)
 
 COMFY_029 = os.environ.get("COMFYUI_029_DIR")
 # The suite's ComfyUI (tests/support/paths.py: COMFYUI_DIR, default .cache/comfyui),

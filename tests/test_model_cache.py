@@ -102,7 +102,7 @@ def test_the_parent_names_models_it_dropped(tmp_path):
 
     import comfy.model_patcher
 
-    from cfg_runtime.adapters import transport
+    from cfg_runtime.adapters.models import transport
     from devkit import tiny_models as tm
 
     model = comfy.model_patcher.ModelPatcher(tm.tiny_ltxv_module(), torch.device("cpu"), torch.device("cpu"))
