@@ -580,6 +580,7 @@ class Bench:
     def probe(self, name, patcher, policy, pos, neg, stage, plan: list[tuple[str, tuple[str, ...]]], reps: int):
         """Time single forwards at one shape inside a real sampling set-up (conds processed by ComfyUI)."""
         import comfy.samplers
+        from cfg_runtime.adapters.families import family_of
         from cfg_runtime.adapters.sampling.branch_guider import branch_options
         from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
         from cfg_runtime.guidance.policy import CombineContext
@@ -605,9 +606,9 @@ class Bench:
                         out[label] = {"skipped": "time budget"}
                         continue
                     branches = [self.policy.branch(n) for n in names]
-                    opts = dict(branch_options(model_options, branches[0]))
+                    opts = dict(branch_options(model_options, branches[0], family_of(patcher)))
                     opts["model_function_wrapper"] = wrapper
-                    conds = [self.conds[b.conds] for b in branches]
+                    conds = [self.conds[b.cond] for b in branches]
                     times, batches = [], None
                     for i in range(1 + reps):
                         calls.clear()

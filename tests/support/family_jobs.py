@@ -35,12 +35,15 @@ def tiny_wan(heads: int, layers: int = 2):
 
 
 def tiny_flux(heads: int, layers: int = 2):
-    from comfy.ldm.flux.model import Flux
+    import dataclasses
 
-    return Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=12, context_in_dim=24,
-                hidden_size=heads * HEAD_DIM, mlp_ratio=2.0, num_heads=heads, depth=layers, depth_single_blocks=layers,
-                axes_dim=[2, 2, 4], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[],
-                **_ops())
+    from comfy.ldm.flux.model import Flux, FluxParams
+
+    params = dict(in_channels=16, out_channels=16, vec_in_dim=12, context_in_dim=24, hidden_size=heads * HEAD_DIM,
+                  mlp_ratio=2.0, num_heads=heads, depth=layers, depth_single_blocks=layers, axes_dim=[2, 2, 4],
+                  theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
+    known = {f.name for f in dataclasses.fields(FluxParams)}  # 0.3.75 has no txt_ids_dims
+    return Flux(image_model="flux", **{k: v for k, v in params.items() if k in known}, **_ops())
 
 
 def tiny_qwen_image(heads: int, layers: int = 2):
