@@ -172,7 +172,7 @@ def patch_model_config_pickling() -> bool:
 
 
 def _make_timed_job():
-    from cfg_runtime.adapters.sample_job import ComfySampleJob
+    from cfg_runtime.adapters.sampling.sample_job import ComfySampleJob
 
     # On a rank this runs while the job is unpickled, before the model it carries.
     patch_model_config_pickling()
@@ -476,7 +476,7 @@ class Bench:
 
     def run_inproc(self, name, patcher, policy, pos, neg, stage, steps):
         import comfy.samplers
-        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+        from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
 
         latent, noise = self.latent(stage)
         marks: list = []
@@ -496,8 +496,8 @@ class Bench:
         """The guider's own group path (group_sampling.sample_on_group, which ships the base weights
         only when the ranks lack them) with TimedSampleJob in place of ComfySampleJob."""
         import comfy.samplers
-        import cfg_runtime.adapters.group_sampling as gs
-        import cfg_runtime.adapters.guider as cg
+        import cfg_runtime.adapters.sampling.group_sampling as gs
+        import cfg_runtime.adapters.sampling.guider as cg
         from cfg_runtime.group import current_group, get_group
 
         job_cls = globals().get("TimedSampleJob") or __getattr__("TimedSampleJob")
@@ -580,8 +580,9 @@ class Bench:
     def probe(self, name, patcher, policy, pos, neg, stage, plan: list[tuple[str, tuple[str, ...]]], reps: int):
         """Time single forwards at one shape inside a real sampling set-up (conds processed by ComfyUI)."""
         import comfy.samplers
-        from cfg_runtime.adapters.branch_guider import branch_options
-        from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+        from cfg_runtime.adapters.families import family_of
+        from cfg_runtime.adapters.sampling.branch_guider import branch_options
+        from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
         from cfg_runtime.guidance.policy import CombineContext
 
         bench = self
@@ -605,9 +606,9 @@ class Bench:
                         out[label] = {"skipped": "time budget"}
                         continue
                     branches = [self.policy.branch(n) for n in names]
-                    opts = dict(branch_options(model_options, branches[0]))
+                    opts = dict(branch_options(model_options, branches[0], family_of(patcher)))
                     opts["model_function_wrapper"] = wrapper
-                    conds = [self.conds[b.conds] for b in branches]
+                    conds = [self.conds[b.cond] for b in branches]
                     times, batches = [], None
                     for i in range(1 + reps):
                         calls.clear()
@@ -719,7 +720,7 @@ def _bench_parallel_settings(size: int, devices: str, backend: str):
     """ParallelSettings with a chosen backend (gloo for 2 ranks on one GPU) and long deadlines."""
     from dataclasses import replace as dc_replace
 
-    from cfg_runtime.adapters.guider import ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import ParallelSettings
 
     class BenchParallelSettings(ParallelSettings):
         def group_spec(self):

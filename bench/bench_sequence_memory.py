@@ -1,6 +1,6 @@
 """Peak GPU memory per rank of one LTX-2 evaluation at stage-2 size, whole (degree 1) and
 split over a sequence group of 2 ranks sharing one GPU (gloo), with this pack's split
-(cfg_runtime.adapters.ltx_sequence); also the split's error against the whole evaluation
+(cfg_runtime.adapters.families.ltx2); also the split's error against the whole evaluation
 in bf16 and (for reference only: two ranks share one GPU) the evaluation times.
 
 ComfyUI 0.29's LTXAVModel at LTX-2 width (video 32 heads x 128, audio 32 x 64, text 3840),
@@ -87,7 +87,7 @@ def rank_main(rank: int, world: int, args, queue) -> None:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
-    from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
+    from cfg_runtime.adapters.families.ltx2 import with_sequence_parallel
     from cfg_runtime.parallel.sequence import make_sequence_group
 
     t0 = time.monotonic()

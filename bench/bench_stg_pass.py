@@ -71,8 +71,8 @@ def main() -> None:
     import comfy.ldm.lightricks.av_model as av
     import comfy.ops
 
-    from cfg_runtime.adapters import ltx_options as lb
-    from cfg_runtime.adapters import ltx_stg
+    from cfg_runtime.adapters.families import ltx_options as lb
+    from cfg_runtime.adapters.families import ltx_stg
 
     dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
     t0 = time.perf_counter()

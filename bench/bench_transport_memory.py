@@ -68,7 +68,7 @@ def build_model(path: Path, blocks: int, width_heads: int) -> int:
 def run_group(patcher, ranks: int) -> dict:
     import torch
     import comfy.samplers
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import current_group, shutdown_group
     from cfg_runtime.guidance.presets import standard_cfg
     from devkit.tiny_models import tiny_conditioning, tiny_latent

@@ -3,24 +3,24 @@
 Placed after the loader and the patch nodes (LoRA, ModelSampling*, ...), it makes KSampler,
 KSamplerAdvanced, SamplerCustom(Advanced) with CFGGuider / BasicGuider / DualCFGGuider run
 their branches in parallel, with the guidance read from the sampler node, or the connected
-CFG_POLICY. The hook is a sampling wrapper (cfg_runtime.adapters.model_wrapper).
+CFG_POLICY. The hook is a sampling wrapper (cfg_runtime.adapters.sampling.model_wrapper).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import ParallelSettings
-from cfg_runtime.adapters.model_checks import check_model_options, check_policy_fits_model
-from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_sampling
+from cfg_runtime.adapters.sampling.guider import ParallelSettings
+from cfg_runtime.adapters.models.model_checks import check_model_options, check_policy_fits_model
+from cfg_runtime.adapters.sampling.model_wrapper import foreign_wrappers, with_group_sampling
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
+from .common import schema
+from .guider import sequence_degree, sequence_input
+from .policy_builder import CFG_POLICY
+
 NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
-_SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
-CFGPolicyType = io.Custom("CFG_POLICY")
 
 
 class CFGParallelModel(io.ComfyNode):
@@ -28,34 +28,38 @@ class CFGParallelModel(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        fields = dict(
+        return schema(
             node_id=NODE_ID,
             display_name=DISPLAY_NAME,
             category="advanced/multigpu",
-            search_aliases=["multi gpu", "multigpu", "parallel", "cfg split", "gpu", "distributed"],
+            search_aliases=["multi gpu", "multigpu", "parallel", "cfg split", "gpu", "distributed",
+                            "sequence parallel", "ulysses"],
             description=(
                 "Runs the guidance branches of every sampling of this model (the positive and the negative pass of "
                 "KSampler, KSamplerAdvanced, CFGGuider, DualCFGGuider) at the same time on N worker processes, one "
                 "per GPU, which keep the model loaded between prompts. The result equals parallel size 1 bit for "
-                "bit. Place it after the loader and the LoRA / ModelSampling nodes."),
+                "bit. With sequence_split, GPUs beyond the branch count (cfg 1 on 2 GPUs) split one branch's "
+                "tokens. Place it after the loader and the LoRA / ModelSampling nodes."),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model, after its loader and patch nodes."),
-                io.Int.Input("parallel_size", default=2, min=1, max=64, tooltip=(
+                io.Int.Input("parallel_size", default=1, min=1, max=64, tooltip=(
                     "Worker processes (one per device). 1 = the branches one after another in ComfyUI (the serial "
-                    "reference). More ranks than branches leaves the extra ranks idle.")),
+                    "reference). More ranks than branches leaves the extra ranks idle unless sequence_split uses "
+                    "them.")),
                 io.String.Input("devices", default="", tooltip=(
                     "Empty = the first parallel_size GPUs (CPU ranks when there is no GPU). Or list them: "
                     "'cuda:0,cuda:1', or 'cpu'.")),
-                CFGPolicyType.Input("policy", optional=True, tooltip=(
+                CFG_POLICY.Input("policy", optional=True, tooltip=(
                     "Optional, from the CFGPolicy Builder (STG, LTX-2 guidance, custom branches). Not connected: "
                     "standard CFG with the sampler node's cfg, positive and negative.")),
+                sequence_input(),
             ],
             outputs=[io.Model.Output(tooltip="The same model; connect it to the sampler node(s).")],
         )
-        return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
 
     @classmethod
-    def execute(cls, model, parallel_size: int, devices: str, policy: CFGPolicy | None = None) -> io.NodeOutput:
+    def execute(cls, model, parallel_size: int, devices: str, policy: CFGPolicy | None = None,
+                sequence_split: str = "off") -> io.NodeOutput:
         if policy is not None:
             if not isinstance(policy, CFGPolicy):
                 raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
@@ -65,6 +69,7 @@ class CFGParallelModel(io.ComfyNode):
         if foreign:
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
-        settings = ParallelSettings(world_size=parallel_size, devices=devices)
+        settings = ParallelSettings(world_size=parallel_size, devices=devices,
+                                    sequence_degree=sequence_degree(sequence_split))
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -13,8 +13,8 @@ import json
 
 from comfy_api.latest import io, ui
 
-from cfg_runtime.adapters.group_sampling import resident_model
-from cfg_runtime.adapters.launch_options import config_differences, effective_config
+from cfg_runtime.adapters.sampling.group_sampling import resident_model
+from cfg_runtime.adapters.models.launch_options import config_differences, effective_config
 from cfg_runtime.group import current_group, shutdown_group
 
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema

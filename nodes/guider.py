@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
-from cfg_runtime.adapters.model_checks import check_policy_fits_model
+from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
+from cfg_runtime.adapters.models.model_checks import check_policy_fits_model
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
+from cfg_runtime.parallel.layout import parse_sequence_degree
 from cfg_runtime.parallel.plan import PLANNERS
 
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
@@ -19,12 +20,12 @@ DEVICES_TIP = ("Empty = the first parallel_size GPUs (or CPU ranks when there is
                "'cuda:0,cuda:1', or 'cpu'.")
 
 
-SEQUENCE_SPLIT_TIP = ("Split one branch's video tokens over several ranks (Ulysses sequence parallelism) where "
-                      "branches run out: off = branch parallelism only, bit for bit equal to one GPU; auto = the "
-                      "layout predicted fastest (e.g. CFG 1 on 2 GPUs: both GPUs work on the one branch); N = "
-                      "sequence groups of N ranks (N divides the parallel size). LTX-2 and LTX-Video models; a split "
-                      "changes matmul shapes, so results may differ from one GPU by rounding (measured <= 3e-7 "
-                      "relative in fp32).")
+SEQUENCE_SPLIT_TIP = ("Split one branch's video or image tokens over several ranks (Ulysses sequence parallelism) "
+                      "where branches run out: off = branch parallelism only, bit for bit equal to one GPU; auto = "
+                      "the layout predicted fastest (e.g. CFG 1 on 2 GPUs: both GPUs work on the one branch); N = "
+                      "sequence groups of N ranks (N divides the parallel size). LTX-2, LTX-Video, Wan 2.1/2.2, "
+                      "Flux, Chroma and Qwen-Image models; a split changes matmul shapes, so results may differ from "
+                      "one GPU by rounding (measured <= 1e-6 relative in fp32).")
 SEQUENCE_SPLIT_OPTIONS = ["off", "auto", "2", "3", "4", "8"]
 
 
@@ -35,13 +36,9 @@ def sequence_input():
 
 def sequence_degree(choice: str) -> int:
     """The widget's choice as ParallelSettings.sequence_degree: 1 off, 0 automatic, N."""
-    if choice in (None, "", "off"):
-        return 1
-    if choice == "auto":
-        return 0
-    if choice not in SEQUENCE_SPLIT_OPTIONS:
+    if choice not in (None, "", *SEQUENCE_SPLIT_OPTIONS):
         raise PolicyError(f"sequence_split must be one of {', '.join(SEQUENCE_SPLIT_OPTIONS)}, got {choice!r}.")
-    return int(choice)
+    return parse_sequence_degree(choice)
 
 
 def parallel_inputs() -> list:

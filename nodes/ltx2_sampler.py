@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from cfg_runtime.adapters.guider import ParallelSettings
-from cfg_runtime.adapters.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
+from cfg_runtime.adapters.sampling.guider import ParallelSettings
+from cfg_runtime.adapters.sampling.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, StagePlan, parse_sigmas, run_ltx2
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 

@@ -73,6 +73,63 @@ def test_modules_and_functions_stay_small(path):
                 f"(at most {MAX_FUNCTION_LINES})")
 
 
+# Inside adapters/: sub-layers, bottom to top (docs/ARCHITECTURE.md "The model-family layer").
+ADAPTER_PARTS = ("split", "families", "models", "sampling")
+ADAPTERS = RUNTIME / "adapters"
+
+
+def _adapter_part(path: Path) -> str | None:
+    rel = path.relative_to(ADAPTERS)
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+@pytest.mark.parametrize("path", sorted(ADAPTERS.rglob("*.py")), ids=lambda p: str(p.relative_to(RUNTIME)))
+def test_adapters_parts_import_downwards_and_families_through_one_lookup(path):
+    """split < families < models < sampling; outside families/ a family is reached only through
+    the package (``cfg_runtime.adapters.families``: family_of), never one family's module."""
+    part = _adapter_part(path)
+    if part is None:
+        return
+    assert part in ADAPTER_PARTS, f"adapters/{part}/ is not one of {ADAPTER_PARTS}"
+    for line, name in _imports(path):
+        if not name.startswith("cfg_runtime.adapters."):
+            continue
+        target = name.split(".")[2]
+        assert ADAPTER_PARTS.index(target) <= ADAPTER_PARTS.index(part), (
+            f"{path.relative_to(RUNTIME)}:{line} imports {name}, a part above adapters/{part}/")
+        if part != "families" and target == "families":
+            assert name == "cfg_runtime.adapters.families", (
+                f"{path.relative_to(RUNTIME)}:{line} imports {name}: reach a family through the lookup "
+                f"(cfg_runtime.adapters.families.family_of)")
+
+
+def _compares_model_class(tree: ast.AST) -> list[int]:
+    """Lines comparing a class's __name__ / __module__ with a model-like name (…Model, comfy.ldm…)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        parts = [node.left, *node.comparators]
+        names = any(isinstance(p, ast.Attribute) and p.attr in ("__name__", "__module__") for p in parts)
+        texts = [c.value for p in parts for c in ast.walk(p) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+        if names and any(t.endswith("Model") or t.startswith("comfy.ldm") for t in texts):
+            found.append(node.lineno)
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if "families" not in p.parts],
+                         ids=lambda p: str(p.relative_to(RUNTIME)))
+def test_only_the_family_layer_knows_model_classes(path):
+    """comfy.ldm imports and model class-name checks live in adapters/families/ only
+    (comfy.ldm.modules is ComfyUI's shared attention code, no model family: the launch options
+    read which attention function the process runs)."""
+    for line, name in _imports(path):
+        family_code = name.startswith("comfy.ldm") and not name.startswith("comfy.ldm.modules")
+        assert not family_code, f"{path.relative_to(RUNTIME)}:{line} imports {name}"
+    lines = _compares_model_class(ast.parse(path.read_text()))
+    assert not lines, f"{path.relative_to(RUNTIME)} compares model class names at lines {lines}"
+
+
 def test_the_demo_script_does_not_import_the_tests():
     script = RUNTIME.parent / "scripts" / "run_demo.py"
     names = [name for _, name in _imports_of(script)]

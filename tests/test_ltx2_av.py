@@ -57,8 +57,8 @@ if ltxav_available():
     import comfy.samplers  # noqa: E402
     import comfy.utils  # noqa: E402
 
-    from cfg_runtime.adapters import ltx_options as lb  # noqa: E402
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
+    from cfg_runtime.adapters.families import ltx_options as lb  # noqa: E402
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
     from cfg_runtime.group import shutdown_group  # noqa: E402
     from cfg_runtime.guidance.ltx import ModalityGuidance  # noqa: E402
     from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg  # noqa: E402
@@ -151,7 +151,7 @@ def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=S
         if one_rank_group:
             # A world of one rank: the worker path (shipping, rank-side sampling) without peers.
             # ParallelSettings(world_size=1) itself samples in-process, so go through the group directly.
-            from cfg_runtime.adapters.group_sampling import SampleCall, sample_on_group
+            from cfg_runtime.adapters.sampling.group_sampling import SampleCall, sample_on_group
 
             call = SampleCall(model, pol, guider.original_conds, *args, None, seed)
             out, result = sample_on_group(call, settings)

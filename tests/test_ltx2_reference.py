@@ -43,7 +43,7 @@ if ltxav_available():
     import comfy.samplers  # noqa: E402
     import comfy.utils  # noqa: E402
 
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings  # noqa: E402
     from cfg_runtime.group import shutdown_group  # noqa: E402
     from cfg_runtime.guidance.ltx import ModalityGuidance  # noqa: E402
     from cfg_runtime.guidance.presets import ltx2_multimodal  # noqa: E402

@@ -90,7 +90,7 @@ def test_two_stage_needs_a_comfyui_with_the_upsampler(tiny_ltxv_path):
     import importlib.util
 
     from cfg_runtime.errors import PolicyError
-    from cfg_runtime.adapters.ltx_pipeline import StagePlan, check_ltx_inputs
+    from cfg_runtime.adapters.sampling.ltx_pipeline import StagePlan, check_ltx_inputs
     from cfg_runtime.guidance.presets import standard_cfg
     from devkit.tiny_models import load_tiny_ltxv, tiny_latent
 

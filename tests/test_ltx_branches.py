@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cfg_runtime.adapters import ltx_options as lb  # noqa: E402  (must import without ComfyUI)
+from cfg_runtime.adapters.families import ltx_options as lb  # noqa: E402  (must import without ComfyUI)
 
 COMFY_029 = os.environ.get("COMFYUI_029_DIR")
 # The suite's ComfyUI (tests/support/paths.py: COMFYUI_DIR, default .cache/comfyui),
@@ -459,7 +459,7 @@ def test_out_of_range_blocks(comfy, ltxv):
 
 
 def test_isolation_needs_ltxav(comfy, ltxv):
-    from cfg_runtime.adapters.model_checks import check_policy_fits_model
+    from cfg_runtime.adapters.models.model_checks import check_policy_fits_model
     from cfg_runtime.errors import PolicyError
     from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
 
@@ -746,8 +746,8 @@ def CFGBranchT(name, **kw):
 
 
 def _fits(model, *branches):
-    """The one policy-vs-model check (adapters.model_checks) on a policy of cond + these branches."""
-    from cfg_runtime.adapters.model_checks import check_policy_fits_model
+    """The one policy-vs-model check (adapters.models.model_checks) on a policy of cond + these branches."""
+    from cfg_runtime.adapters.models.model_checks import check_policy_fits_model
     from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
 
     policy = CFGPolicy("p", (CFGBranch("cond"),) + branches, WeightedBranches(tuple((b.name, 0.5) for b in branches)))

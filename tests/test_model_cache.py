@@ -24,7 +24,7 @@ def bases(tmp_path_factory):
 
 
 def shipment(token: str, base, patches_token: str = "p0"):
-    from cfg_runtime.adapters.transport import ModelShipment
+    from cfg_runtime.adapters.models.transport import ModelShipment
 
     return ModelShipment(base_token=token, base_model=base, patches_token=patches_token, patches={},
                          object_patches={}, model_options={"transformer_options": {}})
@@ -37,7 +37,7 @@ def without_base(s):
 
 
 def test_models_stay_held_and_come_back_without_loading(bases, monkeypatch):
-    from cfg_runtime.adapters.model_cache import BUDGET_ENV, ModelCache, model_bytes
+    from cfg_runtime.adapters.models.model_cache import BUDGET_ENV, ModelCache, model_bytes
 
     monkeypatch.setenv(BUDGET_ENV, "64")
     store, cpu = {}, torch.device("cpu")
@@ -64,7 +64,7 @@ def replace_patches(s, token: str):
 
 
 def test_least_recently_used_goes_past_the_budget(bases, monkeypatch, caplog):
-    from cfg_runtime.adapters.model_cache import BUDGET_ENV, ModelCache, model_bytes
+    from cfg_runtime.adapters.models.model_cache import BUDGET_ENV, ModelCache, model_bytes
 
     two = model_bytes(bases[0]) + model_bytes(bases[1])
     monkeypatch.setenv(BUDGET_ENV, str((two + model_bytes(bases[2]) // 2) / 2**30))  # room for two of the three
@@ -85,7 +85,7 @@ def test_least_recently_used_goes_past_the_budget(bases, monkeypatch, caplog):
 
 
 def test_models_comfyui_dropped_are_released(bases, monkeypatch):
-    from cfg_runtime.adapters.model_cache import BUDGET_ENV, ModelCache
+    from cfg_runtime.adapters.models.model_cache import BUDGET_ENV, ModelCache
 
     monkeypatch.setenv(BUDGET_ENV, "64")
     store, cpu = {}, torch.device("cpu")
@@ -102,7 +102,7 @@ def test_the_parent_names_models_it_dropped(tmp_path):
 
     import comfy.model_patcher
 
-    from cfg_runtime.adapters import transport
+    from cfg_runtime.adapters.models import transport
     from devkit import tiny_models as tm
 
     model = comfy.model_patcher.ModelPatcher(tm.tiny_ltxv_module(), torch.device("cpu"), torch.device("cpu"))

@@ -16,7 +16,8 @@ built with ComfyUI's classes, loaded by core's UNETLoader:
 * a connected CFG_POLICY replaces the sampler's cfg;
 * what cannot be mapped (PerpNegGuider, RescaleCFG's CFG function, an LTX-2 policy on a
   Wan model) is refused with a message, before any rank runs;
-* the two-expert graph, three prompts in a row, loads each model on every rank once.
+* the two-expert graph, three prompts in a row, loads each model on every rank once;
+* cfg 1 on two ranks: the idle rank is named, and sequence_split auto puts it to work.
 """
 from __future__ import annotations
 
@@ -378,3 +379,31 @@ def test_other_sampling_wrappers_are_refused(server):
         ["cp", 0]
     err = server.run_failing(g)
     assert err.startswith("CFGParallelMultiGPU_Model") and "easycache" in err, err
+
+
+# --- sequence_split on the node: cfg 1 on two ranks ---------------------------------------------
+
+def test_sequence_split_uses_the_idle_rank_at_cfg_1(server):
+    """KSampler at cfg 1 (one branch) on a Wan model: size 2 with the split off equals size 1 bit
+    for bit and the console names the idle rank and the setting that uses it; with
+    sequence_split auto both ranks split the branch (1 x 2), within 1e-5 of size 1."""
+    g = {"hi": {"class_type": "UNETLoader", "inputs": {"unet_name": WAN_HIGH, "weight_dtype": "default"}},
+         "pos": cond(1, 4096, 11), "neg": cond(2, 4096, 11),
+         "lat": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 48, "length": 5,
+                                                                     "batch_size": 1}}}
+    saves = {}
+    for tag, size, split in (("s1", 1, "off"), ("s2", 2, "off"), ("auto", 2, "auto")):
+        g[f"{tag}cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {
+            "model": ["hi", 0], "parallel_size": size, "devices": "cpu", "sequence_split": split}}
+        g[f"{tag}ks"] = ksampler([f"{tag}cp", 0], ["lat", 0], cfg=1.0, seed=9)
+        saves[tag] = save(g, f"{tag}sq", [f"{tag}ks", 0])
+    before = len(server.log_text())
+    entry = server.run(g, timeout=600)
+    check_outputs(server, entry, {"s1": saves["s1"], "s2": saves["s2"]}, "KSampler cfg 1, split off")
+    s1, auto = server.saved_latent(entry, saves["s1"]), server.saved_latent(entry, saves["auto"])
+    rel = float((auto.double() - s1.double()).norm() / s1.double().norm())
+    print(f"\nMEASURED KSampler cfg 1, sequence_split auto (1 x 2): rel L2 {rel:.3g} against size 1")
+    assert rel <= 1e-5
+    log = server.log_text()[before:]
+    assert "1 of 2 ranks idle (1 branch(es) per step); sequence_split auto splits Wan" in log, log[-3000:]
+    assert "1 branch group(s) x sequence degree 2" in log, log[-3000:]

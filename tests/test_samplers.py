@@ -26,7 +26,7 @@ if comfyui_available():
     from comfy_extras.nodes_custom_sampler import Guider_Basic, Noise_RandomNoise
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import shutdown_group
     from cfg_runtime.guidance.presets import standard_cfg
     from devkit import tiny_models as tm

@@ -19,7 +19,7 @@ def groups():
     def get(size: int) -> WorkerGroup:
         if size not in made:
             made[size] = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                               worker_init="cfg_runtime.adapters.rank_setup:init_worker"))
+                                               worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
             made[size].start()
         return made[size]
 
@@ -62,7 +62,7 @@ def _sample(model, size: int, degree: int):
     import torch
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
     from devkit.tiny_models import tiny_conditioning
 

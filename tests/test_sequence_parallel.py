@@ -31,7 +31,7 @@ def groups():
     def get(size: int) -> WorkerGroup:
         if size not in made:
             g = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                      worker_init="cfg_runtime.adapters.rank_setup:init_worker"))
+                                      worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
             g.start()
             made[size] = g
         return made[size]
@@ -122,7 +122,7 @@ def test_stg_pass_composes_with_the_split(groups, route):
 
 @needs_ltxav
 def test_degree_one_is_the_unchanged_path():
-    from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
+    from cfg_runtime.adapters.families.ltx2 import with_sequence_parallel
 
     options = {"transformer_options": {"x": 1}}
     same, wrapper = with_sequence_parallel(options, SINGLE)
@@ -141,9 +141,15 @@ def test_degree_one_is_the_unchanged_path():
     (1, 1, (1, 1)),
 ])
 def test_plan_layout(branches, world, expected):
-    layout = plan_layout(branches, world)
+    layout = plan_layout(branches, world, split_share=0.26 / 0.374)  # LTX-2's measured share
     assert (layout.branch_groups, layout.degree) == expected
     assert layout.world_size == world
+
+
+def test_plan_layout_uses_the_family_share():
+    """The planner weighs a family's own share: none at all never splits; Wan's splits where LTX-2's does."""
+    assert plan_layout(1, 2, split_share=0.0) == ParallelLayout(2, 1)
+    assert plan_layout(1, 4, split_share=0.99) == ParallelLayout(1, 4)
 
 
 def test_plan_layout_override_and_refusals():

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not ltxav_available(), reason=f"{NEEDS_029} LTX-
 if ltxav_available():
     import comfy.samplers
 
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.group import shutdown_group
     from cfg_runtime.guidance.ltx import ModalityGuidance
     from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg
@@ -130,7 +130,7 @@ def test_ltx2_two_stage_stage2_uses_every_rank(model, latent, one_thread, tmp_pa
     runs as 2 branch ranks, stage 2 (cond only) as one group of sequence 2; equal to size 1."""
     import logging
 
-    from cfg_runtime.adapters.ltx_pipeline import StagePlan, run_ltx2
+    from cfg_runtime.adapters.sampling.ltx_pipeline import StagePlan, run_ltx2
 
     upscaler = t2.load_latent_upscaler(t2.build_tiny_latent_upscaler(tmp_path / "up.safetensors"))
     vae = t2.load_ltx_vae(t2.build_tiny_ltx_vae(tmp_path / "vae.safetensors"))

@@ -12,7 +12,7 @@ from devkit.tiny_models import tiny_conditioning, tiny_latent, load_tiny_ltxv
 
 
 def _guider(patcher, size: int):
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
 
     g = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(world_size=size, devices="cpu",
@@ -63,7 +63,7 @@ def test_model_with_unpicklable_state_travels_by_recipe(tiny_ltxv_path, group_do
     """A model carrying ctypes state (what comfy-aimdo leaves on a dynamic-VRAM model) cannot be
     pickled: the ranks get a pristine copy built with the loader's recipe; ComfyUI's own model
     is left alone (its weights stay where they are)."""
-    import cfg_runtime.adapters.transport as cm
+    import cfg_runtime.adapters.models.transport as cm
 
     patcher = load_tiny_ltxv(tiny_ltxv_path)
     _needs_recipe(patcher)
@@ -80,7 +80,7 @@ def test_model_with_unpicklable_state_travels_by_recipe(tiny_ltxv_path, group_do
 def test_same_file_reloaded_is_not_sent_again(tiny_ltxv_path, group_down):
     """ComfyUI dropped the model and loaded the same file with the same options: same recipe
     token, the ranks keep what they hold, the new model's weights are not moved anywhere."""
-    import cfg_runtime.adapters.transport as cm
+    import cfg_runtime.adapters.models.transport as cm
 
     first = load_tiny_ltxv(tiny_ltxv_path)
     _needs_recipe(first)
@@ -96,7 +96,7 @@ def test_same_file_reloaded_is_not_sent_again(tiny_ltxv_path, group_down):
 
 def test_another_file_is_another_model(tiny_ltxv_path, tmp_path, group_down):
     """A different file (or the same path rewritten) gets another token and is sent."""
-    import cfg_runtime.adapters.transport as cm
+    import cfg_runtime.adapters.models.transport as cm
     from devkit.tiny_models import build_tiny_ltxv
 
     first = load_tiny_ltxv(tiny_ltxv_path)

@@ -42,7 +42,7 @@ def group_down():
 def _sample(patcher, size: int):
     """(result, guider) of a 3-step euler run with standard CFG."""
     import comfy.samplers
-    from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
 
     guider = MultiBranchGuider(patcher, standard_cfg(3.0), ParallelSettings(world_size=size, devices="cpu",

@@ -189,7 +189,7 @@ SCHEMAS: dict[str, Schema] = {
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
-    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY",
+    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY ?sequence_split:COMBO",
                                     ("MODEL", "MODEL")),
     # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),

@@ -1,8 +1,11 @@
-"""The ComfyUI seam: the only layer that imports ``comfy``.
+"""The ComfyUI seam: the only layer that imports ``comfy``. Four parts, bottom to top (each
+imports only the parts under it; tests/test_architecture.py):
 
-The parent-side guider, the rank-side sampling job, model transport and residency, LTX-2
-per-call options and the two-stage pipeline. May import every layer under it: ``group``,
-``parallel``, ``guidance``, ``errors``. Modules here import ``comfy`` at their top, except
-``ltx_options`` (plain torch on ComfyUI's module objects) and ``transport``'s helpers that
-ranks call before ComfyUI is configured.
+* ``split/``: generic sequence-split plumbing (the attention override, block patches, hooks);
+* ``families/``: one module per model family behind one interface, and ``family_of``, the one
+  detector (the only place that imports ``comfy.ldm`` or looks at model classes);
+* ``models/``: model transport, residency on the ranks, rank set-up, option checks;
+* ``sampling/``: the guider, the rank-side sampling job, the CFG Parallel wrapper, the LTX-2 pipeline.
+
+May import every layer under it: ``group``, ``parallel``, ``guidance``, ``errors``.
 """

@@ -20,10 +20,18 @@ import torch
 from ..errors import GroupConfigError
 from .exchange import FAILED, STOP, Exchange, Gathered
 
-# Share of one LTX-2 evaluation that the sequence split divides (the video blocks): 0.26 s of
-# the 0.374 s stage-1 evaluation on one H100 (design.md); the rest (audio stream, connectors,
-# modulation, output) stays replicated. Stage 2 (4x the video tokens) splits more.
-LTX2_STAGE1_SPLIT_SHARE = 0.26 / 0.374
+
+def parse_sequence_degree(text, what: str = "sequence_split") -> int:
+    """The one reading of a sequence-split choice: "off" / "" / "1" -> 1 (no split), "auto" / "0"
+    -> 0 (planned), "N" -> N. Raises GroupConfigError naming ``what`` on anything else."""
+    value = str(text if text is not None else "").strip().lower()
+    if value in ("", "off"):
+        return 1
+    if value == "auto":
+        return 0
+    if not value.isdigit():
+        raise GroupConfigError(f"{what}={value[:40]!r}: use 'off', 'auto' or a whole number (1 = no split).")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -67,13 +75,14 @@ def relative_step_time(branches: int, layout: ParallelLayout, split_share: float
 
 
 def plan_layout(branches: int, world_size: int, degree: int = 0, *, can_split: bool = True,
-                split_share: float = LTX2_STAGE1_SPLIT_SHARE) -> ParallelLayout:
+                split_share: float = 0.0) -> ParallelLayout:
     """The layout for ``branches`` branches on ``world_size`` ranks.
 
     ``degree`` 0 = automatic: the fastest predicted layout that uses every rank (ties go to
     more branch groups: branch parallelism needs no collectives inside a forward and stays
     bit-exact); ``degree`` >= 1 forces that sequence degree. ``can_split`` False (a model
-    without a sequence split) gives one rank per branch group.
+    without a sequence split) gives one rank per branch group. ``split_share``: the share of one
+    evaluation the split divides, the model family's figure (0 = a split never pays).
     """
     if world_size < 1:
         raise GroupConfigError(f"Parallel size must be at least 1, got {world_size}.")
@@ -83,7 +92,7 @@ def plan_layout(branches: int, world_size: int, degree: int = 0, *, can_split: b
                                    f"use one of {_divisors(world_size)} (0 = automatic).")
         if degree > 1 and not can_split:
             raise GroupConfigError(f"Sequence degree {degree} was asked for, but this model has no sequence split "
-                                   f"(LTX-2 audio+video and LTX-Video have one): set it to 0 or 1.")
+                                   f"(see the README's table of model families): set it to off or auto.")
         return ParallelLayout(world_size // degree, degree)
     if not can_split or branches < 1:
         return ParallelLayout(world_size, 1)

@@ -11,6 +11,7 @@ simply dropped wherever tokens meet (attention keys, the gathered output).
   split for a head split (every rank then sees the whole sequence for ``heads / degree``
   heads) and back.
 * :func:`gather_tokens`: every rank gets the whole sequence (padding removed).
+* :func:`gather_heads`: every rank gets every head of a replicated (unsplit) stream.
 
 Nothing here imports ComfyUI.
 """
@@ -140,6 +141,16 @@ def gather_tokens(x: torch.Tensor, shard: SequenceShard, group: SequenceGroup, d
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(recv, send, group=group.handle)
     return recv[:shard.total].movedim(0, dim)
+
+
+def gather_heads(x: torch.Tensor, group: SequenceGroup) -> torch.Tensor:
+    """[B, L, heads/degree * d] (this rank's heads) -> [B, L, heads * d] (every rank's, in rank order)."""
+    import torch.distributed as dist
+
+    b, length, width = x.shape
+    recv = torch.empty((group.degree * b, length, width), dtype=x.dtype, device=x.device)
+    dist.all_gather_into_tensor(recv, x.contiguous(), group=group.handle)
+    return recv.reshape(group.degree, b, length, width).permute(1, 2, 0, 3).reshape(b, length, group.degree * width)
 
 
 # --- process groups ---------------------------------------------------------------------

@@ -42,7 +42,7 @@ class SplitEvalJob:
         """transformer_options of both evaluations (the STG patch when asked for)."""
         if not self.stg:
             return {}
-        from cfg_runtime.adapters.ltx_stg import PerturbedBlock
+        from cfg_runtime.adapters.families.ltx_stg import PerturbedBlock
 
         patch = PerturbedBlock(1, via_override=self.stg == "override")
         return {"patches_replace": {"dit": {("double_block", 1): patch}}}
@@ -72,7 +72,7 @@ class SplitEvalJob:
         return call
 
     def run(self, ctx):
-        from cfg_runtime.adapters.ltx_sequence import with_sequence_parallel
+        from cfg_runtime.adapters.families.ltx2 import with_sequence_parallel
         from cfg_runtime.parallel.sequence import cached_sequence_group
 
         from .tiny_ltx2 import tiny_ltxav_module
@@ -126,14 +126,14 @@ class LTXVSplitEvalJob:
     seed: int = 0
 
     def run(self, ctx):
-        from cfg_runtime.adapters.ltxv_sequence import BlockSplit
+        from cfg_runtime.adapters.families import family_of
         from cfg_runtime.parallel.sequence import cached_sequence_group
 
         from devkit.tiny_models import tiny_ltxv_module
 
         model = tiny_ltxv_module(self.seed, std=0.2)
         group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, self.degree)
-        split = BlockSplit(group, len(model.transformer_blocks))
+        split = family_of(model).make_split(model, group)
         gen = torch.Generator().manual_seed(self.seed + 1)
         b, tokens = self.batch, self.frames * self.height * self.width
         x = torch.randn(b, 128, self.frames, self.height, self.width, generator=gen)

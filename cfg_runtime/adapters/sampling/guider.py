@@ -12,19 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import GroupConfigError
-from ..group import BACKEND_ENV, GroupSpec, parse_devices
-from ..guidance.policy import CFGPolicy
-from ..parallel.dispatch import BranchDispatcher
+from ...errors import GroupConfigError
+from ...group import BACKEND_ENV, GroupSpec, parse_devices
+from ...guidance.policy import CFGPolicy
+from ...parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
-from .launch_options import capture, console_level, level_number
-from .model_checks import check_model_options
+from ..models.launch_options import capture, console_level, level_number
+from ..models.model_checks import check_model_options
 from .sequence_job import sequence_degree_from_env
 
 log = logging.getLogger("cfg_parallel")
 
-WORKER_INIT = "cfg_runtime.adapters.rank_setup:init_worker"
+WORKER_INIT = "cfg_runtime.adapters.models.rank_setup:init_worker"
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import comfy.sample
 import comfy.utils
 
 from .guider import MultiBranchGuider, ParallelSettings
-from .model_checks import check_policy_fits_model
-from ..errors import PolicyError, clip
-from .ltx_options import model_family
-from ..guidance.policy import CFGPolicy
-from ..guidance.presets import standard_cfg
+from ..models.model_checks import check_policy_fits_model
+from ...errors import PolicyError, clip
+from ..families import model_family
+from ...guidance.policy import CFGPolicy
+from ...guidance.presets import standard_cfg
 
 log = logging.getLogger("cfg_parallel")
 

@@ -13,16 +13,16 @@ from typing import Any, Callable
 
 import comfy.model_management
 
-from ..errors import JobInterrupted, ShippingError
-from ..group import JobResult, WorkerGroup, get_group
-from ..group.shipping import check_shippable
-from ..guidance.policy import CFGPolicy
-from .model_cache import BUDGET_ENV, short
-from .model_checks import check_model_options
+from ...errors import JobInterrupted, ShippingError
+from ...group import JobResult, WorkerGroup, get_group
+from ...group.shipping import check_shippable
+from ...guidance.policy import CFGPolicy
+from ..models.model_cache import BUDGET_ENV, short
+from ..models.model_checks import check_model_options
 from .progress_text import ProgressText
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
-from .transport import RELEASED, WeightRoute, capture, route_weights, with_base
+from ..models.transport import RELEASED, WeightRoute, capture, route_weights, with_base
 
 log = logging.getLogger("cfg_parallel")
 
@@ -95,7 +95,8 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
-    log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree, call.model_patcher))
+    idle = log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree,
+                                              call.model_patcher), settings.sequence_degree, call.model_patcher)
     job = _job(call, settings, route)
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)
@@ -106,7 +107,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
 
     def on_progress(payload: dict) -> None:
         if "step" in payload:
-            text.show(f"cfg-parallel: sampling on {spec.world_size} ranks")
+            text.show(f"cfg-parallel: sampling on {spec.world_size} ranks" + (f"\n{idle}" if idle else ""))
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 

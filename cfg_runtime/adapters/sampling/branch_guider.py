@@ -10,10 +10,10 @@ import torch
 
 import comfy.samplers
 
-from ..errors import PolicyError
-from ..guidance.policy import CFGBranch, CFGPolicy
-from ..parallel.dispatch import BranchDispatcher
-from .ltx_options import branch_model_options
+from ...errors import PolicyError
+from ...guidance.policy import CFGBranch, CFGPolicy
+from ...parallel.dispatch import BranchDispatcher
+from ..families import ModelFamily, family_of
 
 
 def step_index(timestep: torch.Tensor, model_options: dict) -> int:
@@ -25,16 +25,15 @@ def step_index(timestep: torch.Tensor, model_options: dict) -> int:
     return int((sigmas[:-1].float() > t * (1 + 1e-5) + 1e-9).sum())
 
 
-def branch_options(model_options: dict, branch: CFGBranch) -> dict:
-    """The per-call model_options of a branch: STG on the video and audio self-attention
-    of their own blocks (one forward), the modality-isolated pass, and the stream of a
-    modality that skips this step switched off."""
+def branch_options(model_options: dict, branch: CFGBranch, family: ModelFamily) -> dict:
+    """The per-call model_options of a branch; a branch that is not a plain conditioning (STG, the
+    modality-isolated pass, a stream that skips this step) is made by the model's family."""
     if branch.is_plain:
         return model_options
-    return branch_model_options(model_options, perturb_blocks=branch.perturb_blocks,
-                                perturb_audio_blocks=branch.perturb_audio_blocks,
-                                isolate_modalities=branch.isolate_modalities,
-                                run_video=branch.run_video, run_audio=branch.run_audio)
+    if family.branch_options is None:
+        raise PolicyError(f"Branch '{branch.name}' needs STG or modality passes, which {family.label} does not have: "
+                          f"use a policy of plain conditionings (standard_cfg).")
+    return family.branch_options(model_options, branch)
 
 
 def latent_shapes(latent_image) -> tuple[tuple[int, ...], ...] | None:
@@ -71,9 +70,10 @@ class BranchGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         dispatcher = self.dispatcher or BranchDispatcher(self.policy)
         self.dispatcher = dispatcher
+        family = family_of(self.model_patcher)
 
         def evaluate(branch: CFGBranch) -> torch.Tensor:
-            options = branch_options(model_options, branch)
+            options = branch_options(model_options, branch, family)
             return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[branch.cond]], x, timestep,
                                                   options)[0]
 

@@ -31,105 +31,26 @@ whole on every rank (correct, not faster).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-
-import comfy.patcher_extension
 
 try:
     from comfy.ldm.lightricks.av_model import CompressedTimestep, LTXAVModel
 except ImportError:  # a ComfyUI without LTX-2 audio+video (0.3.75): nothing to split
     CompressedTimestep = LTXAVModel = None
 
-from ..parallel.sequence import (SequenceGroup, SequenceShard, gather_tokens, heads_divisible, heads_to_tokens,
-                                 plan_shard, tokens_to_heads)
+from ...parallel.sequence import SequenceGroup, SequenceShard, gather_tokens, plan_shard
+from ..split.attention import SequenceAttention, SequenceStats, slice_rows
+from ..split.hooks import add_wrapper
+from .base import MODALITY, STG, STG_AUDIO, ModelFamily
+from .ltx_options import branch_model_options, count_transformer_blocks
 
 log = logging.getLogger("cfg_parallel")
 
-WRAPPER_KEY = "cfg_parallel_sequence"
 _FORWARD_ARGS = ("x", "timestep", "context", "attention_mask", "frame_rate", "transformer_options", "keyframe_idxs")
 
 
-@dataclass
-class SequenceStats:
-    """What the split did on this rank (for the job summary and the tests)."""
-
-    evaluations: int = 0
-    unsplit: int = 0
-    ulysses_calls: int = 0
-    gathered_kv_calls: int = 0
-    padding: int = 0
-    reasons: list = field(default_factory=list)
-
-
-class SequenceAttention:
-    """optimized_attention_override for one split model evaluation (see the module doc)."""
-
-    def __init__(self, shard: SequenceShard, group: SequenceGroup, previous, stats: SequenceStats) -> None:
-        self.shard = shard
-        self.group = group
-        self.previous = previous
-        self.stats = stats
-
-    def _attend(self, func, q, k, v, heads, kwargs):
-        if self.previous is not None:
-            return self.previous(func, q, k, v, heads, **kwargs)
-        return func(q, k, v, heads, **kwargs)
-
-    def __call__(self, func, *args, **kwargs):
-        q, k, v, heads, rest = _unpack(args, kwargs)
-        local = self.shard.local
-        if rest.get("skip_reshape") or rest.get("skip_output_reshape") or k.shape[1] != local:
-            return self._attend(func, q, k, v, heads, rest)
-        if q.shape[1] == local:
-            return self._video_self_attention(func, q, k, v, heads, rest)
-        self.stats.gathered_kv_calls += 1  # video -> audio: audio queries over every video token
-        return self._attend(func, q, self._whole(k), self._whole(v), heads, rest)
-
-    def _whole(self, t: torch.Tensor) -> torch.Tensor:
-        return gather_tokens(t, self.shard, self.group)
-
-    def _video_self_attention(self, func, q, k, v, heads, rest):
-        if rest.get("mask") is not None:
-            raise RuntimeError("sequence parallelism: the video self-attention got a mask; a split evaluation "
-                               "must have none (please report the ComfyUI version).")
-        rest = {key: val for key, val in rest.items() if key != "mask"}
-        if not heads_divisible(heads, self.group.degree):
-            self.stats.gathered_kv_calls += 1
-            return self._attend(func, q, self._whole(k), self._whole(v), heads, rest)
-        self.stats.ulysses_calls += 1
-        q, k, v = (tokens_to_heads(t, heads, self.shard, self.group) for t in (q, k, v))
-        out = self._attend(func, q, k, v, heads // self.group.degree, rest)
-        return heads_to_tokens(out, heads, self.shard, self.group)
-
-
-def _unpack(args: tuple, kwargs: dict):
-    """(q, k, v, heads, other keyword arguments) of an attention call."""
-    rest = dict(kwargs)
-    names = (("q", "query"), ("k", "key"), ("v", "value"), ("heads", "heads"))
-    values = list(args[:4])
-    for short, long in names[len(values):]:
-        values.append(rest.pop(short) if short in rest else rest.pop(long))
-    if len(args) == 5:  # optimized_attention_masked(q, k, v, heads, mask, ...)
-        rest["mask"] = args[4]
-    elif len(args) > 5:
-        raise RuntimeError(f"sequence parallelism: unexpected positional attention arguments ({len(args)})")
-    return (*values, rest)
-
-
 # --- slicing the video stream's per-token inputs ---------------------------------------------
-
-def slice_rows(t: torch.Tensor, index: torch.Tensor, total: int, what: str) -> torch.Tensor:
-    """Rows ``index`` of a [B, tokens, ...] tensor; one row (broadcast over tokens) is kept as is."""
-    if t.shape[1] == 1:
-        return t
-    if t.shape[1] != total:
-        raise RuntimeError(f"sequence parallelism: the {what} has {t.shape[1]} rows, expected 1 or {total} "
-                           f"(one per video token)")
-    return t.index_select(1, index.to(t.device))
-
 
 def _slice_timestep(ts, index: torch.Tensor, total: int, what: str):
     """A video timestep modulation (CompressedTimestep or [B, tokens, D]) for this rank's tokens."""
@@ -238,14 +159,6 @@ class LTXAVSequenceParallel:
         return executor(*args, **kwargs)
 
 
-def add_wrapper(model_options: dict, wrapper: "LTXAVSequenceParallel") -> dict:
-    """A copy of ``model_options`` with ``wrapper`` as its innermost diffusion-model wrapper."""
-    options = comfy.patcher_extension.copy_nested_dicts(model_options)
-    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                                 wrapper, options, is_model_options=True)
-    return options
-
-
 def with_sequence_parallel(model_options: dict, group: SequenceGroup) -> tuple[dict, LTXAVSequenceParallel | None]:
     """model_options that split every LTXAVModel evaluation over ``group`` (a copy; the
     input is not changed), and the wrapper (for its stats). Degree 1: the options unchanged."""
@@ -255,11 +168,22 @@ def with_sequence_parallel(model_options: dict, group: SequenceGroup) -> tuple[d
     return add_wrapper(model_options, wrapper), wrapper
 
 
-def diffusion_model(model):
-    """The diffusion model of a ModelPatcher, a BaseModel or the module itself."""
-    inner = getattr(model, "model", model)
-    return getattr(inner, "diffusion_model", inner)
 
 
-def is_ltxav(model) -> bool:
-    return LTXAVModel is not None and isinstance(diffusion_model(model), LTXAVModel)
+def _branch_options(model_options: dict, branch) -> dict:
+    """The per-call options of an LTX branch (STG blocks, the modality-isolated pass, a skipped stream)."""
+    return branch_model_options(model_options, perturb_blocks=branch.perturb_blocks,
+                                perturb_audio_blocks=branch.perturb_audio_blocks,
+                                isolate_modalities=branch.isolate_modalities,
+                                run_video=branch.run_video, run_audio=branch.run_audio)
+
+
+# Share of one LTX-2 evaluation that the split divides (the video blocks): 0.26 s of the 0.374 s
+# stage-1 evaluation on one H100 (design.md); audio, connectors, modulation and output stay whole.
+SPLIT_SHARE = 0.26 / 0.374
+
+FAMILY = ModelFamily(
+    name="ltx2", label="LTX-2 audio+video",
+    matches=lambda dm: LTXAVModel is not None and isinstance(dm, LTXAVModel),
+    make_split=lambda dm, group: LTXAVSequenceParallel(group), split_share=SPLIT_SHARE,
+    passes=frozenset({STG, STG_AUDIO, MODALITY}), branch_options=_branch_options, blocks=count_transformer_blocks)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ShippingError
+from ...errors import ShippingError
 from .transport import ModelShipment, release_from_comfy
 
 log = logging.getLogger("cfg_parallel")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..group import Phase, Stage
+from ...group import Phase, Stage
 
 log = logging.getLogger("cfg_parallel")
 

@@ -30,9 +30,9 @@ import comfy.patcher_extension as pe
 import comfy.samplers
 import comfy.utils
 
-from ..errors import PolicyError
-from ..guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
-from ..guidance.presets import standard_cfg
+from ...errors import PolicyError
+from ...guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
+from ...guidance.presets import standard_cfg
 from .branch_guider import BranchGuider
 from .guider import MultiBranchGuider, ParallelSettings
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from ..guidance.blocks import block_indices
+from ...guidance.blocks import block_indices
+from .base import diffusion_model
 from .ltx_stg import STREAMS, PerturbedBlock
 
 __all__ = [
@@ -146,34 +147,16 @@ def _merged_branch(before, video, audio, isolate: bool, run_video: bool, run_aud
     )
 
 
-def _diffusion_model(model):
-    """The diffusion model (nn.Module) of a ModelPatcher, a BaseModel or itself."""
-    m = model
-    inner = getattr(m, "model", None)          # ModelPatcher -> BaseModel
-    if inner is not None and hasattr(inner, "diffusion_model"):
-        m = inner
-    dm = getattr(m, "diffusion_model", None)   # BaseModel -> diffusion model
-    if dm is not None:
-        m = dm
-    return getattr(m, "_orig_mod", m)          # torch.compile wrapper
-
-
 def model_family(model) -> str:
-    """"ltxav" (LTX-2 audio+video), "ltxv" (LTX-Video) or "other"."""
-    dm = _diffusion_model(model)
-    for cls in type(dm).__mro__:
-        if not cls.__module__.startswith("comfy.ldm.lightricks"):
-            continue
-        if cls.__name__ == "LTXAVModel":
-            return "ltxav"
-        if cls.__name__ == "LTXVModel":
-            return "ltxv"
-    return "other"
+    """"ltxav" (LTX-2 audio+video), "ltxv" (LTX-Video) or "other" (the family lookup, in LTX words)."""
+    from . import family_of  # the registry imports this module
+
+    return {"ltx2": "ltxav", "ltxv": "ltxv"}.get(family_of(model).name, "other")
 
 
 def count_transformer_blocks(model) -> int:
     """Number of transformer blocks of a model (ModelPatcher, BaseModel or module)."""
-    dm = _diffusion_model(model)
+    dm = diffusion_model(model)
     blocks = getattr(dm, "transformer_blocks", None)
     if blocks is None:
         raise ValueError(f"{type(dm).__name__} has no transformer_blocks")
@@ -191,5 +174,5 @@ def check_blocks(model, blocks: Iterable[int]) -> tuple[int, ...]:
     if family == "other":
         raise ValueError(
             "STG (the perturbed pass) needs an LTX model (LTX-Video or LTX-2); this "
-            f"model is {type(_diffusion_model(model)).__name__}")
+            f"model is {type(diffusion_model(model)).__name__}")
     return block_indices(blocks, count_transformer_blocks(model))

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ShippingError
-from ..group.shipping import check_shippable, fingerprint
+from ...errors import ShippingError
+from ...group.shipping import check_shippable, fingerprint
 from .model_checks import check_model_options
 from .launch_options import parent_runs_dynamic_vram
 

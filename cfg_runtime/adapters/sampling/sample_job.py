@@ -11,14 +11,14 @@ import torch
 
 import comfy.samplers
 
-from ..group.shipping import shippable
-from ..errors import ShippingError
-from ..guidance.policy import CFGPolicy
-from ..parallel.dispatch import BranchDispatcher
+from ...group.shipping import shippable
+from ...errors import ShippingError
+from ...guidance.policy import CFGPolicy
+from ...parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
-from .model_cache import ModelCache
+from ..models.model_cache import ModelCache
 from .sequence_job import sequence_setup
-from .transport import ModelShipment
+from ..models.transport import ModelShipment
 
 
 @dataclass(frozen=True)
