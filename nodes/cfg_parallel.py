@@ -19,6 +19,7 @@ from cfg_runtime.guidance.policy import CFGPolicy
 
 NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
+NODE = "the CFG Parallel node"  # how messages name it
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 CFGPolicyType = io.Custom("CFG_POLICY")
 
@@ -60,11 +61,11 @@ class CFGParallelModel(io.ComfyNode):
             if not isinstance(policy, CFGPolicy):
                 raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
             check_policy_fits_model(policy, model)
-        check_model_options(model.model_options)
+        check_model_options(model.model_options, policy, NODE, parallel_size)
         foreign = foreign_wrappers(model)
         if foreign:
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
-        settings = ParallelSettings(world_size=parallel_size, devices=devices)
+        settings = ParallelSettings(world_size=parallel_size, devices=devices, node=NODE)
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -19,7 +19,6 @@ from ..group import JobResult, WorkerGroup, get_group
 from ..group.shipping import check_shippable
 from ..guidance.policy import CFGPolicy
 from .model_cache import BUDGET_ENV, short
-from .model_checks import check_model_options
 from .progress_text import ProgressText
 from .rank_setup import RANK_DYNAMIC_VRAM_ENV, parent_runs_dynamic_vram
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
@@ -94,7 +93,6 @@ def _record_residency(group: WorkerGroup, result: JobResult) -> None:
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     """Run one sample() on the worker group of `settings` (a ParallelSettings); returns rank 0's
     latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
-    check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
     log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree, call.model_patcher))

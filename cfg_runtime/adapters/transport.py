@@ -37,7 +37,6 @@ import torch
 
 from ..errors import ShippingError
 from ..group.shipping import check_shippable, fingerprint
-from .model_checks import check_model_options
 from .rank_setup import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
@@ -246,14 +245,14 @@ def release_from_comfy(model_patcher, unpatch: bool = True) -> None:
 def capture(model_patcher, route: WeightRoute) -> ModelShipment:
     """Describe the model for the ranks without its base weights (for ranks that hold them);
     raises ShippingError naming what cannot travel. `with_base` adds the weights."""
-    check_model_options(model_patcher.model_options)
     bad = _unpicklable_keys(model_patcher.model_options, "model_options.")
     bad += _unpicklable_keys({"patches": model_patcher.patches}, "")
     bad += _unpicklable_keys(model_patcher.object_patches, "object_patches.")
     if bad:
         raise ShippingError(
-            "These model settings cannot be sent to the worker processes (they are Python closures or objects "
-            f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
+            "These model settings cannot be sent to the worker processes (objects added by other nodes that "
+            f"cannot be pickled, even by value): {', '.join(bad)}. Remove the nodes that add them, or run at "
+            f"parallel size 1.")
     return ModelShipment(
         base_token=route.token,
         base_model=None,
