@@ -26,6 +26,8 @@ pytestmark = pytest.mark.server
 SD, WAN = "cfgp_tiny_sd15_mid.safetensors", "cfgp_tiny_wan_slg.safetensors"
 BOUND = 1e-5  # |core - pack at size 1| / max(1, max |out|): float32 rounding, batched against separate forwards
 VARIANTS = ("s1", "s2", "core")
+PASS_NODES = {"PerturbedAttentionGuidance", "PerpNeg", "SkipLayerGuidanceDiT", "SkipLayerGuidanceSD3",
+              "SkipLayerGuidanceDiT+CFGZeroStar"}  # their extra pass is a branch: size 3 runs 3 passes at once
 
 # node -> widget overrides (the rest: the node's defaults)
 SD_NODES = {
@@ -130,7 +132,7 @@ def patched(server, g: dict, node: str, model: list, tag: str, table: dict) -> l
     return model
 
 
-def graph(server, loader: str, channels: int, latent: dict, table: dict, cfg: float = 4.0):
+def graph(server, loader: str, channels: int, latent: dict, table: dict, cfg: float = 4.0, variants=VARIANTS):
     g = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": loader, "weight_dtype": "default"}},
          "pos": cond(1, channels), "neg": cond(2, channels), "empty": cond(3, channels), "lat": latent}
     if loader == WAN:
@@ -138,12 +140,12 @@ def graph(server, loader: str, channels: int, latent: dict, table: dict, cfg: fl
     base = ["ms", 0] if loader == WAN else ["unet", 0]
     saves = {}
     for k, node in enumerate(table):
-        for v in VARIANTS:
+        for v in variants:
             tag = f"k{k}{v}"
             model = patched(server, g, node, base, tag, table)
             if v != "core":
                 g[f"{tag}cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {
-                    "model": model, "parallel_size": 1 if v == "s1" else 2, "devices": "cpu"}}
+                    "model": model, "parallel_size": int(v[1]), "devices": "cpu"}}
                 model = [f"{tag}cp", 0]
             g[f"{tag}ks"] = {"class_type": "KSampler", "inputs": {
                 "model": model, "seed": 7, "steps": 3, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
@@ -168,9 +170,18 @@ def check(server, entry, saves: dict, label: str) -> list[str]:
 
 
 def _run_table(server, loader, channels, latent, table, label):
+    """One prompt with every node at sizes 1 and 2 and without the pack; then one prompt with the
+    nodes that add a pass at size 3 (one group restart, not one per chain)."""
     g, saves = graph(server, loader, channels, latent, table)
     entry = server.run(g, timeout=900)
+    passes = {k: v for k, v in table.items() if k in PASS_NODES}
+    g3, saves3 = graph(server, loader, channels, latent, passes, variants=("s3",))
+    entry3 = server.run(g3, timeout=900) if passes else None
     problems = [p for node, s in saves.items() for p in check(server, entry, s, f"{label} {node}")]
+    for node, s in saves3.items():
+        s1, s3 = server.saved_latent(entry, saves[node]["s1"]), server.saved_latent(entry3, s["s3"])
+        if not torch.equal(s1, s3):
+            problems.append(f"{label} {node}: max |size 3 - size 1| = {(s1 - s3).abs().max()}")
     assert not problems, "\n".join(problems)
     return entry, saves
 
@@ -181,6 +192,37 @@ def test_sd_guidance_nodes(server):
     # the node changes the result: not the plain CFG of the same graph
     plain = server.saved_latent(entry, saves["PerturbedAttentionGuidance"]["s1"])
     assert not torch.equal(plain, server.saved_latent(entry, saves["RescaleCFG"]["s1"]))
+
+
+def test_extra_pass_runs_on_its_own_rank(server):
+    """PAG at size 3: cond, negative and the perturbed pass on three ranks, in the plan log and in
+    Group Status; the same three passes under the Multi-Branch Guider (standard_cfg) at sizes 1 and 3."""
+    from support.tiny_ltx2 import POLICY_DEFAULTS
+
+    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    g, _ = graph(server, SD, 768, latent, {"PerturbedAttentionGuidance": {"scale": 2.0}}, variants=("s3",))
+    g["pol"] = {"class_type": "CFGPolicyBuilder", "inputs": {**POLICY_DEFAULTS, "preset": "standard_cfg",
+                                                             "cfg": 4.0}}
+    g["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}}
+    g["ksel"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    g["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["unet", 0], "scheduler": "simple", "steps": 3,
+                                                           "denoise": 1.0}}
+    for size in (1, 3):
+        g[f"mb{size}"] = {"class_type": "MultiBranchGuider", "inputs": {
+            "model": ["k0s3n0", 0], "positive": ["pos", 0], "negative": ["neg", 0], "policy": ["pol", 0],
+            "parallel_size": size, "devices": "cpu", "plan": "cost_balanced", "keep_model_loaded": True,
+            "step_timeout_s": 120.0}}
+        g[f"mx{size}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": [f"mb{size}", 0], "sampler": ["ksel", 0], "sigmas": ["sig", 0],
+            "latent_image": ["lat", 0]}}
+        g[f"mo{size}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"mx{size}", 0],
+                                                                 "filename_prefix": f"latents/gn_mb{size}"}}
+    entry = server.run(g, timeout=600)
+    assert torch.equal(server.saved_latent(entry, "mo1"), server.saved_latent(entry, "mo3"))
+    assert torch.equal(server.saved_latent(entry, "mo1"), server.saved_latent(entry, "k0s3o"))  # = KSampler's
+    per_rank = server.group_status()["last_job"]["per_rank"]
+    assert [sorted(r["forwards"]) for r in per_rank] == [["cond"], ["negative"], ["pag"]], per_rank
+    assert "rank 0: cond; rank 1: negative; rank 2: pag" in server.log_text()
 
 
 def test_wan_guidance_nodes(server):
