@@ -11,7 +11,7 @@ all-gather of three latents is added at the link's rate by the reader: a few MB)
 
     python bench/bench_guidance_pass.py --comfy /path/to/ComfyUI-0.29 --model wan --reps 10 --out $OUT/slg.json
     python bench/bench_guidance_pass.py --comfy /path/to/ComfyUI-0.29 --model sdxl --reps 10 --out $OUT/pag.json
-    python bench/bench_guidance_pass.py --comfy /path/to/ComfyUI-0.29 --model wan --tiny --device cpu   # smoke
+    python bench/bench_guidance_pass.py --comfy /path/to/ComfyUI-0.29 --model wan --tiny --device cpu --reps 1   # smoke
 """
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def timed(fn, device: str, reps: int) -> tuple[float, object]:
 def build(args):
     """(ModelPatcher, latent shape, text context shape) with ComfyUI's classes and random weights."""
     sys.path.insert(0, args.comfy)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = args.device == "cpu"
     import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
-    from comfy.cli_args import args as comfy_args  # noqa: F401 (ComfyUI's defaults)
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     if args.model == "wan":
@@ -74,8 +76,36 @@ def build(args):
         for p in model.parameters():
             p.normal_(0, 0.02)
     model.manual_cast_dtype = None
-    patcher = comfy.model_patcher.ModelPatcher(model, args.device, args.device)
+    device = torch.device(args.device)
+    patcher = comfy.model_patcher.ModelPatcher(model, device, device)
     return patcher, latent, context, dtype
+
+
+def run_sampling(patcher, policy, conds, latent, args) -> dict:
+    """The pack's size-1 sampling (euler, args.steps steps): wall time per step and the dispatcher's
+    per-evaluation forward and combine times."""
+    import comfy.samplers
+    from cfg_runtime.adapters.branch_guider import BranchGuider
+    from cfg_runtime.parallel.dispatch import BranchDispatcher
+
+    guider = BranchGuider(patcher, policy)
+    guider.set_conds(*conds[:len({b.cond for b in policy.branches})])
+    sampler = comfy.samplers.sampler_object("euler")
+    sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", args.steps)
+    noise = torch.randn(latent, generator=torch.Generator().manual_seed(0))
+    best = None
+    for _ in range(args.reps):
+        dispatcher = BranchDispatcher(policy)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        guider.sample_with(dispatcher, noise, torch.zeros(latent), sampler, sigmas, disable_pbar=True, seed=0)
+        _sync(args.device)
+        wall = (time.perf_counter() - t0) / args.steps
+        st = dispatcher.stats
+        row = {"step_s": wall, "forward_s": st.forward_s / st.evaluations, "combine_s": st.combine_s / st.evaluations,
+               "forwards_per_branch": dict(st.forwards)}
+        best = row if best is None or row["step_s"] < best["step_s"] else best
+    return best
 
 
 def main() -> None:
@@ -83,51 +113,37 @@ def main() -> None:
     ap.add_argument("--comfy", required=True)
     ap.add_argument("--model", choices=("wan", "sdxl"), default="wan")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    if args.tiny and args.model != "wan":
+        ap.error("--tiny builds a tiny Wan only (the SDXL UNet has no tiny variant here)")
     patcher, latent, context, dtype = build(args)
     sys.path.insert(0, str(REPO))
-    import comfy.samplers
     from comfy_extras import nodes_pag, nodes_slg
-    from cfg_runtime.adapters.branch_guider import BranchGuider
     from cfg_runtime.guidance.presets import standard_cfg
 
     if args.model == "wan":
-        patched = nodes_slg.SkipLayerGuidanceDiT.execute(patcher, 3.0, 0.0, 1.0, "9" if not args.tiny else "1", "",
-                                                         0.0)[0]
+        node = nodes_slg.SkipLayerGuidanceDiT.execute(patcher, 3.0, 0.0, 1.0, "1" if args.tiny else "9", "", 0.0)
     else:
-        patched = nodes_pag.PerturbedAttentionGuidance.execute(patcher, 3.0)[0]
+        node = nodes_pag.PerturbedAttentionGuidance.execute(patcher, 3.0)
+    patched = node[0] if isinstance(node, tuple) else node.result[0]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(latent, generator=g).to(args.device)
-    conds = [[torch.randn(context, generator=g).to(args.device, dtype), {}] for _ in range(2)]
-    if args.model == "sdxl":
-        for c in conds:
-            c[1]["pooled_output"] = torch.randn(1, 1280, generator=g).to(args.device, dtype)
-    guider = BranchGuider(patched, standard_cfg(5.0))
-    guider.set_conds(comfy.samplers.convert_cond(conds[0]), comfy.samplers.convert_cond(conds[1]))
-    sigmas = torch.tensor([0.9, 0.0], device=args.device)
-    guider.inner_model, guider.conds, _ = comfy.sampler_helpers.prepare_sampling(patched, x.shape, guider.conds)
-    guider.conds = comfy.samplers.process_conds(guider.inner_model, x, guider.conds, args.device, None, None, 0)
-    options = {**patched.model_options, "transformer_options": {**patched.model_options.get(
-        "transformer_options", {}), "sample_sigmas": sigmas}}
-    t = sigmas[:1]
+    conds = []
+    for _ in range(2):
+        extra = {"pooled_output": torch.randn(1, 1280, generator=g).to(dtype)} if args.model == "sdxl" else {}
+        conds.append([[torch.randn(context, generator=g).to(dtype), extra]])
     with torch.inference_mode():
-        step_s, _ = timed(lambda: guider.predict_noise(x, t, options), args.device, args.reps)
-        from cfg_runtime.adapters.guidance_passes import extra_passes, record
-
-        passes = extra_passes(options)
-        one = {}
-        for name, cond in (("cond", "positive"), ("negative", "negative")):
-            one[name], _ = timed(lambda c=cond: comfy.samplers.calc_cond_batch(
-                guider.inner_model, [guider.conds[c]], x, t, options), args.device, args.reps)
-        one[passes[0].name], _ = timed(lambda: record(passes[0], guider.inner_model, guider.conds, 5.0, x, t, options),
-                                       args.device, args.reps)
-    predicted = max(one.values()) + max(0.0, step_s - sum(one.values()))
-    result = {"model": args.model, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "dtype": str(dtype), "latent": latent, "step_size1_s": step_s, "forward_s": one,
-              "predicted_step_3_ranks_s": predicted, "speedup": step_s / predicted,
+        with_pass = run_sampling(patched, standard_cfg(5.0), conds, latent, args)  # cond, negative, the pass
+        one = run_sampling(patcher, standard_cfg(1.0), conds, latent, args)  # one forward per step
+    predicted = one["forward_s"] + with_pass["combine_s"]
+    result = {"model": args.model, "node": "SkipLayerGuidanceDiT" if args.model == "wan" else "PAG",
+              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+              "dtype": str(dtype), "latent": latent, "size1": with_pass, "one_forward": one,
+              "predicted_step_3_ranks_s": predicted, "predicted_speedup": with_pass["step_s"] / predicted,
+              "note": "prediction: one forward + the combine; add the all-gather of 3 latents at the link's rate",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result, indent=1))
     if args.out:

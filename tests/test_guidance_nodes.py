@@ -148,7 +148,7 @@ def graph(server, loader: str, channels: int, latent: dict, table: dict, cfg: fl
                     "model": model, "parallel_size": int(v[1]), "devices": "cpu"}}
                 model = [f"{tag}cp", 0]
             g[f"{tag}ks"] = {"class_type": "KSampler", "inputs": {
-                "model": model, "seed": 7, "steps": 3, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+                "model": model, "seed": 7, "steps": 2, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
                 "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}}
             g[f"{tag}o"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{tag}ks", 0],
                                                                    "filename_prefix": f"latents/gn_{tag}"}}
@@ -187,7 +187,7 @@ def _run_table(server, loader, channels, latent, table, label):
 
 
 def test_sd_guidance_nodes(server):
-    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
     entry, saves = _run_table(server, SD, 768, latent, SD_NODES, "SD1.5")
     # the node changes the result: not the plain CFG of the same graph
     plain = server.saved_latent(entry, saves["PerturbedAttentionGuidance"]["s1"])
@@ -205,7 +205,7 @@ def test_extra_pass_runs_on_its_own_rank(server):
                                                              "cfg": 4.0}}
     g["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}}
     g["ksel"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    g["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["unet", 0], "scheduler": "simple", "steps": 3,
+    g["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["unet", 0], "scheduler": "simple", "steps": 2,
                                                            "denoise": 1.0}}
     for size in (1, 3):
         g[f"mb{size}"] = {"class_type": "MultiBranchGuider", "inputs": {

@@ -20,8 +20,9 @@ maps the same pages. Which module that is:
 The base identity (token) is the recipe and the file's size and mtime when ComfyUI
 recorded one: the same file loaded again with the same options is the same model to the
 ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
-applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
-in the options, quantized weights without a recipe) is refused here, before a rank starts.
+applies them on its device the way ComfyUI does; closures in the options (guidance nodes)
+travel by value (group/shipping.py). Anything that cannot travel (an object that cannot be
+pickled even so, quantized weights without a recipe) is refused here, before a rank starts.
 The rank side is model_cache.py.
 """
 from __future__ import annotations
