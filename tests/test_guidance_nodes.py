@@ -6,8 +6,9 @@ CFGNorm, APG, TCFG, Mahiro, FreSca, Epsilon Scaling, TemporalScoreRescaling, Ren
 VideoLinear/TriangleCFGGuidance) sits between the loader and CFG Parallel in a KSampler
 graph; its Python closures reach the ranks by value (cloudpickle) and run there as core
 runs them. One prompt per model holds every node three times: CFG Parallel at size 1, at
-size 2 (a persistent 2-rank gloo group on the CPU), and without the pack (core). Size 2
-must equal size 1 bit for bit; core may differ from size 1 only by its batching rounding
+size 2 (a persistent 2-rank gloo group on the CPU), and without the pack (core); a second
+prompt runs the nodes whose extra pass becomes a branch at size 3 (3 passes on 3 ranks).
+Sizes 2 and 3 must equal size 1 bit for bit; core may differ from size 1 only by its batching rounding
 (core evaluates cond and uncond in one batched forward, the pack one branch per forward):
 within ``BOUND``. The widgets are each node's defaults (read from /object_info, so the
 test follows the node's own schema on every ComfyUI version) with a few overrides.
@@ -169,14 +170,31 @@ def check(server, entry, saves: dict, label: str) -> list[str]:
     return problems
 
 
-def _run_table(server, loader, channels, latent, table, label):
-    """One prompt with every node at sizes 1 and 2 and without the pack; then one prompt with the
-    nodes that add a pass at size 3 (one group restart, not one per chain)."""
-    g, saves = graph(server, loader, channels, latent, table)
-    entry = server.run(g, timeout=900)
-    passes = {k: v for k, v in table.items() if k in PASS_NODES}
-    g3, saves3 = graph(server, loader, channels, latent, passes, variants=("s3",))
-    entry3 = server.run(g3, timeout=900) if passes else None
+SD_LATENT = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
+WAN_LATENT = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5,
+                                                                  "batch_size": 1}}
+TABLES = {"SD1.5": (SD, 768, SD_LATENT, SD_NODES), "Wan": (WAN, 4096, WAN_LATENT, WAN_NODES)}
+
+
+@pytest.fixture(scope="module")
+def runs(server) -> dict:
+    """Per model: one prompt with every node at sizes 1 and 2 and without the pack; then, for both
+    models, one prompt with the nodes that add a pass at size 3 (two group starts in all, not one
+    per chain). {label: (entry, saves, entry at size 3, saves at size 3)}."""
+    first = {}
+    for label, (loader, channels, latent, table) in TABLES.items():
+        g, saves = graph(server, loader, channels, latent, table)
+        first[label] = (server.run(g, timeout=900), saves)
+    out = {}
+    for label, (loader, channels, latent, table) in TABLES.items():
+        passes = {k: v for k, v in table.items() if k in PASS_NODES}
+        g3, saves3 = graph(server, loader, channels, latent, passes, variants=("s3",))
+        out[label] = first[label] + (server.run(g3, timeout=900), saves3)
+    return out
+
+
+def _check_table(server, runs, label):
+    entry, saves, entry3, saves3 = runs[label]
     problems = [p for node, s in saves.items() for p in check(server, entry, s, f"{label} {node}")]
     for node, s in saves3.items():
         s1, s3 = server.saved_latent(entry, saves[node]["s1"]), server.saved_latent(entry3, s["s3"])
@@ -186,21 +204,23 @@ def _run_table(server, loader, channels, latent, table, label):
     return entry, saves
 
 
-def test_sd_guidance_nodes(server):
-    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    entry, saves = _run_table(server, SD, 768, latent, SD_NODES, "SD1.5")
+def test_sd_guidance_nodes(server, runs):
+    entry, saves = _check_table(server, runs, "SD1.5")
     # the node changes the result: not the plain CFG of the same graph
     plain = server.saved_latent(entry, saves["PerturbedAttentionGuidance"]["s1"])
     assert not torch.equal(plain, server.saved_latent(entry, saves["RescaleCFG"]["s1"]))
 
 
-def test_extra_pass_runs_on_its_own_rank(server):
+def test_wan_guidance_nodes(server, runs):
+    _check_table(server, runs, "Wan")
+
+
+def test_extra_pass_runs_on_its_own_rank(server, runs):
     """PAG at size 3: cond, negative and the perturbed pass on three ranks, in the plan log and in
     Group Status; the same three passes under the Multi-Branch Guider (standard_cfg) at sizes 1 and 3."""
     from support.tiny_ltx2 import POLICY_DEFAULTS
 
-    latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-    g, _ = graph(server, SD, 768, latent, {"PerturbedAttentionGuidance": {"scale": 2.0}}, variants=("s3",))
+    g, _ = graph(server, SD, 768, SD_LATENT, {"PerturbedAttentionGuidance": {"scale": 2.0}}, variants=("s3",))
     g["pol"] = {"class_type": "CFGPolicyBuilder", "inputs": {**POLICY_DEFAULTS, "preset": "standard_cfg",
                                                              "cfg": 4.0}}
     g["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}}
@@ -223,12 +243,6 @@ def test_extra_pass_runs_on_its_own_rank(server):
     per_rank = server.group_status()["last_job"]["per_rank"]
     assert [sorted(r["forwards"]) for r in per_rank] == [["cond"], ["negative"], ["pag"]], per_rank
     assert "rank 0: cond; rank 1: negative; rank 2: pag" in server.log_text()
-
-
-def test_wan_guidance_nodes(server):
-    latent = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5,
-                                                                  "batch_size": 1}}
-    _run_table(server, WAN, 4096, latent, WAN_NODES, "Wan")
 
 
 def test_self_attention_guidance_size1_and_refusal(server):
