@@ -70,7 +70,8 @@ def _check_picklable(job: ComfySampleJob) -> None:
 
 def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
     job = ComfySampleJob(
-        shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
+        shipment=capture(call.model_patcher, route, settings.node), policy=call.policy, conds=call.conds,
+        noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
         keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,

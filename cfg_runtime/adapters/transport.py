@@ -243,7 +243,7 @@ def release_from_comfy(model_patcher, unpatch: bool = True) -> None:
     mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
-def capture(model_patcher, route: WeightRoute) -> ModelShipment:
+def capture(model_patcher, route: WeightRoute, node: str = "the Multi-Branch Guider") -> ModelShipment:
     """Describe the model for the ranks without its base weights (for ranks that hold them);
     raises ShippingError naming what cannot travel. `with_base` adds the weights."""
     bad = _unpicklable_keys(model_patcher.model_options, "model_options.")
@@ -252,7 +252,7 @@ def capture(model_patcher, route: WeightRoute) -> ModelShipment:
     if bad:
         raise ShippingError(
             "These model settings cannot be sent to the worker processes (objects added by other nodes that "
-            f"cannot be pickled, even by value): {', '.join(bad)}. Remove the nodes that add them, or run at "
+            f"cannot be pickled, even by value): {', '.join(bad)}. Remove the nodes that add them, or set {node} to "
             f"parallel size 1.")
     return ModelShipment(
         base_token=route.token,
