@@ -12,6 +12,8 @@ Every rank holds the same predictions, so every rank computes the same result: s
 """
 from __future__ import annotations
 
+import dis
+import types
 from typing import Any, Callable
 
 import torch
@@ -55,11 +57,35 @@ def is_core_cfg(policy: CFGPolicy | None) -> bool:
                     for b in policy.branches))
 
 
-def _records_uncond_attention(model_options: dict) -> str | None:
-    """SelfAttentionGuidance keeps the negative pass's attention in its closure for its post-CFG pass."""
-    for fn in _functions(model_options, "sampler_post_cfg_function"):
-        if node_of(fn) == "SelfAttentionGuidance":
-            return "SelfAttentionGuidance"
+def _functions_in(obj, depth: int = 0):
+    """Every Python function in the model options (lists, dicts, tuples; transformer patches included)."""
+    if depth > 6:
+        return
+    if isinstance(obj, types.FunctionType):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _functions_in(value, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _functions_in(value, depth + 1)
+
+
+def _writes(fn: types.FunctionType, name: str) -> bool:
+    return any(i.opname == "STORE_DEREF" and i.argval == name for i in dis.get_instructions(fn))
+
+
+def shared_state(model_options: dict) -> str | None:
+    """The node whose closures share a variable that one of them assigns (SelfAttentionGuidance records
+    the negative pass's attention for its post-CFG function): on a rank each closure has its own copy
+    (cloudpickle), so the record would not reach the other function. None: no such closures."""
+    holders: dict[int, list] = {}
+    for fn in {id(f): f for f in _functions_in(model_options)}.values():
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            holders.setdefault(id(cell), []).append((fn, name))
+    for pairs in holders.values():
+        if len(pairs) > 1 and any(_writes(fn, name) for fn, name in pairs):
+            return node_of(pairs[0][0])
     return None
 
 
@@ -73,12 +99,13 @@ def check_model_options(model_options: dict, policy: CFGPolicy | None = None, no
             f"{node} runs the '{policy.name}' policy ({policy.rule.kind} rule), a different guidance formula: the "
             f"two rules cannot both apply. Remove that node from the model, or use standard CFG (no policy input, "
             f"or the standard_cfg preset without rescale and CFG-Zero*).")
-    sag = _records_uncond_attention(model_options)
-    if sag and world_size > 1:
+    shared = shared_state(model_options) if world_size > 1 else None
+    if shared:
         raise PolicyError(
-            f"{sag} records the attention of the negative pass and reads it in its own extra pass, so both must "
-            f"run in one process, which parallel size {world_size} of {node} does not do. Run at parallel size 1, "
-            f"or use PerturbedAttentionGuidance, whose pass runs on every rank.")
+            f"{shared} keeps state that one of its functions writes and another reads (SelfAttentionGuidance records "
+            f"the attention of the negative pass for its own extra pass), so both must run in one process, which "
+            f"parallel size {world_size} of {node} does not do. Run at parallel size 1, or use "
+            f"PerturbedAttentionGuidance, whose pass runs on a GPU of its own.")
 
 
 def branch_call(model_options: dict, branch: CFGBranch) -> tuple[Callable, int] | None:
