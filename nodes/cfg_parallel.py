@@ -21,6 +21,7 @@ from .policy_builder import CFG_POLICY
 
 NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
+NODE = "the CFG Parallel node"  # how messages name it
 
 
 class CFGParallelModel(io.ComfyNode):
@@ -64,12 +65,12 @@ class CFGParallelModel(io.ComfyNode):
             if not isinstance(policy, CFGPolicy):
                 raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
             check_policy_fits_model(policy, model)
-        check_model_options(model.model_options)
+        check_model_options(model.model_options, policy, NODE, parallel_size)
         foreign = foreign_wrappers(model)
         if foreign:
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
         settings = ParallelSettings(world_size=parallel_size, devices=devices,
-                                    sequence_degree=sequence_degree(sequence_split))
+                                    sequence_degree=sequence_degree(sequence_split), node=NODE)
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -43,7 +43,7 @@ if [ ! -f "$comfy_dir/main.py" ]; then
   rm -rf "$wheel_dir"
 fi
 
-if ! "$vpy" -c 'import pytest, requests, safetensors, hypothesis, ltx_core' 2>/dev/null; then
+if ! "$vpy" -c 'import pytest, requests, safetensors, hypothesis, ltx_core, cloudpickle' 2>/dev/null; then
   log "installing test tools"
   pip install -c "$constraints" -r "$here/scripts/requirements-test.txt"
   pip install --no-deps ltx-core==1.0.0
@@ -111,7 +111,8 @@ setup_snapshot() {
     log "installing torch into $venvv"
     "$vpyv" -m pip --disable-pip-version-check -q install -c "$constraints" torch torchvision
   fi
-  if [ "$(cat "$venvv/.cfgp_requirements" 2>/dev/null)" != "$stamp" ]; then
+  if [ "$(cat "$venvv/.cfgp_requirements" 2>/dev/null)" != "$stamp" ] \
+     || ! "$vpyv" -c 'import pytest, requests, safetensors, hypothesis, ltx_core, cloudpickle' 2>/dev/null; then
     # torch stays pinned; pip then takes torchaudio 2.11.1, whose extension does not load
     # with this torch, but ComfyUI only needs `import torchaudio` to succeed.
     log "installing ComfyUI $version's requirements (torch pinned)"

@@ -117,17 +117,13 @@ def test_bad_inputs_become_node_errors(comfy_server):
     assert "out of range" in msg
     msg = comfy_server.run_failing(guided_graph(1, nonce=17, preset="custom", custom_branches="oops"))
     assert "name:positive|negative:weight" in msg
-    # a node that adds a Python closure to the model: cannot travel to the workers
-    g = guided_graph(2, nonce=18)
-    g["30"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": g["7"]["inputs"]["model"], "scale": 2.0}}
-    g["7"]["inputs"]["model"] = ["30", 0]
-    msg = comfy_server.run_failing(g)
-    assert "cannot be sent to the worker processes" in msg and "sampler_post_cfg_function" in msg
-    # a node that replaces the CFG combine conflicts with the policy at any size
-    g = guided_graph(1, nonce=19)
+    # a node that replaces core's CFG is a second CFG rule on a custom policy, at any size
+    # (on standard CFG it composes: test_guidance_nodes.py)
+    g = guided_graph(1, nonce=19, preset="custom")
     g["31"] = {"class_type": "RescaleCFG", "inputs": {"model": g["7"]["inputs"]["model"], "multiplier": 0.7}}
     g["7"]["inputs"]["model"] = ["31", 0]
-    assert "sampler_cfg_function" in comfy_server.run_failing(g)
+    msg = comfy_server.run_failing(g)
+    assert "RescaleCFG (sampler_cfg_function)" in msg and "the Multi-Branch Guider" in msg and "custom" in msg, msg
     # after all that, the server and the group still work
     assert torch.isfinite(sample(comfy_server, guided_graph(2, nonce=20))).all()
 

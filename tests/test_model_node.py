@@ -14,8 +14,8 @@ built with ComfyUI's classes, loaded by core's UNETLoader:
   0-2 of 4, the second from step 2 without noise; the leftover-noise latent is compared too;
 * CFGGuider + SamplerCustomAdvanced, BasicGuider, DualCFGGuider (regular and nested);
 * a connected CFG_POLICY replaces the sampler's cfg;
-* what cannot be mapped (PerpNegGuider, RescaleCFG's CFG function, an LTX-2 policy on a
-  Wan model) is refused with a message, before any rank runs;
+* what cannot be mapped (PerpNegGuider, RescaleCFG's CFG function on a connected custom policy,
+  an LTX-2 policy on a Wan model) is refused with a message, before any rank runs;
 * the two-expert graph, three prompts in a row, loads each model on every rank once;
 * cfg 1 on two ranks: the idle rank is named, and sequence_split auto puts it to work.
 """
@@ -313,19 +313,27 @@ def test_unmappable_guider_is_refused(server):
     assert "cannot run the guider Guider_PerpNeg" in err and "KSampler" in err, err
 
 
-def test_cfg_function_patch_is_refused(server):
+def test_cfg_function_patch_on_another_policy_is_refused(server):
+    """RescaleCFG composes with the sampler's CFG (test_guidance_nodes.py); on a connected policy
+    with another formula it is a second CFG rule: refused, naming the node the user has."""
     g = ltxv_base()
+    g["pol"] = {"class_type": "CFGPolicyBuilder", "inputs": {
+        "preset": "custom", "cfg": 5.0, "guidance_rescale": 0.0, "cfg_zero_star": False, "zero_init_steps": 0,
+        "video_cfg": 3.0, "video_stg": 1.0, "video_stg_blocks": "1", "video_modality": 1.0, "video_rescale": 0.7,
+        "video_skip_step": 0, "audio_cfg": 3.0, "audio_stg": 1.0, "audio_stg_blocks": "1", "audio_modality": 1.0,
+        "audio_rescale": 0.7, "audio_skip_step": 0, "custom_branches": "negative:negative:3.0"}}
     g["cp"] = {"class_type": "CFGParallelMultiGPU_Model", "inputs": {"model": ["unet", 0], "parallel_size": 2,
-                                                             "devices": "cpu"}}
+                                                             "devices": "cpu", "policy": ["pol", 0]}}
     g["rs"] = {"class_type": "RescaleCFG", "inputs": {"model": ["cp", 0], "multiplier": 0.7}}  # after the node
     g["ks"] = ksampler(["rs", 0], ["lat", 0])
     save(g, "o", ["ks", 0])
     err = server.run_failing(g)
-    assert "sampler_cfg_function" in err and "RescaleCFG" in err, err
+    assert "RescaleCFG (sampler_cfg_function)" in err and "the CFG Parallel node" in err, err
+    assert "Multi-Branch Guider" not in err, err
     g["rs"]["inputs"]["model"], g["cp"]["inputs"]["model"] = ["unet", 0], ["rs", 0]  # before the node
     g["ks"]["inputs"]["model"] = ["cp", 0]
     err = server.run_failing(g)
-    assert err.startswith("CFGParallelMultiGPU_Model") and "sampler_cfg_function" in err, err
+    assert err.startswith("CFGParallelMultiGPU_Model") and "RescaleCFG" in err and "the CFG Parallel node" in err, err
 
 
 def test_ltx2_policy_on_a_wan_model_is_refused_at_the_node(server):

@@ -34,6 +34,10 @@ def test_pyproject_is_registry_ready():
     names = {d.split(";")[0].split("[")[0].strip().split("=")[0].split(">")[0].split("<")[0].lower()
              for d in project["dependencies"]}
     assert not names & PROVIDED_BY_COMFYUI, f"ComfyUI provides these already: {names & PROVIDED_BY_COMFYUI}"
+    # ComfyUI-Manager installs requirements.txt: the same dependencies
+    listed = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert sorted(listed) == sorted(project["dependencies"])
     assert comfy["requires-comfyui"].startswith(">=")
     assert "Operating System :: POSIX :: Linux" in project["classifiers"]
     assert {"Repository", "Documentation", "Bug Tracker"} <= set(project["urls"])
@@ -65,7 +69,7 @@ def test_archive_holds_only_the_pack():
     shipped = {p for p in tracked if not _ignored(p, patterns)}
     top = {p.split("/")[0] for p in shipped}
     assert {"__init__.py", "nodes", "cfg_runtime", "web", "example_workflows", "workflows", "LICENSE",
-            "pyproject.toml", "README.md"} <= top, top
+            "pyproject.toml", "README.md", "requirements.txt"} <= top, top
     assert not top & {"tests", "devkit", "bench", "scripts", ".ci", "docs"}, top
     assert "workflows/build.py" not in shipped and "workflows/api/plain_cfg.json" in shipped
     assert not [p for p in shipped if p.startswith("workflows/") and p.endswith(".py")], "the graph sources stay home"

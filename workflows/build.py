@@ -142,6 +142,7 @@ SCHEMAS: dict[str, Schema] = {
                            "scheduler:COMBO positive:CONDITIONING negative:CONDITIONING latent_image:LATENT "
                            "start_at_step:INT end_at_step:INT return_with_leftover_noise:COMBO", ("LATENT", "LATENT")),
     "ModelSamplingSD3": _s("model:MODEL shift:FLOAT", ("MODEL", "MODEL")),
+    "PerturbedAttentionGuidance": _s("model:MODEL scale:FLOAT", ("MODEL", "MODEL")),
     "CLIPLoader": _s("clip_name:COMBO type:COMBO ?device:COMBO", ("CLIP", "CLIP")),
     "VAELoader": _s("vae_name:COMBO", ("VAE", "VAE")),
     "EmptyHunyuanLatentVideo": _s("width:INT height:INT length:INT batch_size:INT", ("LATENT", "LATENT")),

@@ -1,7 +1,8 @@
 """The CFG Parallel node's example workflows (workflows/build.py renders them with graphs.py's).
 
 The graphs users already have, with one node more: KSampler, and Wan 2.2's two experts
-through KSamplerAdvanced. Shared names (colours, group titles, prompts) come from graphs.py.
+through KSamplerAdvanced, and SDXL with ComfyUI's PerturbedAttentionGuidance (three passes on
+three GPUs). Shared names (colours, group titles, prompts) come from graphs.py.
 """
 from __future__ import annotations
 
@@ -91,5 +92,40 @@ def wan22_two_experts() -> Graph:
     return g
 
 
+PAG_NOTE = """
+SDXL WITH PERTURBED-ATTENTION GUIDANCE: THREE PASSES ON THREE GPUs
+
+ComfyUI's own PerturbedAttentionGuidance node in front of CFG Parallel: every step needs three model passes (positive, negative, and PAG's perturbed pass), and with parallel_size 3 each runs on its own GPU at the same time. PAG's own arithmetic combines them, on every GPU: the result equals one-GPU sampling bit for bit, and ComfyUI without the pack up to float rounding.
+
+Settings
+- PerturbedAttentionGuidance: scale 3 (0 turns the pass off). SkipLayerGuidanceDiT (DiT models such as Wan) and PerpNeg's empty-prompt pass run as a branch the same way.
+- Combine-only nodes (RescaleCFG, CFGZeroStar, APG, ...) can be chained here too: they run on every GPU after the passes.
+- CFG Parallel: parallel_size 3, devices empty = the first three GPUs. With 2 GPUs the third pass shares a GPU.
+"""
+
+
+def sdxl_pag_three_gpus() -> Graph:
+    g = Graph("sdxl_pag_three_gpus", "SDXL with PAG - three passes on three GPUs")
+    g.column(0).group(None).note(PAG_NOTE, w=420, h=520)
+    g.column(1).group("Model and prompt", BLUE)
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
+                 text="a lighthouse on a rocky coast in a storm, dramatic clouds, detailed, photograph")
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
+                 text="blurry, low quality, watermark, text")
+    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=1)
+    g.column(2).group(GUIDANCE, GREEN)
+    pag = g.node("PerturbedAttentionGuidance", w=320, model=ckpt.out("MODEL"), scale=3.0)
+    model = g.node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=pag.out(), parallel_size=3,
+                   devices="")
+    g.group("Sampling", PURPLE)
+    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=6.0, sampler_name="euler",
+                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
+    g.column(3).group("Decode and save", BROWN)
+    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
+    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/sdxl_pag")
+    return g
+
+
 def all_graphs() -> list[Graph]:
-    return [ksampler_cfg_parallel(), wan22_two_experts()]
+    return [ksampler_cfg_parallel(), wan22_two_experts(), sdxl_pag_three_gpus()]

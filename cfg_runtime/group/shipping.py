@@ -7,22 +7,31 @@ classes that way: `class ModelSampling(base, kind): pass`) travel as
 (bases, name, state) and are rebuilt from their importable bases; classes and
 functions of modules that ComfyUI loads from a file under a path-like name
 (comfy_extras, custom nodes) travel as (name, file, qualname) and the worker loads
-that file once the same way.
+that file once the same way. Functions and classes that no name can reach (closures of
+guidance nodes such as PerturbedAttentionGuidance or RescaleCFG, lambdas, classes defined
+in a function) travel by value through cloudpickle, the pickler Ray and Dask use for the
+same job; what they capture goes through the rules above.
 """
 from __future__ import annotations
 
+import abc
+import copyreg
 import hashlib
 import importlib.util
 import io
 import os
 import pickle
 import sys
+from collections import ChainMap
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
+
+import cloudpickle
 
 _PLAIN_CLASS_KEYS = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__firstlineno__",
                      "__static_attributes__", "__orig_bases__"}
 _rebuilt: dict = {}
+_BY_VALUE_METACLASSES = (type, abc.ABCMeta)  # classes cloudpickle may rebuild by value on a rank
 
 
 def _rebuild_local_instance(bases: tuple, name: str, state: dict) -> Any:
@@ -96,7 +105,13 @@ def _is_cuda_tensor(obj) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor) and obj.device.type == "cuda"
 
 
-class WorkerPickler(ForkingPickler):
+class WorkerPickler(cloudpickle.Pickler):
+    """cloudpickle's pickler (functions and classes by value where no name reaches them) with
+    torch.multiprocessing's reductions (tensors in shared memory) and the rules above first."""
+
+    dispatch_table = ChainMap(ForkingPickler._extra_reducers, cloudpickle.Pickler._dispatch_table,
+                              copyreg.dispatch_table)
+
     def reducer_override(self, obj):
         if _is_cuda_tensor(obj):
             # GPU tensors (KSampler's sigmas, a prepared noise mask) travel through host memory:
@@ -105,15 +120,19 @@ class WorkerPickler(ForkingPickler):
             return _on_this_rank_gpu, (obj.detach().to("cpu"),)
         if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
             source = _file_module_source(obj)
-            return (_from_file_module, source) if source else NotImplemented
+            if source:
+                return _from_file_module, source
+            if isinstance(obj, type) and type(obj) not in _BY_VALUE_METACLASSES:
+                return NotImplemented  # ctypes arrays and the like: by name, or refused here
+            return super().reducer_override(obj)
         cls = type(obj)
         if cls.__module__ == "builtins" or type(getattr(obj, "__dict__", None)) is not dict:
-            return NotImplemented
+            return super().reducer_override(obj)
         if _is_plain_local_class(cls):
             return _rebuild_local_instance, (cls.__bases__, cls.__name__, obj.__dict__)
         if _answers_any_attribute(cls):
             return _rebuild_instance, (cls, obj.__dict__)
-        return NotImplemented
+        return super().reducer_override(obj)
 
 
 def dumps(obj: Any) -> bytes:

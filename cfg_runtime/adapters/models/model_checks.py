@@ -1,28 +1,11 @@
 """What a policy and a model's options ask of each other, checked before any sampling starts."""
 from __future__ import annotations
 
-from ...errors import PolicyError, ShippingError
+from ...errors import PolicyError
 from ...guidance.policy import CFGPolicy
 from ...guidance.blocks import block_indices
 from ..families import MODALITY, STG, STG_AUDIO, diffusion_model, family_of
-
-# Model options that replace or reorder the guidance combine: they cannot coexist with a policy.
-CONFLICTING_OPTIONS = {
-    "sampler_cfg_function": "a custom CFG function (set by a node such as RescaleCFG or a guidance patch)",
-    "sampler_pre_cfg_function": "a pre-CFG function (set by a node such as PerpNeg or a guidance patch)",
-    "sampler_calc_cond_batch_function": "a custom cond-batch function",
-}
-
-
-def check_model_options(model_options: dict) -> None:
-    """Refuse options that would silently change the combine."""
-    for key, what in CONFLICTING_OPTIONS.items():
-        if model_options.get(key):
-            raise ShippingError(
-                f"The model carries {what} ('{key}'). The Multi-Branch Guider combines the branches with its "
-                f"policy, so that node's effect would be lost: remove it from the graph, or use the matching "
-                f"option of the CFGPolicy Builder (guidance rescale, CFG-Zero*).")
-
+from .core_cfg import check_model_options  # noqa: F401  (one home: core_cfg.py)
 
 def check_policy_fits_model(policy: CFGPolicy, model) -> None:
     """Refuse a policy whose branches this model's family cannot run, before any sampling starts."""

@@ -20,8 +20,9 @@ maps the same pages. Which module that is:
 The base identity (token) is the recipe and the file's size and mtime when ComfyUI
 recorded one: the same file loaded again with the same options is the same model to the
 ranks, nothing is sent again. Patches (LoRA, ...) travel as tensors and each rank
-applies them on its device the way ComfyUI does. Anything that cannot travel (a closure
-in the options, quantized weights without a recipe) is refused here, before a rank starts.
+applies them on its device the way ComfyUI does; closures in the options (guidance nodes)
+travel by value (group/shipping.py). Anything that cannot travel (an object that cannot be
+pickled even so, quantized weights without a recipe) is refused here, before a rank starts.
 The rank side is model_cache.py.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 from ...errors import ShippingError
 from ...group.shipping import check_shippable, fingerprint
-from .model_checks import check_model_options
+from .core_cfg import check_model_options
 from .launch_options import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
@@ -243,17 +244,17 @@ def release_from_comfy(model_patcher, unpatch: bool = True) -> None:
     mm.soft_empty_cache()  # hand the freed GPU memory back (rank 0 may share this GPU)
 
 
-def capture(model_patcher, route: WeightRoute) -> ModelShipment:
+def capture(model_patcher, route: WeightRoute, node: str = "the Multi-Branch Guider") -> ModelShipment:
     """Describe the model for the ranks without its base weights (for ranks that hold them);
     raises ShippingError naming what cannot travel. `with_base` adds the weights."""
-    check_model_options(model_patcher.model_options)
     bad = _unpicklable_keys(model_patcher.model_options, "model_options.")
     bad += _unpicklable_keys({"patches": model_patcher.patches}, "")
     bad += _unpicklable_keys(model_patcher.object_patches, "object_patches.")
     if bad:
         raise ShippingError(
-            "These model settings cannot be sent to the worker processes (they are Python closures or objects "
-            f"added by other nodes): {', '.join(bad)}. Remove the nodes that add them, or run at parallel size 1.")
+            "These model settings cannot be sent to the worker processes (objects added by other nodes that "
+            f"cannot be pickled, even by value): {', '.join(bad)}. Remove the nodes that add them, or set {node} to "
+            f"parallel size 1.")
     return ModelShipment(
         base_token=route.token,
         base_model=None,

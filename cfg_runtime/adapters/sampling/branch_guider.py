@@ -14,6 +14,8 @@ from ...errors import PolicyError
 from ...guidance.policy import CFGBranch, CFGPolicy
 from ...parallel.dispatch import BranchDispatcher
 from ..families import ModelFamily, family_of
+from ..models.core_cfg import branch_call, core_combine, evaluate_with, needs_core_combine
+from .guidance_passes import extra_passes, pass_branches, record, replayed_options
 
 
 def step_index(timestep: torch.Tensor, model_options: dict) -> int:
@@ -71,25 +73,44 @@ class BranchGuider(comfy.samplers.CFGGuider):
         dispatcher = self.dispatcher or BranchDispatcher(self.policy)
         self.dispatcher = dispatcher
         family = family_of(self.model_patcher)
+        passes = extra_passes(model_options)  # PAG, SLG, PerpNeg: their model call as a branch
+        by_name = {p.name: p for p in passes}
 
         def evaluate(branch: CFGBranch) -> torch.Tensor:
+            if branch.name in by_name:
+                return record(by_name[branch.name], self.inner_model, self.conds, self.policy.rule.cfg_scale, x,
+                              timestep, model_options)
             options = branch_options(model_options, branch, family)
-            return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[branch.cond]], x, timestep,
-                                                  options)[0]
+            batch_fn = branch_call(options, branch)
+            if batch_fn is not None:  # SkipLayerGuidanceDiTSimple's cond-batch function, this branch's half
+                return evaluate_with(*batch_fn, self.inner_model, self.conds, x, timestep, options)
+            # the negative in core's uncond slot: patches that read transformer_options["cond_or_uncond"]
+            # (SelfAttentionGuidance records the uncond pass's attention) see what core shows them
+            slot = 1 if branch.cond == "negative" else 0
+            conds = [None, self.conds[branch.cond]] if slot else [self.conds[branch.cond]]
+            return comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)[slot]
 
         post_cfg = model_options.get("sampler_post_cfg_function", [])
+        core = needs_core_combine(model_options)
         uncond = _uncond_branch(self.policy)
-        extra = ()
-        if post_cfg and uncond is None and "negative" in self.conds and model_options.get("disable_cfg1_optimization"):
+        extra = pass_branches(passes)
+        if (post_cfg or core) and uncond is None and "negative" in self.conds \
+                and model_options.get("disable_cfg1_optimization"):
             # core's sampling_function evaluates the negative at cfg 1 when this is set (the *_cfg_pp samplers do)
             uncond = CFGBranch("uncond" if "negative" in self.policy.names else "negative", "negative")
-            extra = (uncond,)
+            extra += (uncond,)
         dispatcher.last_preds = {}
         out = dispatcher(evaluate, x, step_index(timestep, model_options), latent_shapes=self.latent_shapes,
                          extra=extra)
+        preds = dispatcher.last_preds
+        options = replayed_options(model_options, passes, preds)
+        if core:  # a CFG or pre-CFG function (RescaleCFG, APG, ...): core's combine on the exchanged predictions
+            pair = (preds["cond"], preds[uncond.name] if uncond is not None else torch.zeros_like(out))
+            return core_combine(self.inner_model, self.conds, pair, uncond is not None, self.policy.rule.cfg_scale,
+                                x, timestep, options)
         if not post_cfg:
             return out
-        return self._post_cfg(post_cfg, out, dispatcher.last_preds, uncond, x, timestep, model_options)
+        return self._post_cfg(options["sampler_post_cfg_function"], out, preds, uncond, x, timestep, options)
 
     def _post_cfg(self, functions, out, preds: dict, uncond: CFGBranch | None, x, timestep, model_options):
         """What core's cfg_function hands post-CFG functions: the branch predictions (a missing

@@ -18,7 +18,6 @@ from ...group import JobResult, WorkerGroup, get_group
 from ...group.shipping import check_shippable
 from ...guidance.policy import CFGPolicy
 from ..models.model_cache import BUDGET_ENV, short
-from ..models.model_checks import check_model_options
 from .progress_text import ProgressText
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
@@ -69,7 +68,8 @@ def _check_picklable(job: ComfySampleJob) -> None:
 
 def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
     job = ComfySampleJob(
-        shipment=capture(call.model_patcher, route), policy=call.policy, conds=call.conds, noise=call.noise,
+        shipment=capture(call.model_patcher, route, settings.node), policy=call.policy, conds=call.conds,
+        noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
         keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,
@@ -92,7 +92,6 @@ def _record_residency(group: WorkerGroup, result: JobResult) -> None:
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     """Run one sample() on the worker group of `settings` (a ParallelSettings); returns rank 0's
     latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
-    check_model_options(call.model_patcher.model_options)
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
     idle = log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree,

@@ -19,7 +19,7 @@ from ...parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
 from ..models.launch_options import capture, console_level, level_number
-from ..models.model_checks import check_model_options
+from ..models.core_cfg import DEFAULT_NODE, check_model_options
 from .sequence_job import sequence_degree_from_env
 
 log = logging.getLogger("cfg_parallel")
@@ -43,6 +43,7 @@ class ParallelSettings:
     # Sequence split (LTX-2 audio+video, LTX-Video; ranks = branch groups x degree): 1 = off
     # (bit-exact branch parallelism), 0 = planned from the branches and ranks, N = forced.
     sequence_degree: int = field(default_factory=sequence_degree_from_env)
+    node: str = DEFAULT_NODE  # the node the user has, for messages ("the CFG Parallel node", ...)
 
     def group_spec(self) -> GroupSpec:
         if self.backend not in ("", "nccl", "gloo"):
@@ -71,7 +72,8 @@ class MultiBranchGuider(BranchGuider):
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                seed=None):
-        check_model_options(self.model_patcher.model_options)
+        check_model_options(self.model_patcher.model_options, self.policy, self.parallel.node,
+                            self.parallel.world_size)
         if self.parallel.world_size <= 1:
             dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
             try:
