@@ -15,11 +15,13 @@ import torch
 from support.paths import comfyui_available
 
 if comfyui_available():
+    import comfy.sample
     import comfy.samplers
     import comfy.sd
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
     from cfg_runtime.adapters.guider import MultiBranchGuider, ParallelSettings
+    from cfg_runtime.adapters.model_wrapper import with_group_sampling
     from cfg_runtime.errors import GroupConfigError
     from cfg_runtime.group import shutdown_group
     from cfg_runtime.guidance.presets import standard_cfg
@@ -103,13 +105,33 @@ def test_noise_mask_and_per_sample_conditioning(model):
     whole, _ = sample(model, 1, 3, mask=_mask(3), positive=positive)
     got, _ = sample(model, 2, 3, split=2, mask=_mask(3), positive=positive)
     compare(got, whole)
-    assert torch.equal(got[:, :, :, :, 0], _init_latent(3)[:, :, :, :, 0])  # masked out: the init latent
+
+
+def ksampler(model, size: int, split: int, mask) -> torch.Tensor:
+    """What KSampler runs (comfy.sample.sample) on a model through the CFG Parallel node's wrapper:
+    the mask is the one core prepared, carried in the model options."""
+    settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=120, start_timeout_s=300,
+                                batch_split=split)
+    patched = with_group_sampling(model, settings)
+    latent = _init_latent(3)
+    noise = comfy.sample.prepare_noise(latent, SEED)
+    with torch.inference_mode():
+        return comfy.sample.sample(patched, noise, STEPS, CFG, "euler_ancestral", "simple",
+                                   tm.tiny_conditioning(1), tm.tiny_conditioning(2), latent, noise_mask=mask,
+                                   disable_pbar=True, seed=SEED)
+
+
+def test_cfg_parallel_node_under_ksampler_with_a_noise_mask(model):
+    whole = ksampler(model, 1, 1, _mask(3))
+    got = ksampler(model, 2, 2, _mask(3))
+    compare(got, whole)
+    assert (got - ksampler(model, 1, 1, None)).abs().max().item() > 100 * BOUND  # the mask is used
 
 
 def test_auto_and_refusals(model):
     _, run = sample(model, 2, 4, split=0)  # auto: 2 ranks, 2 branches, batch 4 -> branch split (a tie: exact)
     assert batch_layout(run) == [None, None]
-    with pytest.raises(GroupConfigError, match="batch of 1"):
+    with pytest.raises(GroupConfigError, match="latent batch is 1"):
         sample(model, 2, 1, split=2)
     with pytest.raises(GroupConfigError, match="must divide"):
         sample(model, 2, 4, split=3)
