@@ -17,6 +17,8 @@ from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_samp
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
+from .batch_split import batch_groups, batch_input
+
 NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
@@ -49,13 +51,15 @@ class CFGParallelModel(io.ComfyNode):
                 CFGPolicyType.Input("policy", optional=True, tooltip=(
                     "Optional, from the CFGPolicy Builder (STG, LTX-2 guidance, custom branches). Not connected: "
                     "standard CFG with the sampler node's cfg, positive and negative.")),
+                batch_input(),
             ],
             outputs=[io.Model.Output(tooltip="The same model; connect it to the sampler node(s).")],
         )
         return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
 
     @classmethod
-    def execute(cls, model, parallel_size: int, devices: str, policy: CFGPolicy | None = None) -> io.NodeOutput:
+    def execute(cls, model, parallel_size: int, devices: str, policy: CFGPolicy | None = None,
+                batch_split: str = "off") -> io.NodeOutput:
         if policy is not None:
             if not isinstance(policy, CFGPolicy):
                 raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
@@ -65,6 +69,6 @@ class CFGParallelModel(io.ComfyNode):
         if foreign:
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
-        settings = ParallelSettings(world_size=parallel_size, devices=devices)
+        settings = ParallelSettings(world_size=parallel_size, devices=devices, batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))
