@@ -52,6 +52,10 @@ FOUR SEEDS AT ONCE: A BATCH OF 4 ON FOUR GPUs
 
 The KSampler graph with batch_size 4 (four images, four seeds' worth of noise from one seed) and CFG Parallel with parallel_size 4 and batch_split auto: the planner makes 2 batch groups x 2 branch ranks, so each GPU runs one branch (positive or negative) of two of the four images. The layout is logged in the console ("cfg-parallel batch split: 2 group(s) of 2 rank(s) for a batch of 4").
 
+Settings
+- CFG Parallel: parallel_size 4, devices empty = the first four GPUs, batch_split auto (or 2: two batch groups). Place it after the loader and any LoRA / ModelSampling nodes.
+- Empty Latent Image: batch_size 4. KSampler: any sampler and scheduler (euler_ancestral here: its per-step noise is split too).
+
 What you get
 - Every image gets exactly the noise and conditioning it gets when the batch is not split (also the noise ancestral and SDE samplers draw at every step).
 - Not bit for bit: a batch split changes the batch dimension of the model's matmuls, which rounds differently (measured <= 1.1e-5 max abs per sample on the CPU test model, fp32). batch_split off (the default) keeps every GPU on the whole batch and is bit-exact.
