@@ -18,6 +18,7 @@ from cfg_runtime.guidance.policy import CFGPolicy
 from .common import schema
 from .guider import sequence_degree, sequence_input
 from .policy_builder import CFG_POLICY
+from .batch_split import batch_groups, batch_input
 
 NODE_ID = "CFGParallelMultiGPU_Model"
 DISPLAY_NAME = "CFG Parallel"
@@ -54,13 +55,14 @@ class CFGParallelModel(io.ComfyNode):
                     "Optional, from the CFGPolicy Builder (STG, LTX-2 guidance, custom branches). Not connected: "
                     "standard CFG with the sampler node's cfg, positive and negative.")),
                 sequence_input(),
+                batch_input(),
             ],
             outputs=[io.Model.Output(tooltip="The same model; connect it to the sampler node(s).")],
         )
 
     @classmethod
     def execute(cls, model, parallel_size: int, devices: str, policy: CFGPolicy | None = None,
-                sequence_split: str = "off") -> io.NodeOutput:
+                sequence_split: str = "off", batch_split: str = "off") -> io.NodeOutput:
         if policy is not None:
             if not isinstance(policy, CFGPolicy):
                 raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
@@ -71,6 +73,7 @@ class CFGParallelModel(io.ComfyNode):
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
         settings = ParallelSettings(world_size=parallel_size, devices=devices,
-                                    sequence_degree=sequence_degree(sequence_split), node=NODE)
+                                    sequence_degree=sequence_degree(sequence_split), node=NODE,
+                                    batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -10,6 +10,7 @@ from cfg_runtime.guidance.policy import CFGPolicy
 from cfg_runtime.parallel.layout import parse_sequence_degree
 from cfg_runtime.parallel.plan import PLANNERS
 
+from .batch_split import batch_groups, batch_input
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
 from .policy_builder import CFG_POLICY
 
@@ -79,6 +80,7 @@ class MultiBranchGuiderNode(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True, tooltip=(
                     "Conditioning of the 'negative' branch (needed when the policy has one: CFG != 1).")),
                 sequence_input(),
+                batch_input(),
             ],
             outputs=[io.Guider.Output("GUIDER", display_name="GUIDER", tooltip=(
                 "A guider for SamplerCustomAdvanced: it evaluates the policy's branches (in parallel at size >= 2) "
@@ -87,13 +89,14 @@ class MultiBranchGuiderNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, policy, parallel_size, devices, plan, keep_model_loaded, step_timeout_s,
-                negative=None, sequence_split="off") -> io.NodeOutput:
+                negative=None, sequence_split="off", batch_split="off") -> io.NodeOutput:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         check_policy_fits_model(policy, model)
         settings = ParallelSettings(world_size=parallel_size, devices=devices, strategy=plan,
                                     keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s,
-                                    sequence_degree=sequence_degree(sequence_split))
+                                    sequence_degree=sequence_degree(sequence_split),
+                                    batch_split=batch_groups(batch_split))
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)

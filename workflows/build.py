@@ -168,7 +168,8 @@ SCHEMAS: dict[str, Schema] = {
         ("audio", "CFGP_LTX2_AUDIO_GUIDANCE")),
     "CFGParallelMultiGPU_MultiBranchGuider": _s(
         "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
-        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO", ("GUIDER", "GUIDER")),
+        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO "
+        "?batch_split:COMBO", ("GUIDER", "GUIDER")),
     "CFGParallelMultiGPU_LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
@@ -184,13 +185,14 @@ SCHEMAS: dict[str, Schema] = {
         ("policy", "CFG_POLICY"), ("branches", "STRING")),
     "MultiBranchGuider": _s(
         "model:MODEL positive:CONDITIONING policy:CFG_POLICY parallel_size:INT devices:STRING plan:COMBO "
-        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO", ("GUIDER", "GUIDER")),
+        "keep_model_loaded:BOOLEAN step_timeout_s:FLOAT ?negative:CONDITIONING ?sequence_split:COMBO "
+        "?batch_split:COMBO", ("GUIDER", "GUIDER")),
     "LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
         "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
-    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY ?sequence_split:COMBO",
+    "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY ?sequence_split:COMBO ?batch_split:COMBO",
                                     ("MODEL", "MODEL")),
     # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),

@@ -48,6 +48,45 @@ def ksampler_cfg_parallel() -> Graph:
     return g
 
 
+FOUR_SEEDS_NOTE = """
+FOUR SEEDS AT ONCE: A BATCH OF 4 ON FOUR GPUs
+
+The KSampler graph with batch_size 4 (four images, four seeds' worth of noise from one seed) and CFG Parallel with parallel_size 4 and batch_split auto: the planner makes 2 batch groups x 2 branch ranks, so each GPU runs one branch (positive or negative) of two of the four images. The layout is logged in the console ("cfg-parallel batch split: 2 group(s) of 2 rank(s) for a batch of 4").
+
+Settings
+- CFG Parallel: parallel_size 4, devices empty = the first four GPUs, batch_split auto (or 2: two batch groups). Place it after the loader and any LoRA / ModelSampling nodes.
+- Empty Latent Image: batch_size 4. KSampler: any sampler and scheduler (euler_ancestral here: its per-step noise is split too).
+
+What you get
+- Every image gets exactly the noise and conditioning it gets when the batch is not split (also the noise ancestral and SDE samplers draw at every step).
+- Not bit for bit: a batch split changes the batch dimension of the model's matmuls, which rounds differently (measured <= 1.1e-5 max abs per sample on the CPU test model, fp32). batch_split off (the default) keeps every GPU on the whole batch and is bit-exact.
+- Previews show the first image (ComfyUI previews the first sample of a batch); the progress bar counts the steps.
+- On two GPUs, auto keeps the branch split (one branch per GPU, the same predicted time, exact); 2 forces two batch groups.
+"""
+
+
+def ksampler_four_seeds() -> Graph:
+    g = Graph("ksampler_four_seeds", "Four seeds (batch 4) on four GPUs")
+    g.column(0).group(None).note(FOUR_SEEDS_NOTE, w=420, h=560)
+    g.column(1).group("Model and prompt", BLUE)
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
+                 text="a red fox in fresh snow at golden hour, detailed fur, 85mm photograph")
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
+                 text="blurry, low quality, watermark, text")
+    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=4)
+    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
+                                                    model=ckpt.out("MODEL"), parallel_size=4, devices="",
+                                                    batch_split="auto")
+    g.group("Sampling", PURPLE)
+    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler_ancestral",
+                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
+    g.column(3).group("Decode and save", BROWN)
+    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
+    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/four_seeds")
+    return g
+
+
 WAN22_NOTE = """
 WAN 2.2 TEXT-TO-VIDEO, TWO EXPERTS, EACH ON TWO GPUs
 
@@ -128,4 +167,4 @@ def sdxl_pag_three_gpus() -> Graph:
 
 
 def all_graphs() -> list[Graph]:
-    return [ksampler_cfg_parallel(), wan22_two_experts(), sdxl_pag_three_gpus()]
+    return [ksampler_cfg_parallel(), ksampler_four_seeds(), wan22_two_experts(), sdxl_pag_three_gpus()]

@@ -19,6 +19,7 @@ from ...group.shipping import check_shippable
 from ...guidance.policy import CFGPolicy
 from ..models.model_cache import BUDGET_ENV, short
 from .progress_text import ProgressText
+from .batch_job import job_batch_groups
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
 from ..models.transport import RELEASED, WeightRoute, capture, route_weights, with_base
@@ -73,9 +74,19 @@ def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
         keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,
-        released=tuple(sorted(RELEASED)))
+        released=tuple(sorted(RELEASED)), batch_groups=_batch_groups(call, settings))
     _check_picklable(job)
     return job
+
+
+def _batch_groups(call: SampleCall, settings) -> int:
+    groups = job_batch_groups(settings.batch_split, latent_image=call.latent_image, conds=call.conds,
+                              sampler=call.sampler, branches=len(call.policy.branches),
+                              world_size=settings.world_size, sequence_degree=settings.sequence_degree)
+    if groups > 1:
+        log.info("cfg-parallel batch split: %d group(s) of %d rank(s) for a batch of %d", groups,
+                 settings.world_size // groups, call.latent_image.shape[0])
+    return groups
 
 
 def _record_residency(group: WorkerGroup, result: JobResult) -> None:

@@ -15,6 +15,7 @@ import torch
 from ...errors import GroupConfigError
 from ...group import BACKEND_ENV, GroupSpec, parse_devices
 from ...guidance.policy import CFGPolicy
+from ...parallel.batch import batch_split_from_env
 from ...parallel.dispatch import BranchDispatcher
 from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
@@ -44,6 +45,9 @@ class ParallelSettings:
     # (bit-exact branch parallelism), 0 = planned from the branches and ranks, N = forced.
     sequence_degree: int = field(default_factory=sequence_degree_from_env)
     node: str = DEFAULT_NODE  # the node the user has, for messages ("the CFG Parallel node", ...)
+    # Batch split (a latent batch over batch groups; ranks = batch groups x branch ranks): 1 = off
+    # (default: bit-exact), 0 = planned from the batch, branches and ranks, N = N groups forced.
+    batch_split: int = field(default_factory=batch_split_from_env)
 
     def group_spec(self) -> GroupSpec:
         if self.backend not in ("", "nccl", "gloo"):

@@ -15,6 +15,7 @@ from ...group.shipping import shippable
 from ...errors import ShippingError
 from ...guidance.policy import CFGPolicy
 from ...parallel.dispatch import BranchDispatcher
+from .batch_job import batch_setup
 from .branch_guider import BranchGuider
 from ..models.model_cache import ModelCache
 from .sequence_job import sequence_setup
@@ -105,6 +106,7 @@ class ComfySampleJob:
     keep_model_loaded: bool = True
     sequence_degree: int = 1  # see ParallelSettings.sequence_degree
     released: tuple[str, ...] = ()  # models ComfyUI no longer holds: the ranks drop them
+    batch_groups: int = 1  # the latent batch split over this many groups (sampling/batch_job.py)
 
     def run(self, ctx) -> Any:
         cache = ModelCache(ctx.cache)
@@ -116,8 +118,9 @@ class ComfySampleJob:
         patcher, reloaded = _load(ctx, cache, self.shipment)
         sampler = self.sampler.build() if isinstance(self.sampler, SamplerByName) else self.sampler
         guider = BranchGuider(patcher, self.policy)
-        guider.original_conds = dict(self.conds)
-        split = sequence_setup(ctx, patcher, self.policy, self.sequence_degree)
+        batch = batch_setup(ctx, self)  # this rank's batch group: its rows, its exchange
+        batch.apply(guider)
+        split = sequence_setup(batch.ctx, patcher, self.policy, self.sequence_degree)
         split.apply(guider)
         dispatcher = BranchDispatcher(self.policy, split.exchange, strategy=self.strategy,
                                       stop_requested=ctx.stop_requested)
@@ -126,11 +129,13 @@ class ComfySampleJob:
             ctx.emit({"step": step, "total": total_steps, "x0": to_cpu(x0)})
 
         try:
-            out = guider.sample_with(dispatcher, self.noise, self.latent_image, sampler, self.sigmas,
-                                     self.denoise_mask, callback if ctx.rank == 0 else None, True, self.seed)
+            with batch.noise_samplers():
+                out = guider.sample_with(dispatcher, batch.noise, batch.latent_image, sampler, self.sigmas,
+                                         batch.denoise_mask, callback if ctx.rank == 0 else None, True, self.seed)
+            out = batch.gather(out)
         finally:
             self._report(ctx, cache, dispatcher, reloaded)
-            ctx.summary.update(split.summary())
+            ctx.summary.update(split.summary(), **batch.summary())
         return to_cpu(out) if ctx.rank == 0 else None
 
     def _report(self, ctx, cache: ModelCache, dispatcher: BranchDispatcher, reloaded: bool) -> None:

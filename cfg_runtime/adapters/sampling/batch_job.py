@@ -1,0 +1,193 @@
+"""The batch split on the ComfyUI side: which jobs can split their latent batch, and what one
+batch group samples (its rows of the noise, latent, mask and per-sample conditioning, and
+its rows of the noise that ancestral and SDE samplers draw at every step).
+
+ComfyUI draws the initial noise for the whole batch (the job carries it: each group takes
+its rows). The per-step noise comes from ``comfy.k_diffusion.sampling``'s
+``default_noise_sampler`` / ``BrownianTreeNoiseSampler``, seeded for the shape of the
+sampler's latent: while a group samples (on its rank process, one job at a time) both names
+are wrapped so that they draw for the whole batch and hand back the group's rows, the very
+numbers the unsplit batch gets. The pure rules (plan, rows, exchange) are in
+``parallel/batch.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+import comfy.k_diffusion.sampling as kds
+
+from ...errors import GroupConfigError
+from ...parallel.batch import BatchExchange, BatchPlan, batch_rows, gather_batch, plan_batch_groups
+
+log = logging.getLogger("cfg_parallel")
+
+# conditioning entries ComfyUI repeats to the latent batch (comfy.utils.repeat_to_batch_size)
+REPEATED = ("cross_attn", "pooled_output")
+_ADAPTIVE = ("dpm_adaptive_function", "dpm_adaptive")  # picks its steps from the whole batch's error
+
+
+def batch_size(latent_image) -> int | None:
+    """The latent's batch, or None where the batch split does not apply (nested audio+video latents)."""
+    if getattr(latent_image, "is_nested", False) or not isinstance(latent_image, torch.Tensor):
+        return None
+    return int(latent_image.shape[0])
+
+
+def _cond_problem(conds: dict, total: int) -> str | None:
+    for name, items in conds.items():
+        for item in items or ():
+            if item.get("model_conds"):
+                return f"the {name} conditioning carries model conditions ({', '.join(item['model_conds'])})"
+            for key, value in item.items():
+                if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] in (1, total):
+                    continue
+                if key not in REPEATED:
+                    return f"the {name} conditioning's {key} has {value.shape[0]} rows for a batch of {total}"
+    return None
+
+
+def _sampler_name(sampler) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    return getattr(fn, "__name__", "") or getattr(sampler, "name", "")
+
+
+def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, branches: int, world_size: int,
+                     sequence_degree: int) -> int:
+    """The batch groups of a job (1 = no split). A forced split that cannot run is refused with
+    the reason; ``auto`` falls back to no split (logged)."""
+    if requested == 1 or world_size == 1:
+        return 1
+    total = batch_size(latent_image)
+    problem = None
+    if total is None:
+        problem = "an audio+video (nested) latent has no batch split yet"
+    elif total < 2:
+        problem = "the latent batch is 1"
+    elif sequence_degree != 1:
+        problem = "the sequence split is on (batch and sequence splits together are not supported yet)"
+    elif _sampler_name(sampler) in _ADAPTIVE:
+        problem = "dpm_adaptive chooses its steps from the whole batch"
+    else:
+        problem = _cond_problem(conds, total)
+    if problem is not None:
+        if requested:
+            raise GroupConfigError(f"The batch split ({requested} groups) cannot run: {problem}. Set the batch "
+                                   f"split to off or auto.")
+        if total is not None and total > 1:
+            log.info("cfg-parallel: no batch split: %s", problem)
+        return 1
+    return plan_batch_groups(total, branches, world_size, requested)
+
+
+def sliced_conds(conds: dict, total: int, lo: int, hi: int) -> dict:
+    """Each conditioning with its per-sample tensors cut to rows lo:hi (one row broadcasts, kept)."""
+    out = {}
+    for name, items in conds.items():
+        out[name] = None if items is None else [
+            {k: batch_rows(v, total, lo, hi) if isinstance(v, torch.Tensor) and v.ndim > 0 else v
+             for k, v in item.items()} for item in items]
+    return out
+
+
+def _rows(value, total: int, lo: int, hi: int):
+    return batch_rows(value, total, lo, hi) if isinstance(value, torch.Tensor) and value.ndim >= 3 else value
+
+
+def sliced_mask_options(model_options: dict, total: int, lo: int, hi: int) -> dict:
+    """The model options with the CFG Parallel node's prepared mask (model_wrapper.UseMask) cut to rows lo:hi."""
+    from .model_wrapper import MASK_KEY, OUTER
+
+    wrappers = model_options.get("transformer_options", {}).get("wrappers", {})
+    found = wrappers.get(OUTER, {}).get(MASK_KEY)
+    if not found:
+        return model_options
+    cut = [dataclasses.replace(w, mask=_rows(w.mask, total, lo, hi)) for w in found]
+    outer = {**wrappers[OUTER], MASK_KEY: cut}
+    to = {**model_options["transformer_options"], "wrappers": {**wrappers, OUTER: outer}}
+    return {**model_options, "transformer_options": to}
+
+
+@contextlib.contextmanager
+def whole_batch_noise(total: int, lo: int, hi: int) -> Iterator[None]:
+    """While sampling rows lo:hi: the samplers' per-step noise drawn for the whole batch, these rows kept."""
+    default, brownian = kds.default_noise_sampler, kds.BrownianTreeNoiseSampler
+
+    def full(x):
+        return x.new_zeros((total,) + tuple(x.shape[1:])) if x.shape[0] == hi - lo else x
+
+    def split_default(x, *args, **kwargs):
+        draw = default(full(x), *args, **kwargs)
+        return lambda sigma, sigma_next: draw(sigma, sigma_next)[lo:hi]
+
+    class SplitBrownian:
+        def __init__(self, x, *args, **kwargs) -> None:
+            self.inner = brownian(full(x), *args, **kwargs)
+
+        def __call__(self, sigma, sigma_next):
+            return self.inner(sigma, sigma_next)[lo:hi]
+
+    kds.default_noise_sampler, kds.BrownianTreeNoiseSampler = split_default, SplitBrownian
+    try:
+        yield
+    finally:
+        kds.default_noise_sampler, kds.BrownianTreeNoiseSampler = default, brownian
+
+
+@dataclass(frozen=True)
+class BatchSetup:
+    """What one rank samples: its group's inputs and context; ``plan`` None = no split."""
+
+    ctx: Any
+    noise: Any
+    latent_image: Any
+    denoise_mask: Any
+    conds: dict
+    plan: BatchPlan | None = None
+
+    def apply(self, guider) -> None:
+        guider.original_conds = dict(self.conds)
+        if self.plan is not None:
+            lo, hi = self.plan.bounds(self.plan.group_of(self.ctx_world_rank))
+            guider.model_options = sliced_mask_options(guider.model_options, self.plan.total, lo, hi)
+
+    @property
+    def ctx_world_rank(self) -> int:
+        return self._world.rank
+
+    @property
+    def _world(self):
+        ex = self.ctx.exchange
+        return ex.world if isinstance(ex, BatchExchange) else ex
+
+    def noise_samplers(self):
+        if self.plan is None:
+            return contextlib.nullcontext()
+        lo, hi = self.plan.bounds(self.plan.group_of(self.ctx_world_rank))
+        return whole_batch_noise(self.plan.total, lo, hi)
+
+    def gather(self, out):
+        return out if self.plan is None else gather_batch(self._world, self.plan, out)
+
+    def summary(self) -> dict:
+        if self.plan is None:
+            return {}
+        return {"batch": [self.plan.groups, *self.plan.bounds(self.plan.group_of(self.ctx_world_rank))]}
+
+
+def batch_setup(ctx, job) -> BatchSetup:
+    """This rank's share of the job (``job.batch_groups`` 1: the whole job, the rank's own context)."""
+    if job.batch_groups == 1:
+        return BatchSetup(ctx, job.noise, job.latent_image, job.denoise_mask, job.conds)
+    total = int(job.latent_image.shape[0])
+    plan = BatchPlan(total, job.batch_groups, ctx.world_size)
+    exchange = BatchExchange(ctx.exchange, plan)
+    lo, hi = plan.bounds(exchange.group)
+    view = dataclasses.replace(ctx, rank=exchange.rank, world_size=exchange.world_size, exchange=exchange)
+    return BatchSetup(view, batch_rows(job.noise, total, lo, hi), job.latent_image[lo:hi],
+                      _rows(job.denoise_mask, total, lo, hi), sliced_conds(job.conds, total, lo, hi), plan)
