@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from .paths import REPO, TEST_NODES_DIR, require_comfyui
+from .paths import REPO, TEST_NODES_DIR, owned_tempdir, require_comfyui
 
 PACK_LINK_NAME = "comfyui-cfg-parallel"
 TEST_NODES_LINK_NAME = "cfgp_test_nodes"
@@ -134,7 +134,7 @@ class ComfyServer:
         self.startup_timeout = startup_timeout
         self._own_dir = base_dir is None
         self.keep_dir = keep_dir or not self._own_dir
-        self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="cfgp_comfy_"))
+        self.base_dir = Path(base_dir) if base_dir else Path(owned_tempdir("cfgp_comfy_"))
         self.port = None
         self.proc = None
         self._log_file = None

@@ -1,7 +1,7 @@
 """What a policy and a model's options ask of each other, checked before any sampling starts."""
 from __future__ import annotations
 
-from ..errors import PolicyError, ShippingError
+from ..errors import ModelInputError, PolicyError, ShippingError
 from ..guidance.policy import CFGPolicy
 from .ltx_options import check_blocks, model_family
 
@@ -43,3 +43,22 @@ def check_policy_fits_model(policy: CFGPolicy, model) -> None:
         if branch.isolate_modalities and family != "ltxav":
             raise PolicyError(f"Branch '{branch.name}' is the modality-isolated pass, which needs an LTX-2 audio+video "
                               f"model; this model is {family!r}. Set the modality scales to 1 for this model.")
+
+
+_SHAPE_WORDS = ("shapes cannot be multiplied", "must match the size of tensor", "size mismatch", "but got input of size")
+
+
+def input_mismatch(error_type: str, message: str, conds: dict) -> ModelInputError | None:
+    """The one message for a model that could not take its inputs (a shape error inside the model), at any
+    parallel size; None when the error is something else. conds: the guider's conditionings by name."""
+    if error_type != "RuntimeError" or not any(w in message for w in _SHAPE_WORDS):
+        return None
+    widths = []
+    for name, entries in sorted(conds.items()):
+        found = sorted({int(c["cross_attn"].shape[-1]) for c in entries or () if hasattr(c.get("cross_attn"), "shape")})
+        if found:
+            widths.append(f"{name} {'/'.join(map(str, found))}")
+    have = f" The conditioning has {', '.join(widths)} values per token." if widths else ""
+    return ModelInputError(
+        f"The model could not take this sampling's inputs ({message.strip()[:160]}).{have} Connect conditioning "
+        f"from the text encoder that belongs to this model, and a latent made for it, then queue the prompt again.")
