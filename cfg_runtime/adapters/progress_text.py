@@ -69,7 +69,7 @@ class ProgressText:
 
 # --- a prompt that gives work to one rank only (the one place for this wording) -----------
 ONE_RANK = ("cfg-parallel: this sampling has 1 guidance branch (e.g. cfg 1: no negative pass), so only 1 of the "
-            "{ranks} ranks would work and the other {idle} would idle: it runs here in ComfyUI instead, without the "
+            "{ranks} ranks would work: it runs here in ComfyUI instead, without the "
             "worker group (no model copy).")
 ONE_RANK_SPLIT_HINT = " sequence_split 'auto' would put the other ranks to work on it (LTX-2, LTX-Video)."
 ONE_RANK_HINT = " Set parallel_size to 1 for such prompts."
@@ -79,7 +79,7 @@ def one_rank_text(ranks: int, split_option: bool, can_split: bool) -> str:
     """What the user reads (progress text and one console line) when a prompt runs here instead of on the group.
     split_option: the node has a sequence_split widget; can_split: this model can be split."""
     hint = ONE_RANK_SPLIT_HINT if split_option and can_split else ONE_RANK_HINT
-    return ONE_RANK.format(ranks=ranks, idle=ranks - 1) + hint
+    return ONE_RANK.format(ranks=ranks) + hint
 
 
 def say_once(text: str, send=None) -> None:

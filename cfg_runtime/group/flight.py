@@ -91,9 +91,9 @@ def job_failed_error(origin: Failure) -> JobFailedError:
     text = f"{origin.type} on rank {origin.rank}: {origin.message}"
     if origin.out_of_files:
         text = (f"Rank {origin.rank} ran out of open files and could not receive the job ({clip_text(origin.message)}). "
-                f"Every tensor sent to a rank holds a file until it arrives, and each rank already raises its own "
-                f"limit to the hard limit: raise the open-file limit before starting ComfyUI (e.g. 'ulimit -n 65536' "
-                f"in its shell, or LimitNOFILE=65536 in its systemd unit). The group restarts with the next prompt.")
+                f"Raise the open-file limit before starting ComfyUI ('ulimit -n 65536' in its shell, or "
+                f"LimitNOFILE=65536 in its systemd unit); the ranks already lift their own limit to the hard one. "
+                f"The group restarts with the next prompt.")
     elif origin.out_of_memory:
         text = (f"Rank {origin.rank} ran out of memory: lower the resolution, frame count or batch size, run "
                 f"fewer ranks per device, or free memory on it (the group stays up). "

@@ -121,12 +121,16 @@ def raise_fd_limit() -> None:
 
 
 def open_files_note() -> str:
-    """'64 files open, limit 64 (hard limit 64)' for this process, as far as it can tell."""
+    """'limit 64, hard limit 64, 63 files open' for this process, as far as it can tell (at the limit,
+    even counting them needs a file)."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        now = len(os.listdir("/proc/self/fd"))
     except (ImportError, OSError, ValueError):
         return "open-file limit unknown"
-    return f"{now} files open, limit {soft} (hard limit {hard})"
+    try:
+        now = f", {len(os.listdir('/proc/self/fd'))} files open"
+    except OSError:
+        now = ""
+    return f"limit {soft}, hard limit {hard}{now}"

@@ -197,7 +197,7 @@ class _Rank:
         except Exception as exc:  # a job that cannot be rebuilt here
             failure = Failure.of(exc, rank, unpacking=True)
             if failure.out_of_files:  # say which limit (the parent words the message)
-                failure = replace(failure, message=f"{failure.message.strip()} ({open_files_note()})")
+                failure = replace(failure, message=f"{failure.message.strip()}; {open_files_note()}")
             self.outbox.send(JobFailed(message.job_id, failure))
             return
         ctx = self.context(message.job_id)
