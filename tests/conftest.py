@@ -124,12 +124,21 @@ def sweep_leftovers() -> None:
     ended. Never another live run's (other test runs may share this machine)."""
     from devkit.paths import sweep_test_temp
 
+    import tempfile
+    import time
+
     sweep_test_temp(os.getpid())
     try:
-        from cfg_runtime.group.host import sweep_stale_stores
+        from cfg_runtime.group.host import MP_PREFIX, STORE_PREFIX, sweep_stale_stores
     except ImportError:
         return
-    sweep_stale_stores()
+    deadline = time.monotonic() + 3.0  # ranks of a server just stopped end within about a second
+    while True:
+        sweep_stale_stores()
+        pids = {n.split("-")[2] for n in os.listdir(tempfile.gettempdir()) if n.startswith((MP_PREFIX, STORE_PREFIX))}
+        if time.monotonic() > deadline or not any(os.path.exists(f"/proc/{p}") for p in pids if p.isdigit()):
+            return
+        time.sleep(0.2)
 
 
 def pytest_sessionstart(session):

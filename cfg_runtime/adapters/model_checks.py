@@ -58,7 +58,9 @@ def input_mismatch(error_type: str, message: str, conds: dict) -> ModelInputErro
         found = sorted({int(c["cross_attn"].shape[-1]) for c in entries or () if hasattr(c.get("cross_attn"), "shape")})
         if found:
             widths.append(f"{name} {'/'.join(map(str, found))}")
+    # (worded without core's own phrase, to which ComfyUI 0.29 appends a tip about CLIP loaders)
+    detail = message.strip()[:160].replace("mat1 and mat2 shapes cannot be multiplied", "matrix shapes do not fit")
     have = f" The conditioning has {', '.join(widths)} values per token." if widths else ""
     return ModelInputError(
-        f"The model could not take this sampling's inputs ({message.strip()[:160]}).{have} Connect conditioning "
+        f"The model could not take this sampling's inputs ({detail}).{have} Connect conditioning "
         f"from the text encoder that belongs to this model, and a latent made for it, then queue the prompt again.")

@@ -113,8 +113,12 @@ def _owner_gone(owner: str) -> bool:
     except ProcessLookupError:
         return True
     except (OSError, OverflowError):
-        pass
-    return False
+        return False
+    try:  # a zombie (ended, not reaped yet: e.g. a rank whose server was killed with it) has ended too
+        with open(f"/proc/{owner}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def sweep_semaphores(shm: str = SHM_DIR) -> None:
