@@ -72,10 +72,10 @@ class MultiBranchGuider(BranchGuider):
         self.parallel = parallel or ParallelSettings()
         self.last_run: dict = {}
 
-    def _one_rank_here(self) -> bool:
+    def _one_rank_here(self, sampler) -> bool:
         """Whether this sampling gives work to one rank only (one branch, no sequence split): then it runs
         here, as at size 1, and the user reads why once."""
-        if not self.parallel.one_rank_here or len(self.policy.branches) > 1:
+        if not self.parallel.one_rank_here or len(self.policy.branches) > 1 or self.runs_extra_uncond(sampler):
             return False
         layout = job_layout(self.policy, self.parallel.world_size, self.parallel.sequence_degree, self.model_patcher)
         if layout.degree > 1:
@@ -87,7 +87,7 @@ class MultiBranchGuider(BranchGuider):
                seed=None):
         check_model_options(self.model_patcher.model_options)
         try:
-            if self.parallel.world_size <= 1 or self._one_rank_here():
+            if self.parallel.world_size <= 1 or self._one_rank_here(sampler):
                 return self._sample_here(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
                                          seed)
             return self._sample_on_group(noise, latent_image, sampler, sigmas, denoise_mask, callback, seed)
