@@ -109,7 +109,7 @@ def test_conditioning_of_the_wrong_width_reads_the_same_at_every_size(comfy_serv
     assert "positive 16" in messages[1] and "text encoder" in messages[1] and len(messages[1]) < 400
 
 
-def _cfg_parallel_graph(size, cfg: float = 3.0, prefix: str = "h3_cp") -> dict:
+def _cfg_parallel_graph(size, cfg: float = 3.0, prefix: str = "h3_cp", sampler: str = "euler") -> dict:
     g = demo_graph(steps=2)
     model = g[GUIDER]["inputs"]["model"]
     return {
@@ -119,7 +119,7 @@ def _cfg_parallel_graph(size, cfg: float = 3.0, prefix: str = "h3_cp") -> dict:
         "cp": {"class_type": "CFGParallelMultiGPU_Model", "inputs": {"model": ["m", 0], "parallel_size": size,
                                                                      "devices": "cpu"}},
         "ks": {"class_type": "KSampler", "inputs": {
-            "model": ["cp", 0], "seed": 7, "steps": 2, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "model": ["cp", 0], "seed": 7, "steps": 2, "cfg": cfg, "sampler_name": sampler, "scheduler": "simple",
             "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}},
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["ks", 0], "filename_prefix": f"latents/{prefix}"}},
     }
@@ -162,6 +162,14 @@ def test_one_branch_runs_in_comfyui_without_a_group(comfy_server):
     a, b = comfy_server.saved_latent(entry, "save"), comfy_server.saved_latent(serial, "save")
     assert a.equal(b)
     assert guider["status"]["status_str"] == "success"
+
+
+def test_cfg_pp_sampler_at_cfg_one_still_uses_both_ranks(comfy_server):
+    """A *_cfg_pp sampler runs the negative pass at cfg 1 too: two branches, so the group runs them."""
+    mark = len(comfy_server.log_text())
+    comfy_server.run(_cfg_parallel_graph(2, cfg=1.0, prefix="h3_pp", sampler="euler_cfg_pp"), timeout=300)
+    assert len(worker_pids(comfy_server.pid)) == 2
+    assert ONE_RANK_LINE not in comfy_server.log_text()[mark:]
 
 
 def _one_branch_policy() -> dict:
