@@ -7,10 +7,8 @@ conversion fails: ComfyUI answers HTTP 400 with a node error that says what to w
 """
 from __future__ import annotations
 
-import logging
 import math
 
-log = logging.getLogger("cfg_parallel")
 
 WHOLE_INPUTS = ("parallel_size",)  # INT widgets of the pack whose fractions must not be rounded away
 
