@@ -22,6 +22,10 @@ class GroupConfigError(CFGParallelError, ValueError):
     """The requested worker group (size, devices) cannot exist on this machine."""
 
 
+class ModelInputError(CFGParallelError, ValueError):
+    """The model could not take the sampling's inputs (e.g. conditioning from another model's text encoder)."""
+
+
 class PredictionError(CFGParallelError):
     """A branch produced a prediction of the wrong shape or with NaN/inf values."""
 

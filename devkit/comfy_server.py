@@ -18,14 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import requests
 
-from .paths import REPO, TEST_NODES_DIR, require_comfyui
+from .paths import REPO, TEST_NODES_DIR, owned_tempdir, require_comfyui
 
 PACK_LINK_NAME = "comfyui-cfg-parallel"
 TEST_NODES_LINK_NAME = "cfgp_test_nodes"
@@ -134,7 +133,7 @@ class ComfyServer:
         self.startup_timeout = startup_timeout
         self._own_dir = base_dir is None
         self.keep_dir = keep_dir or not self._own_dir
-        self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="cfgp_comfy_"))
+        self.base_dir = Path(base_dir) if base_dir else Path(owned_tempdir("cfgp_comfy_"))
         self.port = None
         self.proc = None
         self._log_file = None

@@ -88,3 +88,45 @@ def import_comfy(cpu: bool = True):
     import comfy
 
     return comfy
+
+
+# --- temp folders of test runs, named by the pid that made them ---------------------------------
+TEST_TEMP_PREFIXES = ("cfgp_comfy_", "cfgp_tiny_models_", "cfgp_browser_home_", "cfgp_no_frontend_")
+
+
+def owned_tempdir(prefix: str) -> str:
+    """A new temp folder '<prefix><pid>-*' of this process: sweep_test_temp removes it once this process is done
+    (also after a failed or interrupted run) or, should it be killed, in the next run."""
+    import tempfile
+
+    assert prefix in TEST_TEMP_PREFIXES, prefix
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def sweep_test_temp(own_pid: int | None = None) -> list[str]:
+    """Remove test temp folders of `own_pid` and of processes that have ended (never a live process's);
+    returns what was removed."""
+    import shutil
+    import tempfile
+
+    root, removed = tempfile.gettempdir(), []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        prefix = next((p for p in TEST_TEMP_PREFIXES if name.startswith(p)), None)
+        owner = name[len(prefix):].split("-", 1)[0] if prefix else ""
+        if not (owner.isascii() and owner.isdigit()):
+            continue
+        if int(owner) != own_pid:
+            try:
+                os.kill(int(owner), 0)
+                continue  # alive: another run's
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed

@@ -6,7 +6,9 @@ defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and wou
 it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
 workflows load and run; search and the node library hide them.
 """
-from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder
+from cfg_runtime.group.host import sweep_stale_stores
+
+from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks
 
 NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
@@ -44,3 +46,10 @@ RENAMED = {
     "LTX2Sampler": "CFGParallelMultiGPU_LTX2Sampler",
     "CFGParallelGroupStatus": "CFGParallelMultiGPU_GroupStatus",
 }
+
+# what killed ComfyUI processes left (their ranks' rendezvous and temp folders, semaphores): owners gone
+sweep_stale_stores()
+
+# parallel_size 1.5 from a script: refused by ComfyUI's validation with a message (prompt_checks.py)
+prompt_checks.register({name for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(
+    cls, (guider.MultiBranchGuiderNode, ltx2_sampler.LTX2Sampler, cfg_parallel.CFGParallelModel))})

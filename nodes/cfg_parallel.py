@@ -73,7 +73,7 @@ class CFGParallelModel(io.ComfyNode):
             raise PolicyError(f"The model carries sampling wrappers of other nodes ({', '.join(foreign)}), which "
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
         settings = ParallelSettings(world_size=parallel_size, devices=devices,
-                                    sequence_degree=sequence_degree(sequence_split), node=NODE,
+                                    sequence_degree=sequence_degree(sequence_split), node=NODE, split_option=True,
                                     batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
         return io.NodeOutput(with_group_sampling(model, settings, policy))

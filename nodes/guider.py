@@ -96,7 +96,7 @@ class MultiBranchGuiderNode(io.ComfyNode):
         settings = ParallelSettings(world_size=parallel_size, devices=devices, strategy=plan,
                                     keep_model_loaded=keep_model_loaded, step_timeout_s=step_timeout_s,
                                     sequence_degree=sequence_degree(sequence_split),
-                                    batch_split=batch_groups(batch_split))
+                                    batch_split=batch_groups(batch_split), split_option=True)
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)

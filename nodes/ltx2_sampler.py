@@ -65,7 +65,8 @@ class LTX2Sampler(io.ComfyNode):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
         settings = ParallelSettings(world_size=parallel_size, devices=devices,
-                                    sequence_degree=sequence_degree(sequence_split), node="the LTX2 Sampler")
+                                    sequence_degree=sequence_degree(sequence_split), node="the LTX2 Sampler",
+                                    split_option=True)
         settings.group_spec()  # a bad device request fails here, at any size, before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)

@@ -17,6 +17,7 @@ import math
 from comfy_api.latest import io
 
 from cfg_runtime.errors import PolicyError
+from cfg_runtime.guidance.blocks import parse_block_list
 from cfg_runtime.guidance.ltx import ModalityGuidance
 from cfg_runtime.guidance.presets import PRESET_NAMES, custom, ltx2_multimodal, parse_custom_spec, standard_cfg
 
@@ -85,19 +86,10 @@ PRESET_TIP = ("standard_cfg: cond + negative (any model), set by this node's wid
 
 def parse_blocks(text: str, label: str) -> tuple[int, ...]:
     """'29' / '28, 29' -> (28, 29); PolicyError that says what to write for anything else."""
-    blocks: list[int] = []
-    for part in str(text).replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit():
-            raise PolicyError(f"{label}: '{part}' is not a block index. Write block numbers counting from 0, separated "
-                              f"by commas, e.g. '29' (LTX-2) or '28' (LTX-2.3) or '28,29'.")
-        block = int(part)
-        if block in blocks:
-            raise PolicyError(f"{label}: block {block} is listed twice in '{text}'; list each block once.")
-        blocks.append(block)
-    return tuple(blocks)
+    try:
+        return parse_block_list(text)
+    except ValueError as exc:
+        raise PolicyError(f"{label}: {exc}") from None
 
 
 def modality_guidance(name: str, *, cfg, stg, stg_blocks, modality, rescale, skip_step,

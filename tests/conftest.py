@@ -17,6 +17,7 @@ for _p in (str(_TESTS), str(_REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import atexit  # noqa: E402
 import os  # noqa: E402
 
 from support.paths import (COMFYUI_DIR, NEEDS_029, NEEDS_BROWSER, ComfyUIMissing, comfyui_available,  # noqa: E402
@@ -46,9 +47,10 @@ def tiny_model_dir() -> Path:
     another checkout) prunes old basetemp folders, which would pull the files from under the
     server's models/ symlinks."""
     import shutil
-    import tempfile
 
-    path = Path(tempfile.mkdtemp(prefix="cfgp_tiny_models_"))
+    from devkit.paths import owned_tempdir
+
+    path = Path(owned_tempdir("cfgp_tiny_models_"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -116,11 +118,43 @@ def pytest_collection_modifyitems(session, config, items):
         _early_server.start(wait=False)
 
 
+def sweep_leftovers() -> None:
+    """What this run made in the temp folder and /dev/shm, and what killed runs left: the test folders
+    (devkit.paths) and the pack's rendezvous / multiprocessing folders and semaphores of processes that have
+    ended. Never another live run's (other test runs may share this machine)."""
+    from devkit.paths import sweep_test_temp
+
+    import tempfile
+    import time
+
+    sweep_test_temp(os.getpid())
+    try:
+        from cfg_runtime.group.host import MP_PREFIX, STORE_PREFIX, sweep_stale_stores
+    except ImportError:
+        return
+    deadline = time.monotonic() + 3.0  # ranks of a server just stopped end within about a second
+    while True:
+        sweep_stale_stores()
+        pids = {n.split("-")[2] for n in os.listdir(tempfile.gettempdir()) if n.startswith((MP_PREFIX, STORE_PREFIX))}
+        if time.monotonic() > deadline or not any(os.path.exists(f"/proc/{p}") for p in pids if p.isdigit()):
+            return
+        time.sleep(0.2)
+
+
+def pytest_sessionstart(session):
+    from devkit.paths import sweep_test_temp
+
+    sweep_test_temp()  # what killed runs left
+    atexit.register(sweep_leftovers)  # also when the run ends abnormally (an internal error, Ctrl-C)
+
+
 def pytest_sessionfinish(session, exitstatus):
     global _early_server
     if _early_server is not None:
         _early_server.stop()
         _early_server = None
+    # the session fixtures (servers, the in-process group) are finished by now, passed or failed
+    sweep_leftovers()
 
 
 @pytest.fixture(scope="session")

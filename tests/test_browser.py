@@ -37,12 +37,13 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from devkit.paths import owned_tempdir
 from support.paths import NEEDS_029, NEEDS_BROWSER, comfyui_version, has_ltx2_av
 from test_workflows import (EXAMPLE_NAMES, LEGACY_DIR, LEGACY_NAMES, LTX2_WORKFLOWS, NAMES, NodeDef, build, load_api,
                             load_ui, strip_meta)
@@ -186,7 +187,7 @@ class Frontend:
 def browser():
     from playwright.sync_api import sync_playwright
 
-    home = tempfile.mkdtemp(prefix="cfgp_browser_home_")
+    home = owned_tempdir("cfgp_browser_home_")
     env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=f"{home}/.config", XDG_CACHE_HOME=f"{home}/.cache",
                XDG_DATA_HOME=f"{home}/.local/share")
     with sync_playwright() as pw:
@@ -196,6 +197,7 @@ def browser():
             yield b
         finally:
             b.close()
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from devkit.paths import owned_tempdir
 from support.paths import COMFYUI_DIR, NEEDS_029, REPO
 from support.tiny_ltx2 import ltxav_available
 
@@ -407,7 +407,7 @@ def server(files):
     from devkit.comfy_server import ComfyServer
 
     shutdown_group()  # the in-process group is not needed any more: free the cores
-    front_end = tempfile.mkdtemp(prefix="cfgp_no_frontend_")  # 0.29 exits without its frontend package
+    front_end = owned_tempdir("cfgp_no_frontend_")  # 0.29 exits without its frontend package
     srv = ComfyServer(extra_args=["--front-end-root", front_end], env={"OMP_NUM_THREADS": "1"},
                       startup_timeout=240)
     srv.add_model("diffusion_models", MODEL, files["model"])

@@ -81,16 +81,27 @@ class Flight:
         return JobResult(value, summaries, time.monotonic() - self.t0)
 
 
+def clip_text(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def job_failed_error(origin: Failure) -> JobFailedError:
     """The error the caller gets for a job that raised on a rank."""
     text = f"{origin.type} on rank {origin.rank}: {origin.message}"
-    if origin.out_of_memory:
+    if origin.out_of_files:
+        text = (f"Rank {origin.rank} ran out of open files and could not receive the job ({clip_text(origin.message)}). "
+                f"Raise the open-file limit before starting ComfyUI ('ulimit -n 65536' in its shell, or "
+                f"LimitNOFILE=65536 in its systemd unit); the ranks already lift their own limit to the hard one. "
+                f"The group restarts with the next prompt.")
+    elif origin.out_of_memory:
         text = (f"Rank {origin.rank} ran out of memory: lower the resolution, frame count or batch size, run "
                 f"fewer ranks per device, or free memory on it (the group stays up). "
                 f"{text[:1500]}")
     exc = JobFailedError(text)
     exc.remote_traceback = origin.traceback
     exc.remote_type = origin.type
+    exc.remote_message = origin.message
     return exc
 
 

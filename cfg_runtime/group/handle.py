@@ -23,7 +23,7 @@ from .flight import Caller, Flight, JobResult, job_failed_error
 from .host import check_host_memory, fd_count, make_store_dir, release_uncollected_handles, sweep_stale_stores
 from .inbox import EOF, poll
 from .protocol import Job, Phase, Progress, Ready, Stage, StartFailed
-from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir
+from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir, use_pid_named_semaphores
 from .ranks import Processes, RankProcess
 from .shipping import dumps
 from .spec import GroupSpec, check_device_backend
@@ -92,6 +92,7 @@ class WorkerGroup:
         sweep_stale_stores()
         store_dir = make_store_dir()
         use_pid_named_mp_tempdir(keep_existing=True)  # a killed ComfyUI's folder is swept later
+        use_pid_named_semaphores()  # and so are the semaphores of the stop event below
         self._stop_event = self._ctx.Event()
         self._t0 = time.monotonic()
         self.state = "starting"
@@ -297,7 +298,10 @@ class WorkerGroup:
 
     def _check_deadlines(self, flight: Flight) -> None:
         now = time.monotonic()
-        if flight.first_error_at is not None and now - flight.first_error_at > self.spec.first_error_grace_s:
+        # a rank that could not unpack the job never joins its collectives: the others would wait in vain
+        grace = min(1.0, self.spec.first_error_grace_s) if any(f.unpacking for f in flight.failures()) \
+            else self.spec.first_error_grace_s
+        if flight.first_error_at is not None and now - flight.first_error_at > grace:
             origin = flight.origin()
             self.teardown(f"rank {origin.rank} failed; ranks {flight.waiting_for()} did not finish")
             raise job_failed_error(origin)

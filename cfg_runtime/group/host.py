@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import GroupConfigError, GroupStartError, clip
-from .rank_os import MP_PREFIX
+from .rank_os import MP_PREFIX, SEM_PREFIX
 
 if TYPE_CHECKING:
     from .spec import GroupSpec
@@ -57,6 +57,20 @@ def rss_mib(pid: int) -> float:
         return 0.0
 
 
+HEADROOM = 0.25  # of the available host memory, left for the model, ComfyUI and the rest of the machine
+
+
+def suggested_size(spec: "GroupSpec", have_mib: float) -> int:
+    """The largest parallel size that fits `have_mib` with headroom and the host's devices:
+    one CPU rank per core, one GPU rank per GPU listed (NCCL takes each GPU once)."""
+    fit = int(have_mib * (1 - HEADROOM) // spec.host_mib_per_rank)
+    if all(d == "cpu" for d in spec.devices):
+        devices = os.cpu_count() or 1
+    else:
+        devices = len(set(spec.devices))
+    return max(1, min(fit, devices, spec.world_size - 1))
+
+
 def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> None:
     """Refuse a group whose ranks would not fit in the host memory available now (plus what the
     processes in `freed_pids`, a group about to be replaced, would give back)."""
@@ -67,15 +81,18 @@ def check_host_memory(spec: "GroupSpec", freed_pids: tuple[int, ...] = ()) -> No
     have += sum(rss_mib(p) for p in freed_pids)
     if need <= have:
         return
-    fit = int(have // spec.host_mib_per_rank)
+    fit = suggested_size(spec, have)
+    todo = "Run at parallel size 1 (in ComfyUI, no extra process)" if fit == 1 else \
+        f"Lower the parallel size to {fit} or less (what fits with room for the model"  \
+        f"{', one rank per core' if spec.devices[0] == 'cpu' else ', one rank per GPU'})"
     raise GroupConfigError(
         f"{spec.world_size} ranks need about {need / 1024:.1f} GiB of host memory before any model is loaded "
         f"(~{spec.host_mib_per_rank:.0f} MiB each for torch and ComfyUI), but only {have / 1024:.1f} GiB is "
-        f"available. Lower the parallel size to {max(fit, 1)} or less (more ranks than branches leave the extra "
-        f"ranks idle anyway), or free host memory.")
+        f"available. {todo}, or free host memory.")
 
 
 STORE_PREFIX = "cfgp-store-"
+SHM_DIR = "/dev/shm"
 
 
 def bound_unix_paths() -> set[str] | None:
@@ -87,11 +104,45 @@ def bound_unix_paths() -> set[str] | None:
         return None
 
 
+def _owner_gone(owner: str) -> bool:
+    """Whether the process `owner` (a pid in a name) has ended; False when unsure (pid reused, no permission)."""
+    if not owner.isascii() or not owner.isdigit():
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    try:  # a zombie (ended, not reaped yet: e.g. a rank whose server was killed with it) has ended too
+        with open(f"/proc/{owner}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def sweep_semaphores(shm: str = SHM_DIR) -> None:
+    """Remove the named semaphores (/dev/shm/sem.mp-cfgp<pid>-*) of the pack's processes that have ended."""
+    try:
+        names = os.listdir(shm)
+    except OSError:
+        return
+    head = f"sem.{SEM_PREFIX}"
+    for name in names:
+        if name.startswith(head) and _owner_gone(name[len(head):].split("-", 1)[0]):
+            try:
+                os.unlink(os.path.join(shm, name))
+            except OSError:
+                pass
+
+
 def sweep_stale_stores() -> None:
-    """Remove what processes killed without a clean-up left in the temp folder: the pack's
-    rendezvous and multiprocessing folders whose owner pid is gone (e.g. SIGKILL to ComfyUI,
-    SIGTERM to its whole process group), and stale `listener-*` sockets (bound by no process)
-    in multiprocessing's own `pymp-*` folders, where ranks of older versions left them."""
+    """Remove what processes killed without a clean-up left: the pack's rendezvous and multiprocessing
+    folders in the temp folder and its named semaphores in /dev/shm whose owner pid is gone (e.g. SIGKILL
+    to ComfyUI, SIGTERM to its whole process group), and stale `listener-*` sockets (bound by no process)
+    in multiprocessing's own `pymp-*` folders, where ranks of older versions left them. Never what a live
+    process owns."""
+    sweep_semaphores()
     root = tempfile.gettempdir()
     try:
         names = os.listdir(root)
@@ -102,34 +153,29 @@ def sweep_stale_stores() -> None:
         path = os.path.join(root, name)
         prefix = next((p for p in (STORE_PREFIX, MP_PREFIX) if name.startswith(p)), None)
         if prefix is not None:
-            owner = name[len(prefix):].split("-", 1)[0]
-            if not owner.isdigit():
-                continue
-            try:
-                os.kill(int(owner), 0)
-            except ProcessLookupError:
+            if _owner_gone(name[len(prefix):].split("-", 1)[0]):
                 shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith("pymp-"):
+            bound = bound_unix_paths() if bound is None else bound
+            if bound is not None:
+                _drop_unbound_listeners(path, bound)
+
+
+def _drop_unbound_listeners(path: str, bound: set[str]) -> None:
+    """A pymp folder may belong to a live process that reuses it later: keep the folder, drop only
+    sockets that nobody listens on (a connect there is refused anyway)."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return
+    for entry in entries:
+        sock = os.path.join(path, entry)
+        if entry.startswith("listener-") and sock not in bound:
+            try:
+                if stat.S_ISSOCK(os.lstat(sock).st_mode) and os.lstat(sock).st_uid == os.getuid():
+                    os.unlink(sock)
             except OSError:
                 pass
-        elif name.startswith("pymp-"):
-            # A pymp folder may belong to a live process that reuses it later: keep the folder,
-            # drop only sockets that nobody listens on (a connect there is refused anyway).
-            bound = bound_unix_paths() if bound is None else bound
-            if bound is None:
-                continue
-            try:
-                entries = os.listdir(path)
-            except OSError:
-                continue
-            for entry in entries:
-                sock = os.path.join(path, entry)
-                if entry.startswith("listener-") and sock not in bound:
-                    try:
-                        if stat.S_ISSOCK(os.lstat(sock).st_mode) and os.lstat(sock).st_uid == os.getuid():
-                            os.unlink(sock)
-                    except OSError:
-                        pass
-
 
 
 def fd_count(pid: int) -> int | None:

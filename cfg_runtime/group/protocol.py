@@ -57,11 +57,18 @@ class Failure:
     message: str
     traceback: str = ""
     peer: bool = False  # PeerFailed: this rank left because another rank failed in the same step
+    unpacking: bool = False  # the job could not be unpacked here: this rank never joined its collectives
 
     @classmethod
-    def of(cls, exc: BaseException, rank: int) -> "Failure":
+    def of(cls, exc: BaseException, rank: int, unpacking: bool = False) -> "Failure":
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS:]
-        return cls(rank, type(exc).__name__, str(exc), text, isinstance(exc, PeerFailed))
+        return cls(rank, type(exc).__name__, str(exc), text, isinstance(exc, PeerFailed), unpacking)
+
+    @property
+    def out_of_files(self) -> bool:
+        """The rank hit its open-file limit: a tensor in a pipe arrives as file descriptors, and at the limit
+        the kernel drops them ('received 0 items of ancdata'), or an open fails with EMFILE."""
+        return "items of ancdata" in self.message or "Too many open files" in self.message
 
     @property
     def out_of_memory(self) -> bool:

@@ -6,6 +6,20 @@ import os
 import shutil
 
 MP_PREFIX = "cfgp-mp-"  # a multiprocessing folder named by its owner pid, for the start-up sweep (host.py)
+SEM_PREFIX = "mp-cfgp"  # + "<pid>-<random>": a named semaphore (/dev/shm/sem.<name>) of this process, by pid
+
+
+def use_pid_named_semaphores() -> None:
+    """Name the multiprocessing semaphores this process creates from now on by its pid (/dev/shm/sem.mp-cfgp<pid>-*).
+    multiprocessing removes them when they are freed, or its resource tracker does when the process ends; a fault
+    that kills the tracker too (SIGKILL to the process group) leaves them, and the sweep (host.py) removes those
+    whose owner is gone."""
+    import multiprocessing.process
+
+    try:
+        multiprocessing.process.current_process()._config["semprefix"] = f"/{SEM_PREFIX}{os.getpid()}"
+    except AttributeError:  # pragma: no cover - another multiprocessing
+        pass
 
 
 def use_pid_named_mp_tempdir(keep_existing: bool = False) -> str | None:
@@ -104,3 +118,19 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):
         pass
+
+
+def open_files_note() -> str:
+    """'limit 64, hard limit 64, 63 files open' for this process, as far as it can tell (at the limit,
+    even counting them needs a file)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return "open-file limit unknown"
+    try:
+        now = f", {len(os.listdir('/proc/self/fd'))} files open"
+    except OSError:
+        now = ""
+    return f"limit {soft}, hard limit {hard}{now}"

@@ -10,7 +10,7 @@ from .protocol import Phase
 
 from ..errors import GroupStartError
 from .handle import WorkerGroup
-from .host import check_host_memory
+from .host import check_host_memory, sweep_stale_stores
 from .spec import GroupSpec
 
 log = logging.getLogger("cfg_parallel")
@@ -77,4 +77,9 @@ def shutdown_group() -> None:
             _current = None
 
 
-atexit.register(shutdown_group)  # the registry's group lives until exit; a group made elsewhere has a finalizer
+def _at_exit() -> None:
+    shutdown_group()
+    sweep_stale_stores()  # what other ComfyUI processes, killed, left (never a live process's files)
+
+
+atexit.register(_at_exit)  # the registry's group lives until exit; a group made elsewhere has a finalizer

@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,7 +22,8 @@ from ..errors import JobInterrupted
 from .protocol import (Done, Failure, Interrupted, Job, JobFailed, Phase, Progress, Ready, Result, Shutdown, Stage,
                        StartFailed)
 from .rank_io import Outbox, forward_logs
-from .rank_os import KEEP_LISTENER_ENV, close_gloo_listener, raise_fd_limit, use_pid_named_mp_tempdir
+from .rank_os import (KEEP_LISTENER_ENV, close_gloo_listener, open_files_note, raise_fd_limit,
+                      use_pid_named_mp_tempdir, use_pid_named_semaphores)
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +106,7 @@ def _prepare_process(config: WorkerConfig, death_conn, outbox: Outbox) -> None:
     path = use_pid_named_mp_tempdir()  # not in the parent's folder, where a killed rank's socket stayed
     if path is not None:
         _mp_dir.append(path)
+    use_pid_named_semaphores()
     raise_fd_limit()
     for key, value in config.env:
         os.environ[key] = value
@@ -199,7 +201,10 @@ class _Rank:
             job = pickle.loads(message.blob)
             self.cache["jobs_unpacked"] = True
         except Exception as exc:  # a job that cannot be rebuilt here
-            self.outbox.send(JobFailed(message.job_id, Failure.of(exc, rank)))
+            failure = Failure.of(exc, rank, unpacking=True)
+            if failure.out_of_files:  # say which limit (the parent words the message)
+                failure = replace(failure, message=f"{failure.message.strip()}; {open_files_note()}")
+            self.outbox.send(JobFailed(message.job_id, failure))
             return
         ctx = self.context(message.job_id)
         try:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import operator
+import re
 from typing import Iterable, Optional
+
+from ..errors import clip
 
 
 def block_indices(blocks: Iterable[int], num_blocks: Optional[int] = None, *, unique: bool = False) -> tuple[int, ...]:
@@ -35,3 +38,28 @@ def _index(b) -> int:
         return operator.index(b)
     except TypeError:
         raise ValueError(f"STG block {b!r} is not an integer (block indices are whole numbers)") from None
+
+
+_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only ('²' passes str.isdigit()); no model has a million blocks
+EXAMPLE = "e.g. '29' (LTX-2) or '28' (LTX-2.3) or '28,29'"
+
+
+def parse_block_list(text: str) -> tuple[int, ...]:
+    """'29' / '28, 29' -> (28, 29), in the order written; ValueError saying what to write for anything else."""
+    blocks: list[int] = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not _DIGITS.fullmatch(part):
+            if part.isascii() and part.isdigit():
+                what = "is too large for a block index (a model has at most a few hundred blocks)"
+            else:
+                what = "is not a block index" + (" (use the digits 0-9)" if part.isdigit() else "")
+            raise ValueError(f"{clip(part, 20)} {what}. Write block numbers counting from 0, separated by commas, "
+                             f"{EXAMPLE}.")
+        block = int(part)
+        if block in blocks:
+            raise ValueError(f"block {block} is listed twice in {clip(text, 60)}; list each block once.")
+        blocks.append(block)
+    return tuple(blocks)

@@ -1,7 +1,7 @@
 """What a policy and a model's options ask of each other, checked before any sampling starts."""
 from __future__ import annotations
 
-from ...errors import PolicyError
+from ...errors import ModelInputError, PolicyError
 from ...guidance.policy import CFGPolicy
 from ...guidance.blocks import block_indices
 from ..families import MODALITY, STG, STG_AUDIO, diffusion_model, family_of
@@ -32,3 +32,24 @@ def _check_blocks(family, model, branch: str, label: str, blocks) -> None:
         block_indices(blocks, family.blocks(model))
     except ValueError as exc:
         raise PolicyError(f"Branch '{branch}' ({label}): {exc}") from None
+
+
+_SHAPE_WORDS = ("shapes cannot be multiplied", "must match the size of tensor", "size mismatch", "but got input of size")
+
+
+def input_mismatch(error_type: str, message: str, conds: dict) -> ModelInputError | None:
+    """The one message for a model that could not take its inputs (a shape error inside the model), at any
+    parallel size; None when the error is something else. conds: the guider's conditionings by name."""
+    if error_type != "RuntimeError" or not any(w in message for w in _SHAPE_WORDS):
+        return None
+    widths = []
+    for name, entries in sorted(conds.items()):
+        found = sorted({int(c["cross_attn"].shape[-1]) for c in entries or () if hasattr(c.get("cross_attn"), "shape")})
+        if found:
+            widths.append(f"{name} {'/'.join(map(str, found))}")
+    # (worded without core's own phrase, to which ComfyUI 0.29 appends a tip about CLIP loaders)
+    detail = message.strip()[:160].replace("mat1 and mat2 shapes cannot be multiplied", "matrix shapes do not fit")
+    have = f" The conditioning has {', '.join(widths)} values per token." if widths else ""
+    return ModelInputError(
+        f"The model could not take this sampling's inputs ({detail}).{have} Connect conditioning "
+        f"from the text encoder that belongs to this model, and a latent made for it, then queue the prompt again.")

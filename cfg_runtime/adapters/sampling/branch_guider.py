@@ -69,6 +69,13 @@ class BranchGuider(comfy.samplers.CFGGuider):
                               f"connect a {missing[0]} input, or use a policy without that branch (e.g. CFG 1).")
         self.inner_set_conds(conds)
 
+    def runs_extra_uncond(self, sampler) -> bool:
+        """Whether sampling with `sampler` adds the negative pass (see predict_noise): the *_cfg_pp samplers set
+        disable_cfg1_optimization with a post-CFG function inside their loop; a model option may set it too."""
+        name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
+        asked = "cfg_pp" in name or bool(self.model_patcher.model_options.get("disable_cfg1_optimization"))
+        return asked and "negative" in self.original_conds and _uncond_branch(self.policy) is None
+
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         dispatcher = self.dispatcher or BranchDispatcher(self.policy)
         self.dispatcher = dispatcher

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...errors import GroupConfigError
+from ...errors import CFGParallelError, GroupConfigError, JobFailedError
 from ...group import BACKEND_ENV, GroupSpec, parse_devices
 from ...guidance.policy import CFGPolicy
 from ...parallel.batch import batch_split_from_env
@@ -21,7 +21,9 @@ from .branch_guider import BranchGuider
 from .group_sampling import SampleCall, sample_on_group
 from ..models.launch_options import capture, console_level, level_number
 from ..models.core_cfg import DEFAULT_NODE, check_model_options
-from .sequence_job import sequence_degree_from_env
+from ..models.model_checks import input_mismatch
+from .progress_text import one_rank_text, say_once
+from .sequence_job import job_layout, sequence_degree_from_env, split_label
 
 log = logging.getLogger("cfg_parallel")
 
@@ -48,6 +50,10 @@ class ParallelSettings:
     # Batch split (a latent batch over batch groups; ranks = batch groups x branch ranks): 1 = off
     # (default: bit-exact), 0 = planned from the batch, branches and ranks, N = N groups forced.
     batch_split: int = field(default_factory=batch_split_from_env)
+    split_option: bool = False  # the node has a sequence_split widget (named in the one-rank message)
+    # A sampling that gives work to one rank only runs in ComfyUI (False: on the group all the same,
+    # e.g. LTX-2's stage 2 after a stage 1 on the group, whose ranks hold the model).
+    one_rank_here: bool = True
 
     def group_spec(self) -> GroupSpec:
         if self.backend not in ("", "nccl", "gloo"):
@@ -74,18 +80,50 @@ class MultiBranchGuider(BranchGuider):
         self.parallel = parallel or ParallelSettings()
         self.last_run: dict = {}
 
+    def _one_rank_here(self, sampler) -> bool:
+        """Whether this sampling gives work to one rank only (one branch, no sequence split): then it runs
+        here, as at size 1, and the user reads why once."""
+        if not self.parallel.one_rank_here or len(self.policy.branches) > 1 or self.runs_extra_uncond(sampler) \
+                or self.parallel.batch_split != 1:  # a batch split gives the other ranks samples of their own
+            return False
+        layout = job_layout(self.policy, self.parallel.world_size, self.parallel.sequence_degree, self.model_patcher)
+        if layout.degree > 1:
+            return False
+        say_once(one_rank_text(self.parallel.world_size, self.parallel.split_option, split_label(self.model_patcher)))
+        return True
+
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                seed=None):
         check_model_options(self.model_patcher.model_options, self.policy, self.parallel.node,
                             self.parallel.world_size)
-        if self.parallel.world_size <= 1:
-            dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
-            try:
-                return self.sample_with(dispatcher, noise, latent_image, sampler, sigmas, denoise_mask, callback,
-                                        disable_pbar, seed)
-            finally:
-                self.last_run = {"ranks": 1, **dispatcher.stats.as_dict()}
-                self.dispatcher = None
+        try:
+            if self.parallel.world_size <= 1 or self._one_rank_here(sampler):
+                return self._sample_here(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                                         seed)
+            return self._sample_on_group(noise, latent_image, sampler, sigmas, denoise_mask, callback, seed)
+        except JobFailedError as exc:  # the same message as here, for the same mistake
+            better = input_mismatch(getattr(exc, "remote_type", ""), getattr(exc, "remote_message", ""),
+                                    self.original_conds)
+            if better is None:
+                raise
+            raise better from None
+        except RuntimeError as exc:
+            better = None if isinstance(exc, CFGParallelError) else \
+                input_mismatch(type(exc).__name__, str(exc), self.original_conds)
+            if better is None:
+                raise
+            raise better from exc
+
+    def _sample_here(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        dispatcher = BranchDispatcher(self.policy, strategy=self.parallel.strategy)
+        try:
+            return self.sample_with(dispatcher, noise, latent_image, sampler, sigmas, denoise_mask, callback,
+                                    disable_pbar, seed)
+        finally:
+            self.last_run = {"ranks": 1, **dispatcher.stats.as_dict()}
+            self.dispatcher = None
+
+    def _sample_on_group(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         call = SampleCall(self.model_patcher, self.policy, self.original_conds, noise, latent_image, sampler, sigmas,
                           denoise_mask, seed, callback)
         value, result = sample_on_group(call, self.parallel)

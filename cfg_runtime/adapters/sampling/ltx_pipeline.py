@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -129,11 +129,11 @@ class _StagedProgress:
 
 
 def _sample(model, policy, settings, positive, negative, latent_image, noise, sampler, sigmas, denoise_mask,
-            seed, callback: Callable) -> Any:
+            seed, callback: Callable) -> tuple[Any, MultiBranchGuider]:
     guider = MultiBranchGuider(model, policy, settings)
     guider.set_conds(positive, negative)
     return guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
-                         disable_pbar=True, seed=seed)
+                         disable_pbar=True, seed=seed), guider
 
 
 def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler, sigmas: torch.Tensor, seed: int,
@@ -151,7 +151,7 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     stage1_input = dict(latent, samples=latent_image)
     noise = Noise_RandomNoise(seed).generate_noise(stage1_input)
-    stage1 = _sample(model, policy, settings, positive, negative, latent_image, noise, sampler, sigmas,
+    stage1, guider1 = _sample(model, policy, settings, positive, negative, latent_image, noise, sampler, sigmas,
                      latent.get("noise_mask"), seed, progress.callback)
     stage1_latent = dict(latent, samples=stage1)
     stage1_latent.pop("noise_mask", None)
@@ -166,9 +166,13 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
         joined = _upsample_video(stage1, upscale_model, vae)
     stage2_input = {"samples": joined}
     noise2 = Noise_RandomNoise(seed).generate_noise(stage2_input)
-    stage2 = _sample(stage2_model or model, standard_cfg(1.0), settings, positive, None, joined, noise2,
+    # stage 2 (one branch) goes where stage 1 ran: on the group, whose ranks hold the model, or here
+    settings = replace(settings, one_rank_here=guider1.last_run.get("ranks") == 1)
+    stage2, _ = _sample(stage2_model or model, standard_cfg(1.0), settings, positive, None, joined, noise2,
                      stage2_sampler or sampler, stage2_sigmas, None, seed, progress.callback)
-    if settings.world_size > 1 and settings.sequence_degree != 1:
+    if settings.one_rank_here:
+        pass  # stage 1 ran here, and so did stage 2 (said once, at stage 1)
+    elif settings.world_size > 1 and settings.sequence_degree != 1:
         log.info("cfg-parallel LTX2: stage 2 has one branch; it was split over the ranks (layout above)")
     elif settings.world_size > 1:
         log.info("cfg-parallel LTX2: stage 2 has one branch; it ran on rank 0 (other ranks idle; a sequence "

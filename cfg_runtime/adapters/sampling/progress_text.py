@@ -65,3 +65,25 @@ class ProgressText:
         if line != self.line:
             self.line = line
             self.send(line)
+
+
+# --- a prompt that gives work to one rank only (the one place for this wording) -----------
+ONE_RANK = ("cfg-parallel: this sampling has 1 guidance branch (e.g. cfg 1: no negative pass), so only 1 of the "
+            "{ranks} ranks would work: it runs here in ComfyUI instead, without the "
+            "worker group (no model copy).")
+ONE_RANK_SPLIT_HINT = " sequence_split auto splits {label} over the other ranks."
+ONE_RANK_HINT = " Set parallel_size to 1 for such prompts."
+
+
+def one_rank_text(ranks: int, split_option: bool, split_label: str | None) -> str:
+    """What the user reads (progress text and one console line) when a prompt runs here instead of on the group.
+    split_option: the node has a sequence_split widget; split_label: the model family's name when it can
+    be split (None: it cannot)."""
+    hint = ONE_RANK_SPLIT_HINT.format(label=split_label) if split_option and split_label else ONE_RANK_HINT
+    return ONE_RANK.format(ranks=ranks) + hint
+
+
+def say_once(text: str, send=None) -> None:
+    """One console line and the node's progress text."""
+    log.info("%s", text)
+    (send or _send)(text)

@@ -39,6 +39,12 @@ def job_layout(policy, world_size: int, degree: int, model) -> ParallelLayout:
                        split_share=family.split_share)
 
 
+def split_label(model) -> str | None:
+    """The name of this model's family when it has a sequence split, else None."""
+    family = family_of(model)
+    return family.label if family.can_split else None
+
+
 def log_layout(policy, layout: ParallelLayout, degree: int = 1, model=None) -> str:
     """Log the layout; when ranks sit idle that a split would use (the split was off), log one line
     saying so and return it (for the progress text), else return ""."""
