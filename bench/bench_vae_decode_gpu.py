@@ -65,7 +65,7 @@ def build_vae(family: str, tiny: bool, path: Path):
             elif name.endswith("bias"):
                 p.zero_()
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel()) ** 0.5))
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel() if p.ndim else 1) ** 0.5))
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
     del module
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
@@ -91,7 +91,9 @@ def run(args) -> dict:
     from cfg_runtime.adapters.guider import ParallelSettings
 
     device = mm.get_torch_device()
-    vae = build_vae(args.family, args.tiny, Path(args.out) / f"bench_vae_{args.family}.safetensors")
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:  # the file stays out of $OUT
+        vae = build_vae(args.family, args.tiny, Path(folder) / f"bench_vae_{args.family}.safetensors")
     shape = (1,) + (TINY if args.tiny else FAMILIES)[args.family]
     latent = {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(1))}
     tiles = TileSettings(args.tile_size, args.overlap, args.temporal_size, args.temporal_overlap)
