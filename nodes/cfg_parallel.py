@@ -11,6 +11,7 @@ import dataclasses
 
 from comfy_api.latest import io
 
+from cfg_runtime.adapters.group_sampling import start_early
 from cfg_runtime.adapters.guider import ParallelSettings
 from cfg_runtime.adapters.model_checks import check_model_options, check_policy_fits_model
 from cfg_runtime.adapters.model_wrapper import foreign_wrappers, with_group_sampling
@@ -67,4 +68,6 @@ class CFGParallelModel(io.ComfyNode):
                               f"the worker processes cannot run: remove those nodes, or leave CFG Parallel out.")
         settings = ParallelSettings(world_size=parallel_size, devices=devices)
         settings.group_spec()  # a bad device request fails here, at this node
+        if parallel_size >= 2:  # the ranks start now, while ComfyUI runs the nodes before the sampler
+            start_early(settings)
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -31,10 +31,11 @@ import comfy.utils
 
 from ..errors import CFGParallelError, JobInterrupted, ShippingError
 from ..group import JobResult, get_group
+from ..group.shipping import check_shippable
 from .group_sampling import _record_residency, resident_models
 from .progress_text import ProgressText
 from .sample_job import MissingModel
-from .transport import RELEASED, ModelShipment, release_from_comfy, route_weights
+from .transport import RELEASED, ModelShipment, base_token, release_from_comfy, route_weights
 from .vae_job import VaeDecodeJob
 
 log = logging.getLogger("cfg_parallel")
@@ -146,22 +147,57 @@ def blend(vae, samples: dict, tiles: TileSettings, inputs: list, outputs: dict) 
     return _core_decode(vae, samples, tiles, _TileSource(vae, outputs=outputs, tiles=inputs))
 
 
-def _with_vae(job: VaeDecodeJob, vae) -> VaeDecodeJob:
-    """The job carrying the VAE module: one host copy in shared memory that every rank maps."""
-    release_from_comfy(vae.patcher)  # off ComfyUI's GPU, unpatched
-    module = vae.first_stage_model
-    if any(p.device.type != "cpu" for p in module.parameters()):
-        module.to("cpu")
+_COPIES: dict = {}  # token -> a plain copy of a VAE module that cannot itself travel (one entry)
+
+
+def _plain_copy(vae, token: str) -> torch.nn.Module:
+    """A plain CPU copy of the VAE's module, once per VAE: for a VAE under ComfyUI's dynamic VRAM,
+    whose weights alias the memory-mapped file (they cannot move to shared memory)."""
+    if token not in _COPIES:
+        _COPIES.clear()
+        with torch.no_grad():
+            module = copy.deepcopy(vae.first_stage_model).to("cpu")
+        try:
+            check_shippable(module)
+        except Exception as exc:
+            raise ShippingError(f"The VAE cannot be sent to the worker processes ({type(exc).__name__}: {exc}); "
+                                f"decode with VAEDecodeTiled, or start ComfyUI with --disable-dynamic-vram.") from None
+        _COPIES[token] = module
+        log.info("cfg-parallel: made a plain copy of the VAE for the ranks (%s)", type(module).__name__)
+    return _COPIES[token]
+
+
+def _with_vae(job: VaeDecodeJob, vae, copied: bool) -> VaeDecodeJob:
+    """The job carrying the VAE module: one host copy in shared memory that every rank maps (the
+    module ComfyUI holds, or `copied`: a plain copy of it)."""
+    if copied:
+        module = _plain_copy(vae, job.shipment.base_token)
+    else:
+        release_from_comfy(vae.patcher)  # off ComfyUI's GPU, unpatched
+        module = vae.first_stage_model
+        if any(p.device.type != "cpu" for p in module.parameters()):
+            module.to("cpu")
     return replace(job, shipment=replace(job.shipment, base_model=module))
 
 
-def _run(group, job: VaeDecodeJob, vae, on_phase, interrupted) -> JobResult:
+def vae_route(vae, devices: tuple[str, ...]) -> tuple[str, bool]:
+    """(token, copied): the VAE's identity for the ranks, and whether they get a plain copy of its module
+    (ComfyUI's dynamic VRAM manages it) rather than the module itself. ShippingError if neither travels."""
+    try:
+        return route_weights(vae.patcher, devices).token, False
+    except ShippingError as exc:
+        if not getattr(vae.patcher, "is_dynamic", lambda: False)():
+            raise ShippingError(f"The VAE cannot be sent to the worker processes: {exc}") from None
+    return base_token(vae.patcher), True
+
+
+def _run(group, job: VaeDecodeJob, vae, copied: bool, on_phase, interrupted) -> JobResult:
     """Run the job, sending the VAE only to ranks that lack it (as for diffusion models)."""
     if job.shipment.base_token not in resident_models(group):
-        job = _with_vae(job, vae)
+        job = _with_vae(job, vae, copied)
     result = group.run(job, interrupt_requested=interrupted, on_phase=on_phase)
     if isinstance(result.value, MissingModel):
-        result = group.run(_with_vae(job, vae), interrupt_requested=interrupted, on_phase=on_phase)
+        result = group.run(_with_vae(job, vae, copied), interrupt_requested=interrupted, on_phase=on_phase)
     _record_residency(group, result)
     return result
 
@@ -188,17 +224,14 @@ def decode_on_group(vae, samples: dict, tiles: TileSettings, settings) -> tuple[
     """The images of core VAEDecodeTiled(vae, samples, *tiles), with the tiles decoded on the group."""
     check_vae(vae, samples)
     spec = settings.group_spec()
-    try:
-        route = route_weights(vae.patcher, spec.devices)
-    except ShippingError as exc:
-        raise ShippingError(f"The VAE cannot be sent to the worker processes: {exc}") from None
+    token, copied = vae_route(vae, spec.devices)
     inputs = enumerate_tiles(vae, samples, tiles)
-    job = _job(vae, inputs, route.token)
+    job = _job(vae, inputs, token)
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)
     try:
         group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
-        result = _run(group, job, vae, _tile_progress(len(inputs), text), interrupted)
+        result = _run(group, job, vae, copied, _tile_progress(len(inputs), text), interrupted)
     except JobInterrupted:
         raise comfy.model_management.InterruptProcessingException()
     images = blend(vae, samples, tiles, inputs, result.value)

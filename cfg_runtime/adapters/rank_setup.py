@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 RANK_DYNAMIC_VRAM_ENV = "CFG_PARALLEL_RANK_DYNAMIC_VRAM"  # set by a ComfyUI process that runs dynamic VRAM
 
@@ -16,8 +17,26 @@ def init_worker(device: str) -> None:
 
     comfy.cli_args.args.cpu = device == "cpu"
     comfy.cli_args.args.disable_smart_memory = False
-    if device.startswith("cuda") and os.environ.get(RANK_DYNAMIC_VRAM_ENV) == "1":
-        _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0)
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(index)  # before anything asks ComfyUI for "the" device
+        if os.environ.get(RANK_DYNAMIC_VRAM_ENV) == "1":
+            _enable_dynamic_vram(index)
+    threading.Thread(target=_import_comfy, name="cfgp-import-comfy", daemon=True).start()
+
+
+def _import_comfy() -> None:
+    """What the first job's unpickling imports (ComfyUI's samplers, model classes, patcher), imported
+    while the rank joins the group and waits for its first job instead of after the job arrives.
+    Python's import lock makes the job wait for a module this thread is still importing."""
+    try:
+        import comfy.model_base  # noqa: F401
+        import comfy.model_patcher  # noqa: F401
+        import comfy.samplers  # noqa: F401
+    except Exception:  # the job's own import reports it
+        pass
 
 
 def _enable_dynamic_vram(index: int) -> None:
