@@ -8,7 +8,7 @@ workflows load and run; search and the node library hide them.
 """
 from cfg_runtime.group.host import sweep_stale_stores
 
-from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks
+from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks, vae_decode
 
 NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
@@ -18,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_LTX2Sampler": ltx2_sampler.LTX2Sampler,
     "CFGParallelMultiGPU_GroupStatus": group_status.CFGParallelGroupStatus,
     "CFGParallelMultiGPU_Model": cfg_parallel.CFGParallelModel,
+    "CFGParallelMultiGPU_VAEDecode": vae_decode.VAEDecodeMultiGPU,
     # deprecated ids (workflows saved before 0.2)
     "CFGPolicyBuilder": policy_builder.LEGACY["CFGPolicyBuilder"],
     "MultiBranchGuider": guider.LEGACY["MultiBranchGuider"],
@@ -33,6 +34,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
     "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
     "CFGParallelMultiGPU_Model": "CFG Parallel",
+    "CFGParallelMultiGPU_VAEDecode": "VAE Decode (Multi-GPU)",
     "CFGPolicyBuilder": "CFGPolicy Builder",
     "MultiBranchGuider": "Multi-Branch Guider",
     "LTX2Sampler": "LTX2 Sampler",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from cfg_runtime.adapters.sampling.group_sampling import start_early
 from cfg_runtime.adapters.sampling.guider import ParallelSettings
 from cfg_runtime.adapters.models.model_checks import check_model_options, check_policy_fits_model
 from cfg_runtime.adapters.sampling.model_wrapper import foreign_wrappers, with_group_sampling
@@ -76,4 +77,6 @@ class CFGParallelModel(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split), node=NODE, split_option=True,
                                     batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
+        if parallel_size >= 2:  # the ranks start now, while ComfyUI runs the nodes before the sampler
+            start_early(settings)
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from cfg_runtime.adapters.sampling.group_sampling import start_early
 from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
 from cfg_runtime.adapters.models.model_checks import check_policy_fits_model
 from cfg_runtime.errors import PolicyError
@@ -98,6 +99,8 @@ class MultiBranchGuiderNode(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split),
                                     batch_split=batch_groups(batch_split), split_option=True)
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
+        if parallel_size >= 2:  # the ranks start now, while ComfyUI runs the nodes before the sampler
+            start_early(settings)
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)
         return io.NodeOutput(guider)

@@ -60,7 +60,8 @@ PACK_NODES = {"CFGParallelMultiGPU_PolicyBuilder": "CFGPolicy Builder",
               "CFGParallelMultiGPU_MultiBranchGuider": "Multi-Branch Guider",
               "CFGParallelMultiGPU_LTX2Sampler": "LTX2 Sampler",
               "CFGParallelMultiGPU_GroupStatus": "CFG Parallel Group Status",
-              "CFGParallelMultiGPU_Model": "CFG Parallel"}
+              "CFGParallelMultiGPU_Model": "CFG Parallel",
+              "CFGParallelMultiGPU_VAEDecode": "VAE Decode (Multi-GPU)"}
 OLD_IDS = {"CFGPolicyBuilder": "CFGParallelMultiGPU_PolicyBuilder", "MultiBranchGuider": "CFGParallelMultiGPU_MultiBranchGuider",
            "LTX2Sampler": "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelGroupStatus": "CFGParallelMultiGPU_GroupStatus"}
 # What a user types -> the nodes it must find (display names). "STG": the nodes that set it

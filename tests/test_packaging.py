@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROVIDED_BY_COMFYUI = {"torch", "torchvision", "torchaudio", "safetensors", "numpy", "pillow"}
 NEW_IDS = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance",
            "CFGParallelMultiGPU_LTX2AudioGuidance", "CFGParallelMultiGPU_MultiBranchGuider",
-           "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus", "CFGParallelMultiGPU_Model"}
+           "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus", "CFGParallelMultiGPU_Model",
+           "CFGParallelMultiGPU_VAEDecode"}
 OLD_IDS = {"CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 
 

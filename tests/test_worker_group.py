@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cfg_runtime.errors import GroupConfigError, JobFailedError, JobInterrupted, WorkerDiedError
-from cfg_runtime.group import GroupSpec, WorkerGroup, get_group, shutdown_group
+from cfg_runtime.group import GroupSpec, WorkerGroup, current_group, get_group, prestart, shutdown_group
 from cfg_runtime.guidance.ltx import ModalityGuidance
 from cfg_runtime.guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
 from cfg_runtime.guidance.presets import ltx2_multimodal, standard_cfg
@@ -138,6 +138,23 @@ def test_killed_worker_fails_the_job_quickly_and_the_next_job_respawns():
     assert torch.equal(g2.run(small).value, run_serial(small)[0])
     shutdown_group()
     assert not any(pid_alive(p) for p in g2.pids())
+
+
+def test_prestart_spawns_without_waiting_and_get_group_takes_that_group():
+    """A node that will sample on the group starts it early (CFG Parallel, Multi-Branch Guider):
+    prestart returns while the ranks start; the sampler's get_group waits for that very group."""
+    shutdown_group()
+    spec = GroupSpec(("cpu", "cpu"))
+    assert prestart(spec) is True
+    spawned = current_group()
+    assert spawned.state == "starting"  # spawned, not waited for (only get_group / await_ready wait)
+    assert prestart(spec) is False and current_group() is spawned  # already starting: kept
+    g = get_group(spec)
+    assert g is spawned and g.alive()
+    assert prestart(spec) is False and current_group() is g  # running: kept
+    small = ToySampleJob(POLICIES["cfg"], steps=2)
+    assert torch.equal(g.run(small).value, run_serial(small)[0])
+    shutdown_group()
 
 
 def test_worker_dying_while_idle_is_replaced():

@@ -56,7 +56,8 @@ EXAMPLE_NAMES = {"plain_cfg": "Plain CFG on two GPUs (any model)",
                  "ksampler_cfg_parallel": "Add one node - KSampler on two GPUs",
                  "ksampler_four_seeds": "Four seeds (batch 4) on four GPUs",
                  "wan22_two_experts": "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs",
-                 "sdxl_pag_three_gpus": "SDXL with PAG - three passes on three GPUs"}  # name -> template file stem
+                 "sdxl_pag_three_gpus": "SDXL with PAG - three passes on three GPUs",
+                 "ksampler_group_decode": "KSampler and VAE decode on two GPUs"}  # name -> template file stem
 # The example workflows as 0.1 saved them (ids without the pack prefix): they must still load.
 LEGACY_DIR = Path(__file__).resolve().parent / "data" / "legacy_workflows"
 LEGACY_NAMES = sorted(p.stem for p in LEGACY_DIR.glob("*.json"))
@@ -317,7 +318,7 @@ def test_files_are_generated_from_the_description():
 def test_every_workflow_has_api_and_ui_versions():
     assert set(NAMES) == {"plain_cfg", "ltx2_one_stage", "ltx2_two_stage", "tiny_demo", "tiny_ltx2_demo",
                           "tiny_status_demo", "ksampler_cfg_parallel", "ksampler_four_seeds",
-                          "wan22_two_experts", "sdxl_pag_three_gpus"}
+                          "wan22_two_experts", "sdxl_pag_three_gpus", "ksampler_group_decode"}
     assert NAMES == sorted(p.stem for p in (WORKFLOWS / "ui").glob("*.json"))
     # ComfyUI would list JSON files lying directly in workflows/ as templates of the pack.
     assert not list(WORKFLOWS.glob("*.json"))

@@ -41,7 +41,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_TYPES = {"Note", "MarkdownNote"}
 PACK_TYPES = {"CFGParallelMultiGPU_PolicyBuilder", "CFGParallelMultiGPU_LTX2VideoGuidance", "CFGParallelMultiGPU_LTX2AudioGuidance",
               "CFGParallelMultiGPU_MultiBranchGuider", "CFGParallelMultiGPU_LTX2Sampler", "CFGParallelMultiGPU_GroupStatus",
-              "CFGParallelMultiGPU_Model",
+              "CFGParallelMultiGPU_Model", "CFGParallelMultiGPU_VAEDecode",
               # the ids before 0.2 (deprecated aliases; the tiny demo keeps them)
               "CFGPolicyBuilder", "MultiBranchGuider", "LTX2Sampler", "CFGParallelGroupStatus"}
 # Core node types of LTX-2-era ComfyUI (audio+video LTX) that ComfyUI 0.3.75 lacks.
@@ -194,6 +194,8 @@ SCHEMAS: dict[str, Schema] = {
         ("latent", "LATENT"), ("stage1_latent", "LATENT")),
     "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY ?sequence_split:COMBO ?batch_split:COMBO",
                                     ("MODEL", "MODEL")),
+    "CFGParallelMultiGPU_VAEDecode": _s("samples:LATENT vae:VAE tile_size:INT overlap:INT temporal_size:INT "
+                                        "temporal_overlap:INT parallel_size:INT devices:STRING", ("IMAGE", "IMAGE")),
     # test-only node pack (devkit/comfy_test_nodes)
     "CFGPTestConditioning": _s("seed:INT! tokens:INT channels:INT ?nonce:INT", ("CONDITIONING", "CONDITIONING")),
 }

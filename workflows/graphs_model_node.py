@@ -87,6 +87,41 @@ def ksampler_four_seeds() -> Graph:
     return g
 
 
+GROUP_DECODE_NOTE = """
+KSAMPLER AND VAE DECODE ON TWO GPUs
+
+The KSampler example with its decode on the worker group too: VAE Decode (Multi-GPU) decodes the tiles of VAE Decode (Tiled) at the same time on the two workers that sampled, and blends them here in ComfyUI's order. The image equals VAE Decode (Tiled) with the same settings bit for bit (not plain VAE Decode, which decodes in one piece).
+
+Settings
+- VAE Decode (Multi-GPU): the same parallel_size and devices as CFG Parallel (one worker group; another size restarts it). tile_size / overlap as in VAE Decode (Tiled); smaller tiles = more tiles to spread.
+- The workers keep the VAE loaded between prompts, like the model. ComfyUI's GPU never loads it.
+- Worth it for large images and videos (many tiles); for one 1024x1024 image the decode takes about a second anyway.
+"""
+
+
+def ksampler_group_decode() -> Graph:
+    g = Graph("ksampler_group_decode", "KSampler and VAE decode on two GPUs")
+    g.column(0).group(None).note(GROUP_DECODE_NOTE, w=420, h=560)
+    g.column(1).group("Model and prompt", BLUE)
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
+                 text="a lighthouse on a cliff in a storm, waves breaking, dramatic light, wide photograph")
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
+                 text="blurry, low quality, watermark, text")
+    latent = g.node("EmptyLatentImage", w=360, width=1536, height=1024, batch_size=1)
+    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
+                                                    model=ckpt.out("MODEL"), parallel_size=2, devices="")
+    g.group("Sampling", PURPLE)
+    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler",
+                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
+    g.column(3).group("Decode on the group and save", BROWN)
+    image = g.node("CFGParallelMultiGPU_VAEDecode", title="VAE Decode (Multi-GPU)", w=320, samples=sample.out(),
+                   vae=ckpt.out("VAE"), tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8,
+                   parallel_size=2, devices="").out()
+    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/group_decode")
+    return g
+
+
 WAN22_NOTE = """
 WAN 2.2 TEXT-TO-VIDEO, TWO EXPERTS, EACH ON TWO GPUs
 
@@ -167,4 +202,5 @@ def sdxl_pag_three_gpus() -> Graph:
 
 
 def all_graphs() -> list[Graph]:
-    return [ksampler_cfg_parallel(), ksampler_four_seeds(), wan22_two_experts(), sdxl_pag_three_gpus()]
+    return [ksampler_cfg_parallel(), ksampler_four_seeds(), wan22_two_experts(), sdxl_pag_three_gpus(),
+            ksampler_group_decode()]

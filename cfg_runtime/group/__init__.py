@@ -15,19 +15,20 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "BACKEND_ENV": "spec", "GroupSpec": "spec", "parse_devices": "spec",
     "JobResult": "flight", "WorkerGroup": "handle",
-    "current_group": "registry", "get_group": "registry", "shutdown_group": "registry",
+    "current_group": "registry", "get_group": "registry", "prestart": "registry",
+    "shutdown_group": "registry",
     "RankContext": "worker",
     "Failure": "protocol", "Log": "protocol", "Phase": "protocol", "Stage": "protocol",
 }
 
 __all__ = ["BACKEND_ENV", "Failure", "GroupSpec", "JobResult", "Log", "Phase", "RankContext", "Stage", "WorkerGroup",
-           "current_group", "get_group", "parse_devices", "shutdown_group"]
+           "current_group", "get_group", "parse_devices", "prestart", "shutdown_group"]
 
 if TYPE_CHECKING:
     from .flight import JobResult
     from .handle import WorkerGroup
     from .protocol import Failure, Log, Phase, Stage
-    from .registry import current_group, get_group, shutdown_group
+    from .registry import current_group, get_group, prestart, shutdown_group
     from .spec import BACKEND_ENV, GroupSpec, parse_devices
     from .worker import RankContext
 

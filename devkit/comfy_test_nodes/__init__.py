@@ -65,6 +65,50 @@ class CFGPTestFailingModel:
         return (m,)
 
 
-NODE_CLASS_MAPPINGS = {"CFGPTestConditioning": CFGPTestConditioning, "CFGPTestFailingModel": CFGPTestFailingModel}
+class CFGPTestLatent:
+    """A random LATENT of any shape: (batch, channels, height, width), or with frames > 0 a video
+    latent (batch, channels, frames, height, width)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        dim = ("INT", {"default": 8, "min": 0, "max": 4096})
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                             "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+                             "channels": ("INT", {"default": 16, "min": 1, "max": 4096}),
+                             "frames": dim, "height": dim, "width": dim}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "_for_testing/cfgp"
+
+    def make(self, seed, batch, channels, frames, height, width):
+        shape = (batch, channels) + ((frames,) if frames > 0 else ()) + (height, width)
+        return ({"samples": torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))},)
+
+
+class CFGPTestSaveTensor:
+    """Writes an IMAGE exactly (safetensors, key ``images``) to the output folder: PNGs round."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "cfgp_tensor"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "_for_testing/cfgp"
+
+    def save(self, images, filename_prefix):
+        import folder_paths
+        from safetensors.torch import save_file
+
+        name = f"{filename_prefix}_{uuid.uuid4().hex[:8]}.safetensors"
+        save_file({"images": images.contiguous()}, os.path.join(folder_paths.get_output_directory(), name))
+        return {"ui": {"tensors": [name]}}
+
+
+NODE_CLASS_MAPPINGS = {"CFGPTestConditioning": CFGPTestConditioning, "CFGPTestFailingModel": CFGPTestFailingModel,
+                       "CFGPTestLatent": CFGPTestLatent, "CFGPTestSaveTensor": CFGPTestSaveTensor}
 NODE_DISPLAY_NAME_MAPPINGS = {"CFGPTestConditioning": "CFGP Test Conditioning",
-                              "CFGPTestFailingModel": "CFGP Test Failing Model"}
+                              "CFGPTestFailingModel": "CFGP Test Failing Model",
+                              "CFGPTestLatent": "CFGP Test Latent", "CFGPTestSaveTensor": "CFGP Test Save Tensor"}

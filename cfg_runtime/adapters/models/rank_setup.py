@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import sys
+import threading
 
 from .launch_options import LaunchOptions, effective_config, rank_overrides
 
@@ -32,10 +33,15 @@ def init_worker(device: str, data: bytes = b"") -> dict:
     for name, value in overridden.items():
         if hasattr(args, name):
             setattr(args, name, value)
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(index)  # before anything asks ComfyUI for "the" device
     aimdo_level = None
     if device.startswith("cuda") and options is not None and options.dynamic_vram:
-        aimdo_level = _enable_dynamic_vram(int(device.split(":")[1]) if ":" in device else 0, args,
-                                           options.console_level)
+        aimdo_level = _enable_dynamic_vram(index, args, options.console_level)
+    threading.Thread(target=_import_comfy, name="cfgp-import-comfy", daemon=True).start()
     report = effective_config()
     report.update(device=device, overridden={k: v for k, v in overridden.items() if hasattr(args, k)},
                   aimdo_log_level=aimdo_level)
@@ -83,3 +89,15 @@ def _first_accepted(func, keyword_sets):
             if i == len(keyword_sets) - 1:
                 raise
     return None
+
+
+def _import_comfy() -> None:
+    """What the first job's unpickling imports (ComfyUI's samplers, model classes, patcher), imported
+    while the rank joins the group and waits for its first job instead of after the job arrives.
+    Python's import lock makes the job wait for a module this thread is still importing."""
+    try:
+        import comfy.model_base  # noqa: F401
+        import comfy.model_patcher  # noqa: F401
+        import comfy.samplers  # noqa: F401
+    except Exception:  # the job's own import reports it
+        pass

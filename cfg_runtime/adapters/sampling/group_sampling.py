@@ -14,7 +14,7 @@ from typing import Any, Callable
 import comfy.model_management
 
 from ...errors import JobInterrupted, ShippingError
-from ...group import JobResult, WorkerGroup, get_group
+from ...group import JobResult, WorkerGroup, current_group, get_group, prestart
 from ...group.shipping import check_shippable
 from ...guidance.policy import CFGPolicy
 from ..models.model_cache import BUDGET_ENV, short
@@ -100,6 +100,17 @@ def _record_residency(group: WorkerGroup, result: JobResult) -> None:
                  len(evicted), BUDGET_ENV, ", ".join(short(t) for t in evicted))
 
 
+def _carries_base(job: ComfySampleJob) -> bool:
+    return job.shipment.base_model is not None or job.shipment.recipe is not None
+
+
+def start_early(settings) -> None:
+    """Spawn the worker group of `settings` (a ParallelSettings) now, without waiting: called when a
+    node that will sample on it executes, so the ranks start while ComfyUI runs the nodes before the
+    sampler (text encoders, loaders). A group that runs already for these devices is kept."""
+    prestart(settings.group_spec())
+
+
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     """Run one sample() on the worker group of `settings` (a ParallelSettings); returns rank 0's
     latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
@@ -110,6 +121,9 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     job = _job(call, settings, route)
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)
+    prestart(spec, on_phase=text)  # the ranks start (if they do not run) while the weights get ready
+    if route.token not in resident_models(current_group()):
+        job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
     try:  # an interrupt while the group starts (or finishes an interrupted job) keeps it for later
         group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
     except JobInterrupted:
@@ -121,7 +135,7 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
         if call.callback is not None and "step" in payload:
             call.callback(payload["step"], payload["x0"], payload["x0"], payload["total"])
 
-    if route.token not in resident_models(group):  # the ranks don't hold this model (as far as they told us)
+    if not _carries_base(job) and route.token not in resident_models(group):  # the ranks lack it (as they told us)
         job = replace(job, shipment=with_base(job.shipment, call.model_patcher, route))
     try:
         result = group.run(job, on_progress=on_progress, interrupt_requested=interrupted, on_phase=text)

@@ -1,0 +1,241 @@
+"""Parent side of the group VAE decode: ComfyUI's own tiled decode, with the tiles decoded by the ranks.
+
+Two passes through core's ``VAEDecodeTiled`` (its parameter rules, ``VAE.decode_tiled`` and the
+tiling and blending of ``comfy.utils``, whatever this ComfyUI's version of them is), each with a
+copy of the VAE whose ``first_stage_model.decode`` is substituted:
+
+1. enumerate: the substitute records every tile ComfyUI hands it, in order, and answers with
+   zeros of the tile output's shape (the tiling's own upscale rule); nothing is decoded;
+2. the ranks decode those tiles (round robin) with the VAE's module on their devices;
+3. replay: the substitute checks each tile is the recorded one and returns the rank's output,
+   so ComfyUI's code blends the very tiles it would have decoded itself, in its serial order.
+
+Each tile's decode is the same module on the same input in the same dtype, and the blend is
+ComfyUI's own code in this process: the image equals ``VAEDecodeTiled`` with the same settings
+bit for bit (on ranks of the same device type as ComfyUI's VAE device).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+
+from ...errors import CFGParallelError, JobInterrupted, ShippingError
+from ...group import JobResult, get_group
+from ...group.shipping import check_shippable
+from .group_sampling import _record_residency, resident_models
+from .progress_text import ProgressText
+from .sample_job import MissingModel
+from ..models.transport import RELEASED, ModelShipment, base_token, release_from_comfy, route_weights
+from .vae_job import VaeDecodeJob
+
+log = logging.getLogger("cfg_parallel")
+
+
+class VaeDecodeError(CFGParallelError, ValueError):
+    """The VAE or the latent cannot be decoded on the group."""
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """The widgets of core VAEDecodeTiled, passed to it unchanged."""
+
+    tile_size: int = 512
+    overlap: int = 64
+    temporal_size: int = 64
+    temporal_overlap: int = 8
+
+
+def _core_tiled_node():
+    """ComfyUI's own VAEDecodeTiled (nodes.py; the pack's package of the same name is never top-level)."""
+    module = sys.modules.get("nodes")
+    if module is None or not hasattr(module, "VAEDecodeTiled"):
+        module = importlib.import_module("nodes")
+    return module.VAEDecodeTiled()
+
+
+def check_vae(vae, samples: dict) -> None:
+    """Refuse what the group decode cannot do, with what to do instead."""
+    if vae is None or getattr(vae, "first_stage_model", None) is None:
+        raise VaeDecodeError("The VAE input holds no VAE (a checkpoint without one?): load a VAE with VAELoader.")
+    latent = samples.get("samples") if isinstance(samples, dict) else None
+    if not isinstance(latent, torch.Tensor):
+        raise VaeDecodeError("The samples input is not a LATENT with a 'samples' tensor.")
+    if getattr(latent, "is_nested", False):
+        raise VaeDecodeError("The latent holds several parts (audio+video): split it with LTXVSeparateAVLatent and "
+                             "decode the video part; audio VAEs decode in ComfyUI (VAEDecodeAudio).")
+    if latent.ndim not in (4, 5) or getattr(vae, "extra_1d_channel", None) is not None:
+        raise VaeDecodeError("Only image and video VAEs decode on the group; decode audio with VAEDecodeAudio.")
+    if getattr(vae, "handles_tiling", False):
+        raise VaeDecodeError(f"{type(vae.first_stage_model).__name__} tiles inside its own decoder, so ComfyUI "
+                             f"hands it no tiles to spread: use VAEDecodeTiled.")
+
+
+def _scaled(rule, index: int, value: int) -> int:
+    rule = rule[index] if isinstance(rule, (tuple, list)) else rule
+    return round(rule(value) if callable(rule) else rule * value)
+
+
+class _TileSource(torch.nn.Module):
+    """Stands in for ``first_stage_model``: records tiles (enumerate) or returns decoded ones (replay)."""
+
+    def __init__(self, vae, outputs: dict | None = None, tiles: list | None = None) -> None:
+        super().__init__()
+        self.vae_ref = [vae]  # not a submodule
+        self.outputs = outputs
+        self.tiles = [] if tiles is None else tiles
+        self.calls = 0
+
+    def decode(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
+        index, self.calls = self.calls, self.calls + 1
+        if self.outputs is None:
+            self.tiles.append(x.detach().to("cpu", copy=True).contiguous())
+            vae = self.vae_ref[0]
+            shape = [x.shape[0], vae.output_channels] + [_scaled(vae.upscale_ratio, d, n)
+                                                          for d, n in enumerate(x.shape[2:])]
+            return torch.zeros(shape, dtype=x.dtype, device=x.device)
+        if index >= len(self.tiles) or not torch.equal(self.tiles[index], x.detach().to("cpu")):
+            raise VaeDecodeError(f"ComfyUI's tiled decode asked for tile {index + 1} differently the second time; "
+                                 f"decode with VAEDecodeTiled.")
+        return self.outputs[index].to(x.device)
+
+
+_NO_WEIGHTS: dict = {}  # device -> a patcher of an empty module: ComfyUI "loads" it instead of the VAE
+
+
+def _stand_in(vae, source: _TileSource):
+    """A copy of the VAE that decodes through `source` and loads nothing onto ComfyUI's device."""
+    proxy = copy.copy(vae)
+    proxy.first_stage_model = source
+    key = str(vae.device)
+    if key not in _NO_WEIGHTS:
+        _NO_WEIGHTS[key] = comfy.model_patcher.ModelPatcher(torch.nn.Module(), load_device=vae.device,
+                                                            offload_device=torch.device("cpu"))
+    proxy.patcher = _NO_WEIGHTS[key]
+    proxy.memory_used_decode = lambda shape, dtype: 0
+    return proxy
+
+
+def _core_decode(vae, samples: dict, tiles: TileSettings, source: _TileSource) -> torch.Tensor:
+    return _core_tiled_node().decode(_stand_in(vae, source), samples, tiles.tile_size, tiles.overlap,
+                                     tiles.temporal_size, tiles.temporal_overlap)[0]
+
+
+def enumerate_tiles(vae, samples: dict, tiles: TileSettings) -> list[torch.Tensor]:
+    """The inputs ComfyUI's tiled decode gives the decoder, in its order (its progress bar stays still)."""
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.PROGRESS_BAR_HOOK = None
+    try:
+        source = _TileSource(vae)
+        _core_decode(vae, samples, tiles, source)
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = hook
+    return source.tiles
+
+
+def blend(vae, samples: dict, tiles: TileSettings, inputs: list, outputs: dict) -> torch.Tensor:
+    """ComfyUI's tiled decode again, its decoder answering with the decoded tiles."""
+    return _core_decode(vae, samples, tiles, _TileSource(vae, outputs=outputs, tiles=inputs))
+
+
+_COPIES: dict = {}  # token -> a plain copy of a VAE module that cannot itself travel (one entry)
+
+
+def _plain_copy(vae, token: str) -> torch.nn.Module:
+    """A plain CPU copy of the VAE's module, once per VAE: for a VAE under ComfyUI's dynamic VRAM,
+    whose weights alias the memory-mapped file (they cannot move to shared memory)."""
+    if token not in _COPIES:
+        _COPIES.clear()
+        with torch.no_grad():
+            module = copy.deepcopy(vae.first_stage_model).to("cpu")
+        try:
+            check_shippable(module)
+        except Exception as exc:
+            raise ShippingError(f"The VAE cannot be sent to the worker processes ({type(exc).__name__}: {exc}); "
+                                f"decode with VAEDecodeTiled, or start ComfyUI with --disable-dynamic-vram.") from None
+        _COPIES[token] = module
+        log.info("cfg-parallel: made a plain copy of the VAE for the ranks (%s)", type(module).__name__)
+    return _COPIES[token]
+
+
+def _with_vae(job: VaeDecodeJob, vae, copied: bool) -> VaeDecodeJob:
+    """The job carrying the VAE module: one host copy in shared memory that every rank maps (the
+    module ComfyUI holds, or `copied`: a plain copy of it)."""
+    if copied:
+        module = _plain_copy(vae, job.shipment.base_token)
+    else:
+        release_from_comfy(vae.patcher)  # off ComfyUI's GPU, unpatched
+        module = vae.first_stage_model
+        if any(p.device.type != "cpu" for p in module.parameters()):
+            module.to("cpu")
+    return replace(job, shipment=replace(job.shipment, base_model=module))
+
+
+def vae_route(vae, devices: tuple[str, ...]) -> tuple[str, bool]:
+    """(token, copied): the VAE's identity for the ranks, and whether they get a plain copy of its module
+    (ComfyUI's dynamic VRAM manages it) rather than the module itself. ShippingError if neither travels."""
+    try:
+        return route_weights(vae.patcher, devices).token, False
+    except ShippingError as exc:
+        if not getattr(vae.patcher, "is_dynamic", lambda: False)():
+            raise ShippingError(f"The VAE cannot be sent to the worker processes: {exc}") from None
+    return base_token(vae.patcher), True
+
+
+def _run(group, job: VaeDecodeJob, vae, copied: bool, on_phase, interrupted) -> JobResult:
+    """Run the job, sending the VAE only to ranks that lack it (as for diffusion models)."""
+    if job.shipment.base_token not in resident_models(group):
+        job = _with_vae(job, vae, copied)
+    result = group.run(job, interrupt_requested=interrupted, on_phase=on_phase)
+    if isinstance(result.value, MissingModel):
+        result = group.run(_with_vae(job, vae, copied), interrupt_requested=interrupted, on_phase=on_phase)
+    _record_residency(group, result)
+    return result
+
+
+def _job(vae, inputs: list, token: str) -> VaeDecodeJob:
+    memory = max(vae.memory_used_decode(t.shape, vae.vae_dtype) for t in inputs)
+    shipment = ModelShipment(base_token=token, base_model=None, patches_token="vae", patches={},
+                             object_patches={}, model_options=copy.deepcopy(vae.patcher.model_options))
+    return VaeDecodeJob(shipment, tuple(inputs), float(memory), bool(getattr(vae, "disable_offload", False)),
+                        tuple(sorted(RELEASED)))
+
+
+def _tile_progress(total: int, text: ProgressText) -> Callable:
+    bar = comfy.utils.ProgressBar(total)
+
+    def on_phase(phase) -> None:
+        text(phase)
+        if phase.text.startswith("decoded tile"):
+            bar.update(1)
+    return on_phase
+
+
+def decode_on_group(vae, samples: dict, tiles: TileSettings, settings) -> tuple[torch.Tensor, JobResult]:
+    """The images of core VAEDecodeTiled(vae, samples, *tiles), with the tiles decoded on the group."""
+    check_vae(vae, samples)
+    spec = settings.group_spec()
+    token, copied = vae_route(vae, spec.devices)
+    inputs = enumerate_tiles(vae, samples, tiles)
+    job = _job(vae, inputs, token)
+    interrupted = comfy.model_management.processing_interrupted
+    text = ProgressText(spec.world_size)
+    try:
+        group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
+        result = _run(group, job, vae, copied, _tile_progress(len(inputs), text), interrupted)
+    except JobInterrupted:
+        raise comfy.model_management.InterruptProcessingException()
+    images = blend(vae, samples, tiles, inputs, result.value)
+    text.show(f"cfg-parallel: decoded {len(inputs)} tiles on {spec.world_size} ranks in {result.seconds:.1f} s")
+    log.info("cfg-parallel: VAE decode of %d tiles on %d ranks in %.1f s", len(inputs), spec.world_size,
+             result.seconds)
+    return images, result
