@@ -27,16 +27,22 @@ Settings
 """
 
 
+
+def sdxl_inputs(g: Graph, prompt: str, width: int, height: int, batch_size: int):
+    """Column 1 of the SDXL examples: checkpoint, positive and negative prompt, empty latent."""
+    g.column(1).group("Model and prompt", BLUE)
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
+    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"), text=prompt)
+    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
+                 text="blurry, low quality, watermark, text")
+    latent = g.node("EmptyLatentImage", w=360, width=width, height=height, batch_size=batch_size)
+    return ckpt, pos, neg, latent
+
+
 def ksampler_cfg_parallel() -> Graph:
     g = Graph("ksampler_cfg_parallel", "Add one node - KSampler on two GPUs")
     g.column(0).group(None).note(KSAMPLER_NOTE, w=420, h=520)
-    g.column(1).group("Model and prompt", BLUE)
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
-                 text="a red fox in fresh snow at golden hour, detailed fur, 85mm photograph")
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
-                 text="blurry, low quality, watermark, text")
-    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=1)
+    ckpt, pos, neg, latent = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 1)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=ckpt.out("MODEL"), parallel_size=2,
                    devices="")
     g.group("Sampling", PURPLE)
@@ -68,13 +74,7 @@ What you get
 def ksampler_four_seeds() -> Graph:
     g = Graph("ksampler_four_seeds", "Four seeds (batch 4) on four GPUs")
     g.column(0).group(None).note(FOUR_SEEDS_NOTE, w=420, h=560)
-    g.column(1).group("Model and prompt", BLUE)
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
-                 text="a red fox in fresh snow at golden hour, detailed fur, 85mm photograph")
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
-                 text="blurry, low quality, watermark, text")
-    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=4)
+    ckpt, pos, neg, latent = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 4)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
                                                     model=ckpt.out("MODEL"), parallel_size=4, devices="",
                                                     batch_split="auto")
@@ -102,13 +102,7 @@ Settings
 def ksampler_group_decode() -> Graph:
     g = Graph("ksampler_group_decode", "KSampler and VAE decode on two GPUs")
     g.column(0).group(None).note(GROUP_DECODE_NOTE, w=420, h=560)
-    g.column(1).group("Model and prompt", BLUE)
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
-                 text="a lighthouse on a cliff in a storm, waves breaking, dramatic light, wide photograph")
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
-                 text="blurry, low quality, watermark, text")
-    latent = g.node("EmptyLatentImage", w=360, width=1536, height=1024, batch_size=1)
+    ckpt, pos, neg, latent = sdxl_inputs(g, "a lighthouse on a cliff in a storm, waves breaking, dramatic light, wide photograph", 1536, 1024, 1)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
                                                     model=ckpt.out("MODEL"), parallel_size=2, devices="")
     g.group("Sampling", PURPLE)
@@ -181,13 +175,7 @@ Settings
 def sdxl_pag_three_gpus() -> Graph:
     g = Graph("sdxl_pag_three_gpus", "SDXL with PAG - three passes on three GPUs")
     g.column(0).group(None).note(PAG_NOTE, w=420, h=520)
-    g.column(1).group("Model and prompt", BLUE)
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", w=360, ckpt_name="sd_xl_base_1.0.safetensors")
-    pos = g.node("CLIPTextEncode", title="Positive prompt", w=360, h=150, clip=ckpt.out("CLIP"),
-                 text="a lighthouse on a rocky coast in a storm, dramatic clouds, detailed, photograph")
-    neg = g.node("CLIPTextEncode", title="Negative prompt", w=360, h=120, clip=ckpt.out("CLIP"),
-                 text="blurry, low quality, watermark, text")
-    latent = g.node("EmptyLatentImage", w=360, width=1024, height=1024, batch_size=1)
+    ckpt, pos, neg, latent = sdxl_inputs(g, "a lighthouse on a rocky coast in a storm, dramatic clouds, detailed, photograph", 1024, 1024, 1)
     g.column(2).group(GUIDANCE, GREEN)
     pag = g.node("PerturbedAttentionGuidance", w=320, model=ckpt.out("MODEL"), scale=3.0)
     model = g.node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=pag.out(), parallel_size=3,
