@@ -12,15 +12,14 @@ from cfg_runtime.group import GroupSpec, WorkerGroup
 
 TOLERANCE = 1e-6
 BLOCKS = 2
-NEEDS = "[needs ComfyUI 0.33] this ComfyUI has no MiniMax-H3 (comfy.ldm.minimax)"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_minimax():
-    from support.tiny_minimax import has_minimax_h3
+    from support.paths import NEEDS_033, has_minimax_h3
 
     if not has_minimax_h3():
-        pytest.skip(NEEDS)
+        pytest.skip(f"{NEEDS_033} this ComfyUI has no MiniMax-H3 (comfy/ldm/minimax)")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,6 @@ CONFIG = {"num_layers": 2, "token_refiner_num_layers": 1, "attention_head_dim": 
           "time_embed_hidden_size": 32, "time_embed_dim": 32, "rope_inv_freq_len": 1}
 
 
-def has_minimax_h3() -> bool:
-    import importlib.util
-
-    import_comfy()
-    return importlib.util.find_spec("comfy.ldm.minimax.model") is not None
-
-
 def tiny_minimax(heads: int = 12, seed: int = 0, std: float = 0.2):
     """The initialised tiny model (fp32, CPU), ``heads`` heads of 8."""
     import_comfy()
