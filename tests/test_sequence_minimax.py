@@ -104,10 +104,9 @@ def _sample(model, size: int, degree: int):
     import comfy.nested_tensor
     import comfy.samplers
     import torch
-    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
-
     from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
     from cfg_runtime.guidance.presets import standard_cfg
+    from support.sampling import noise_for, sigmas_for
     from support.tiny_minimax import TEXT_DIM, TEXT_TOKENS
 
     guider = MultiBranchGuider(model, standard_cfg(1.0), ParallelSettings(world_size=size, devices="cpu",
@@ -116,32 +115,27 @@ def _sample(model, size: int, degree: int):
     guider.set_conds([[torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=gen), {}]], None)
     latent = model.model.latent_format.fix_empty_latent(torch.zeros(1, 32, 2, 4, 6))
     assert isinstance(latent, comfy.nested_tensor.NestedTensor)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 3).cpu()
     with torch.inference_mode():
-        noise = Noise_RandomNoise(3).generate_noise({"samples": latent})
-        out = guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=3)
+        out = guider.sample(noise_for(latent, 3), latent, comfy.samplers.sampler_object("euler"), sigmas_for(model, 3), disable_pbar=True, seed=3)
     return out, guider.last_run
 
 
 def test_sampling_split(minimax_model):
     """cfg 1 (one branch) sampled at size 1 and at 1 x sequence 2."""
-    import torch
-
     from cfg_runtime.group import shutdown_group
+    from support.sampling import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as every rank
-    try:
-        ref, _ = _sample(minimax_model, 1, 1)
-        out, last_run = _sample(minimax_model, 2, 2)
-        for name, a, b in zip(("video", "audio"), ref.unbind(), out.unbind()):
-            diff = b.double() - a.double()
-            rel = float(diff.norm() / a.double().norm())
-            print(f"\nMiniMax-H3 {name}, layout [1, 2]: max abs {float(diff.abs().max()):.3g}, rel L2 {rel:.3g}")
-            assert rel <= 1e-5 and float(a.abs().max()) > 0
-        ranks = last_run["per_rank"]
-        assert all(s["layout"] == [1, 2] for s in ranks)
-        assert all(s["sequence"]["evaluations"] > 0 and s["sequence"]["ulysses_calls"] > 0 for s in ranks)
-    finally:
-        torch.set_num_threads(before)
-        shutdown_group()
+    with one_thread():
+        try:
+            ref, _ = _sample(minimax_model, 1, 1)
+            out, last_run = _sample(minimax_model, 2, 2)
+        finally:
+            shutdown_group()
+    for name, a, b in zip(("video", "audio"), ref.unbind(), out.unbind()):
+        diff = b.double() - a.double()
+        rel = float(diff.norm() / a.double().norm())
+        print(f"\nMiniMax-H3 {name}, layout [1, 2]: max abs {float(diff.abs().max()):.3g}, rel L2 {rel:.3g}")
+        assert rel <= 1e-5 and float(a.abs().max()) > 0
+    ranks = last_run["per_rank"]
+    assert all(s["layout"] == [1, 2] for s in ranks)
+    assert all(s["sequence"]["evaluations"] > 0 and s["sequence"]["ulysses_calls"] > 0 for s in ranks)
