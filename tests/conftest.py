@@ -20,8 +20,8 @@ for _p in (str(_TESTS), str(_REPO)):
 import atexit  # noqa: E402
 import os  # noqa: E402
 
-from support.paths import (COMFYUI_DIR, NEEDS_029, NEEDS_BROWSER, ComfyUIMissing, comfyui_available,  # noqa: E402
-                           comfyui_version, has_ltx2_av, import_comfy)
+from support.paths import (COMFYUI_DIR, NEEDS_029, NEEDS_033, NEEDS_BROWSER, ComfyUIMissing,  # noqa: E402
+                           comfyui_available, comfyui_version, has_ltx2_av, has_minimax_h3, import_comfy)
 
 # The whole suite runs once per ComfyUI (scripts/test.sh: 0.3.75, then 0.29). On a ComfyUI
 # with LTX-2 the 0.29-only tests (test_ltx_branches.py reads COMFYUI_029_DIR) use it too.
@@ -88,6 +88,8 @@ def _refused_skip(reason: str) -> str | None:
         return "CI runs every browser test: install Debian's chromium and playwright (scripts/setup_env.sh)"
     if has_ltx2_av() and ("ComfyUI 0.29" in reason or NEEDS_029 in reason):
         return f"this run is on ComfyUI {comfyui_version()} (it has LTX-2), so nothing may skip for want of 0.29"
+    if has_minimax_h3() and NEEDS_033 in reason:
+        return f"this run is on ComfyUI {comfyui_version()} (it has MiniMax-H3), so nothing may skip for want of 0.33"
     return None
 
 

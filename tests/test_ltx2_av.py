@@ -43,6 +43,7 @@ import torch
 
 from devkit.paths import owned_tempdir
 from support.paths import COMFYUI_DIR, NEEDS_029, REPO
+from support.sampling import noise_for, one_thread as single_thread, sigmas_for
 from support.tiny_ltx2 import ltxav_available
 
 pytestmark = pytest.mark.skipif(
@@ -117,26 +118,14 @@ def latent(audio_vae):
 @pytest.fixture
 def one_thread():
     """The ranks run with one intra-op thread; the serial reference must too (see module doc)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_group_left():
     yield
     shutdown_group()
-
-
-def sigmas_for(model, steps=STEPS):
-    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
-
-
-def noise_for(latent, seed=SEED):
-    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
-
-    return Noise_RandomNoise(seed).generate_noise(latent)
 
 
 def run_guider(model, pol, size, latent, conds, *, one_rank_group=False, steps=STEPS, seed=SEED):
@@ -239,8 +228,8 @@ def test_serial_equals_hand_reference(model, conds, latent, one_thread):
     hand = HandGuider(model, pol.rule.video, pol.rule.audio, shapes)
     hand.set_conds(*conds)
     with torch.inference_mode():
-        ref = hand.sample(noise_for(latent), latent["samples"], comfy.samplers.sampler_object("euler"),
-                          sigmas_for(model), disable_pbar=True, seed=SEED).unbind()
+        ref = hand.sample(noise_for(latent, SEED), latent["samples"], comfy.samplers.sampler_object("euler"),
+                          sigmas_for(model, STEPS), disable_pbar=True, seed=SEED).unbind()
     assert all(torch.isfinite(t).all() for t in ours)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -334,7 +323,7 @@ def test_node_two_stage_equals_core_nodes_pipeline(model, conds, latent, two_sta
         guider.set_conds(conds[0], conds[1])
         guider.set_cfg(1.0)
         sigmas2 = torch.tensor([0.909375, 0.725, 0.421875, 0.0])
-        ref = guider.sample(noise_for(joined), joined["samples"], comfy.samplers.sampler_object("euler"), sigmas2,
+        ref = guider.sample(noise_for(joined, SEED), joined["samples"], comfy.samplers.sampler_object("euler"), sigmas2,
                             disable_pbar=True, seed=SEED).unbind()
     assert equal((video, audio), ref)
     assert not torch.equal(audio, stage1["samples"].unbind()[1])  # stage 2 refined the audio too

@@ -37,35 +37,21 @@ MEASURED: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ltxv_path):
-    from support import tiny_ltx2 as t2
-    from devkit.comfy_server import ComfyServer
-    from support.paths import ComfyUIMissing
+    from support.servers import add_ltxav, serve_models
 
     if not comfyui_available():
         pytest.skip("needs ComfyUI (COMFYUI_DIR)")
-    try:
-        s = ComfyServer(env={"OMP_NUM_THREADS": "1"})
-    except ComfyUIMissing as e:
-        pytest.skip(str(e))
-    s.start(wait=False)
-    try:
+
+    def add(s):
+        from support import tiny_ltx2 as t2
+
         d = tmp_path_factory.mktemp("model_node")
         s.add_model("diffusion_models", LTXV, tiny_ltxv_path)
         s.add_model("diffusion_models", WAN_HIGH, t2.build_tiny_wan(d / WAN_HIGH, seed=0))
         s.add_model("diffusion_models", WAN_LOW, t2.build_tiny_wan(d / WAN_LOW, seed=1))
-        if t2.ltxav_available():
-            from support import tiny_families as tf
+        add_ltxav(s, d, LTXAV, AUDIO_VAE)
 
-            s.add_model("checkpoints", LTXAV, tf.build_tiny_ltxav_checkpoint(d / LTXAV))
-            s.add_model("checkpoints", AUDIO_VAE, t2.build_tiny_ltx_audio_vae(d / AUDIO_VAE))
-        s.wait_ready()
-    except BaseException:
-        s.stop()
-        raise
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from serve_models(add)
 
 
 # --- building prompts ------------------------------------------------------------------------

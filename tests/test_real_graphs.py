@@ -58,21 +58,14 @@ def _flux_ok() -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ltxv_path, tiny_lora_path):
-    """A real ComfyUI server for this module, with one intra-op thread (so each rank has one:
-    on a busy 2-core machine two threads per process make these prompts ~30x slower), and the
-    tiny models and inputs of this module."""
-    from support import tiny_families as tf
-    from support import tiny_ltx2 as t2
-    from devkit.comfy_server import ComfyServer
-    from support.paths import ComfyUIMissing
-    from devkit.tiny_models import build_tiny_lora
+    """A real ComfyUI server for this module (support.servers), with its tiny models and inputs."""
+    from support.servers import add_ltxav, serve_models
 
-    try:
-        s = ComfyServer(env={"OMP_NUM_THREADS": "1"})
-    except ComfyUIMissing as e:
-        pytest.skip(str(e))
-    s.start(wait=False)  # builds the models below while it starts
-    try:
+    def add(s):
+        from support import tiny_families as tf
+        from support import tiny_ltx2 as t2
+        from devkit.tiny_models import build_tiny_lora
+
         d = tmp_path_factory.mktemp("real_graphs")
         s.add_model("diffusion_models", "tiny_ltxv.safetensors", tiny_ltxv_path)
         s.add_model("loras", "tiny_lora.safetensors", tiny_lora_path)
@@ -84,17 +77,9 @@ def server(tmp_path_factory, tiny_ltxv_path, tiny_lora_path):
         tf.write_test_image(s.input_dir / IMAGE)
         if _flux_ok():
             s.add_model("diffusion_models", FLUX, tf.build_tiny_flux(d / FLUX))
-        if _ltxav():
-            s.add_model("checkpoints", LTXAV_CKPT, tf.build_tiny_ltxav_checkpoint(d / LTXAV_CKPT))
-            s.add_model("checkpoints", AUDIO_VAE, t2.build_tiny_ltx_audio_vae(d / AUDIO_VAE))
-        s.wait_ready()
-    except BaseException:
-        s.stop()
-        raise
-    try:
-        yield s
-    finally:
-        s.stop()
+        add_ltxav(s, d, LTXAV_CKPT, AUDIO_VAE)
+
+    yield from serve_models(add)
 
 
 # --- building prompts ------------------------------------------------------------------------

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from support.paths import comfyui_available
+from support.sampling import noise_for, one_thread, sigmas_for
 
 if comfyui_available():
     import comfy.samplers
     import comfy.sd
-    from comfy_extras.nodes_custom_sampler import Guider_Basic, Noise_RandomNoise
+    from comfy_extras.nodes_custom_sampler import Guider_Basic
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
     from cfg_runtime.adapters.sampling.guider import MultiBranchGuider, ParallelSettings
@@ -54,7 +55,7 @@ class Family:
         self.model, self.latent, self.positive, self.negative = model, latent, positive, negative
 
     def sigmas(self, scheduler: str = "simple", steps: int = STEPS) -> torch.Tensor:
-        return comfy.samplers.calculate_sigmas(self.model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        return sigmas_for(self.model, steps, scheduler)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +75,8 @@ def _node_out(out):
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread here and on each rank (they copy this count): 2 ranks on 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,7 +88,7 @@ def _no_group_left():
 
 def sample(guider, fam: Family, sampler: str, sigmas: torch.Tensor) -> torch.Tensor:
     """What SamplerCustomAdvanced does with a guider (under inference mode, as ComfyUI runs nodes)."""
-    noise = Noise_RandomNoise(SEED).generate_noise({"samples": fam.latent})
+    noise = noise_for(fam.latent, SEED)
     with torch.inference_mode():
         out = guider.sample(noise, fam.latent, comfy.samplers.sampler_object(sampler), sigmas, disable_pbar=True,
                             seed=SEED)

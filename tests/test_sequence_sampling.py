@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from support.paths import NEEDS_029
+from support.sampling import noise_for, one_thread as single_thread, sigmas_for
 from support.tiny_ltx2 import ltxav_available
 
 pytestmark = pytest.mark.skipif(not ltxav_available(), reason=f"{NEEDS_029} LTX-2 audio+video model (LTXAVModel)")
@@ -56,22 +57,18 @@ def _no_group_left():
 @pytest.fixture
 def one_thread():
     """The ranks run one intra-op thread; the serial reference must too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 def sample(model, policy, latent, size: int, degree: int = 1):
-    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
-
     settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,
                                 sequence_degree=degree)
     guider = MultiBranchGuider(model, policy, settings)
     guider.set_conds(t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2))
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS).cpu()
+    sigmas = sigmas_for(model, STEPS)
     with torch.inference_mode():
-        out = guider.sample(Noise_RandomNoise(SEED).generate_noise(latent), latent["samples"],
+        out = guider.sample(noise_for(latent, SEED), latent["samples"],
                             comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=SEED)
     return tuple(out.unbind()), guider.last_run
 
@@ -134,7 +131,7 @@ def test_ltx2_two_stage_stage2_uses_every_rank(model, latent, one_thread, tmp_pa
 
     upscaler = t2.load_latent_upscaler(t2.build_tiny_latent_upscaler(tmp_path / "up.safetensors"))
     vae = t2.load_ltx_vae(t2.build_tiny_ltx_vae(tmp_path / "vae.safetensors"))
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS).cpu()
+    sigmas = sigmas_for(model, STEPS)
 
     def job(size: int, degree: int):
         settings = ParallelSettings(world_size=size, devices="cpu", step_timeout_s=300, start_timeout_s=300,

@@ -8,6 +8,7 @@ default: divisible by degrees 2, 3 and 4; ``heads`` 2 at degree 3 or 4 takes the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -75,7 +76,7 @@ def _qwen_call(gen, batch: int, frames: int, height: int, width: int) -> dict:
 
 # family name -> (module builder, inputs builder); latent height/width are in pixels of the latent
 FAMILY_MODELS = {"wan": (tiny_wan, _wan_call), "flux": (tiny_flux, _flux_call),
-                 "qwen_image": (tiny_qwen_image, _qwen_call)}
+                 "qwen_image": (tiny_qwen_image, _qwen_call)}  # MiniMax-H3: support.tiny_minimax
 
 
 @dataclass(frozen=True)
@@ -91,16 +92,22 @@ class FamilySplitEvalJob:
     width: int = 6
     batch: int = 2
     seed: int = 0
+    masked: bool = False  # MiniMax-H3: denoise masks (per-token modulation rows)
 
     def run(self, ctx):
         import_comfy()
         from cfg_runtime.adapters.families import family_of
         from cfg_runtime.parallel.sequence import cached_sequence_group
 
-        build, inputs = FAMILY_MODELS[self.family]
-        model = build(self.heads)
-        init_weights(model, self.seed, std=0.2)
-        model.eval()
+        if self.family == "minimax_h3":
+            from .tiny_minimax import minimax_call, tiny_minimax
+
+            model, inputs = tiny_minimax(self.heads, self.seed), partial(minimax_call, masked=self.masked)
+        else:
+            build, inputs = FAMILY_MODELS[self.family]
+            model = build(self.heads)
+            init_weights(model, self.seed, std=0.2)
+            model.eval()
         family = family_of(model)
         assert family.name == self.family, (family.name, self.family)
         group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, self.degree)

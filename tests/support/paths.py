@@ -5,10 +5,17 @@ from devkit.paths import (COMFYUI_DIR, REPO, TEST_NODES_DIR, ComfyUIMissing, add
                           comfyui_available, comfyui_version, has_ltx2_av, import_comfy, require_comfyui)
 
 # Skip reasons that CI refuses (tests/conftest.py): a test that skips for want of ComfyUI
-# 0.29 fails when the suite runs on a ComfyUI with LTX-2, and a browser test that skips
-# fails whenever CI=true. Start such reasons with these markers.
+# 0.29 fails when the suite runs on a ComfyUI with LTX-2, one that skips for want of 0.33
+# fails on a ComfyUI with MiniMax-H3, and a browser test that skips fails whenever CI=true.
+# Start such reasons with these markers.
 NEEDS_029 = "[needs ComfyUI 0.29]"
+NEEDS_033 = "[needs ComfyUI 0.33]"
 NEEDS_BROWSER = "[needs a browser]"
+
+
+def has_minimax_h3() -> bool:
+    """True when this ComfyUI has MiniMax-H3 (0.33 and later); reads no module."""
+    return (COMFYUI_DIR / "comfy" / "ldm" / "minimax" / "model.py").is_file()
 
 
 def import_comfy_or_skip(cpu: bool = True):

@@ -1,6 +1,6 @@
 """The model-family layer: everything specific to one model family, behind :class:`ModelFamily`.
 
-One module per family (``ltx2``, ``ltxv``, ``wan``, ``flux`` with Chroma, ``qwen_image``) defines
+One module per family (``ltx2``, ``ltxv``, ``wan``, ``flux`` with Chroma, ``qwen_image``, ``minimax``) defines
 ``FAMILY``; :func:`families` registers them and :func:`family_of` is the one detector (it
 unwraps ModelPatcher -> BaseModel -> diffusion model -> a ``torch.compile`` wrapper). Generic
 code reaches a family only through :func:`family_of`. Only this package imports ``comfy.ldm``
@@ -23,9 +23,9 @@ __all__ = ["MODALITY", "OTHER", "STG", "STG_AUDIO", "ModelFamily", "Split", "dif
 def families() -> tuple[ModelFamily, ...]:
     """The registered families, in detection order (imported on first use: the family modules
     import ComfyUI; ``ltx_options`` and ``ltx_stg`` must import without it)."""
-    from . import flux, ltx2, ltxv, qwen_image, wan
+    from . import flux, ltx2, ltxv, minimax, qwen_image, wan
 
-    return ltx2.FAMILY, ltxv.FAMILY, wan.FAMILY, flux.FAMILY, flux.CHROMA, qwen_image.FAMILY
+    return ltx2.FAMILY, ltxv.FAMILY, wan.FAMILY, flux.FAMILY, flux.CHROMA, qwen_image.FAMILY, minimax.FAMILY
 
 
 def family_of(model) -> ModelFamily:
