@@ -77,6 +77,6 @@ class CFGParallelModel(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split), node=NODE, split_option=True,
                                     batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
-        if parallel_size >= 2:  # the ranks start now, while ComfyUI runs the nodes before the sampler
-            start_early(settings)
+        # the ranks start now, while ComfyUI runs the nodes before the sampler (where they will get work)
+        start_early(settings, len(policy.branches) if policy is not None else 0)
         return io.NodeOutput(with_group_sampling(model, settings, policy))

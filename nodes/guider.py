@@ -99,8 +99,8 @@ class MultiBranchGuiderNode(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split),
                                     batch_split=batch_groups(batch_split), split_option=True)
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
-        if parallel_size >= 2:  # the ranks start now, while ComfyUI runs the nodes before the sampler
-            start_early(settings)
+        # the ranks start now, while ComfyUI runs the nodes before the sampler (where they will get work)
+        start_early(settings, len(policy.branches))
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)
         return io.NodeOutput(guider)

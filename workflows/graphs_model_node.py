@@ -77,7 +77,7 @@ def ksampler_four_seeds() -> Graph:
     ckpt, pos, neg, latent = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 4)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
                                                     model=ckpt.out("MODEL"), parallel_size=4, devices="",
-                                                    batch_split="auto")
+                                                    sequence_split="off", batch_split="auto")
     g.group("Sampling", PURPLE)
     sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler_ancestral",
                     scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)

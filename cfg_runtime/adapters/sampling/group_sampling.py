@@ -104,11 +104,16 @@ def _carries_base(job: ComfySampleJob) -> bool:
     return job.shipment.base_model is not None or job.shipment.recipe is not None
 
 
-def start_early(settings) -> None:
+def start_early(settings, branches: int) -> None:
     """Spawn the worker group of `settings` (a ParallelSettings) now, without waiting: called when a
     node that will sample on it executes, so the ranks start while ComfyUI runs the nodes before the
-    sampler (text encoders, loaders). A group that runs already for these devices is kept."""
-    prestart(settings.group_spec())
+    sampler (text encoders, loaders). A group that runs already for these devices is kept.
+    Only where the node knows that more than one rank gets work (`branches` > 1, known from a
+    connected policy; 0 = not known yet, e.g. KSampler's cfg; or a sequence or batch split): a
+    sampling that gives work to one rank runs in ComfyUI without a group."""
+    split = settings.sequence_degree != 1 or settings.batch_split != 1
+    if settings.world_size >= 2 and (branches > 1 or split):
+        prestart(settings.group_spec())
 
 
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
