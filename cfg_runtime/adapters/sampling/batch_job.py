@@ -24,6 +24,7 @@ import comfy.k_diffusion.sampling as kds
 
 from ...errors import GroupConfigError
 from ...parallel.batch import BatchExchange, BatchPlan, batch_rows, gather_batch, plan_batch_groups
+from .wrapper_keys import MASK_KEY, OUTER
 
 log = logging.getLogger("cfg_parallel")
 
@@ -101,8 +102,6 @@ def _rows(value, total: int, lo: int, hi: int):
 
 def sliced_mask_options(model_options: dict, total: int, lo: int, hi: int) -> dict:
     """The model options with the CFG Parallel node's prepared mask (model_wrapper.UseMask) cut to rows lo:hi."""
-    from .model_wrapper import MASK_KEY, OUTER
-
     wrappers = model_options.get("transformer_options", {}).get("wrappers", {})
     found = wrappers.get(OUTER, {}).get(MASK_KEY)
     if not found:

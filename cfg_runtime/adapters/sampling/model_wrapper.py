@@ -34,13 +34,11 @@ from ...errors import PolicyError
 from ...guidance.policy import CFGBranch, CFGPolicy, WeightedBranches
 from ...guidance.presets import standard_cfg
 from .branch_guider import BranchGuider
+from .wrapper_keys import MASK_KEY, OUTER, WRAPPER_KEY
 from .guider import MultiBranchGuider, ParallelSettings
 
 log = logging.getLogger("cfg_parallel")
 
-WRAPPER_KEY = "cfg_parallel"
-MASK_KEY = "cfg_parallel_mask"
-OUTER = pe.WrappersMP.OUTER_SAMPLE
 
 
 def _core_predict(guider: Any) -> bool:
