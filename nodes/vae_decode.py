@@ -58,14 +58,14 @@ class VAEDecodeMultiGPU(io.ComfyNode):
             search_aliases=ALIASES_COMMON + ["vae decode", "decode", "tiled", "vae"],
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent to decode (a video latent: the video part only)."),
-                io.Vae.Input("vae"),
+                io.Vae.Input("vae", tooltip="The VAE to decode with (the workers load it once and keep it between prompts)."),
                 *_tile_inputs(),
                 io.Int.Input("parallel_size", default=2, min=1, max=64, tooltip=(
                     "Worker processes, one per device; each decodes every N-th tile. Give the sampler's value: "
                     "another size restarts the group (and the models it holds).")),
                 io.String.Input("devices", default="", tooltip=DEVICES_TIP),
             ],
-            outputs=[io.Image.Output()],
+            outputs=[io.Image.Output(tooltip="The decoded images: equal to VAE Decode (Tiled) with the same settings.")],
         )
 
     @classmethod

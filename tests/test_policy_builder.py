@@ -155,7 +155,8 @@ def test_every_input_and_output_has_a_tooltip_and_the_ids_are_registered_once():
                 assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
         assert all(info["output_tooltips"]), f"{node_id}: an output has no tooltip: {info['output_tooltips']}"
         assert info["deprecated"] == (node_id in pack.RENAMED), node_id
-        assert info["category"].split("/")[0] in ("sampling", "model", "advanced"), info["category"]
+        # beside core's: guiders and samplers, model patches, advanced/multigpu; the VAE decode beside VAE Decode
+        assert info["category"].split("/")[0] in ("sampling", "model", "advanced", "latent"), info["category"]
     for old, new in pack.RENAMED.items():
         assert new.startswith("CFGParallelMultiGPU_") and new in pack.NODE_CLASS_MAPPINGS
         assert pack.NODE_DISPLAY_NAME_MAPPINGS[old] == pack.NODE_DISPLAY_NAME_MAPPINGS[new]
