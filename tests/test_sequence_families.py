@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from cfg_runtime.group import GroupSpec, WorkerGroup
+from support.cpu_groups import cpu_groups
 
 TOLERANCE = 1e-6
 BLOCKS = {"wan": 2, "flux": 4, "qwen_image": 2}  # blocks whose attention sees split tokens
@@ -27,18 +27,8 @@ def _needs(family: str) -> None:
 
 @pytest.fixture(scope="module")
 def groups():
-    made: dict[int, WorkerGroup] = {}
-
-    def get(size: int) -> WorkerGroup:
-        if size not in made:
-            made[size] = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                               worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
-            made[size].start()
-        return made[size]
-
-    yield get
-    for g in made.values():
-        g.teardown()
+    """CPU worker groups by size, started on first use, torn down at the end."""
+    yield from cpu_groups()
 
 
 def _check(groups, job, route: str):

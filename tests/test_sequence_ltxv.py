@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cfg_runtime.group import GroupSpec, WorkerGroup
+from support.cpu_groups import cpu_groups
 
 TOLERANCE = 1e-6
 BLOCKS = 2
@@ -14,18 +14,8 @@ BLOCKS = 2
 
 @pytest.fixture(scope="module")
 def groups():
-    made: dict[int, WorkerGroup] = {}
-
-    def get(size: int) -> WorkerGroup:
-        if size not in made:
-            made[size] = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                               worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
-            made[size].start()
-        return made[size]
-
-    yield get
-    for g in made.values():
-        g.teardown()
+    """CPU worker groups by size, started on first use, torn down at the end."""
+    yield from cpu_groups()
 
 
 @pytest.mark.parametrize("degree,per_token,shape", [

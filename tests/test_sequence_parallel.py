@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from cfg_runtime.errors import GroupConfigError
-from cfg_runtime.group import GroupSpec, WorkerGroup
+from support.cpu_groups import cpu_groups
 from cfg_runtime.parallel.layout import ParallelLayout, plan_layout
 from cfg_runtime.parallel.sequence import SINGLE, heads_divisible, plan_shard
 from support.paths import NEEDS_029, has_ltx2_av
@@ -26,19 +26,7 @@ needs_ltxav = pytest.mark.skipif(not has_ltx2_av(), reason=f"{NEEDS_029} LTX-2 a
 @pytest.fixture(scope="module")
 def groups():
     """CPU worker groups by size, started on first use, torn down at the end."""
-    made: dict[int, WorkerGroup] = {}
-
-    def get(size: int) -> WorkerGroup:
-        if size not in made:
-            g = WorkerGroup(GroupSpec(("cpu",) * size, step_timeout_s=120, start_timeout_s=240,
-                                      worker_init="cfg_runtime.adapters.models.rank_setup:init_worker"))
-            g.start()
-            made[size] = g
-        return made[size]
-
-    yield get
-    for g in made.values():
-        g.teardown()
+    yield from cpu_groups()
 
 
 def _run(groups, job, world: int | None = None):
