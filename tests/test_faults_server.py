@@ -116,6 +116,16 @@ def post_raw(server, graph: dict, client_id: str | None = None):
                                timeout=30)
 
 
+def failing(server, graph: dict, timeout: float = 300) -> dict:
+    """Run a prompt that must end in an execution error; return that error (node_id, type, message)."""
+    r = post_raw(server, graph)
+    assert r.status_code == 200, r.text[:2000]
+    entry = server.wait(r.json()["prompt_id"], timeout=timeout)
+    err = execution_error(entry)
+    assert err is not None, f"the prompt ended {entry['status']['status_str']}, expected an error"
+    return err
+
+
 def history_messages(entry: dict, kind: str) -> list[dict]:
     return [m[1] for m in (entry.get("status") or {}).get("messages") or [] if m[0] == kind]
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from devkit.comfy_server import execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
-from test_faults_server import (GUIDER, POLICY, POSITIVE, demo_graph, fd_count, post_raw, wait_dead, warm_group,
+from test_faults_server import (GUIDER, POLICY, POSITIVE, demo_graph, failing, fd_count, post_raw, wait_dead, warm_group,
                                 worker_pids)
 
 pytestmark = pytest.mark.server
@@ -45,15 +44,6 @@ def _write_figures():
         FIGURES["_command"] = "pytest -s -q tests/test_hardening3_server.py"
         FIGURES["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         ARTIFACT.write_text(json.dumps(FIGURES, indent=2, sort_keys=True, default=str))
-
-
-def failing(server, graph: dict, timeout: float = 300) -> dict:
-    r = post_raw(server, graph)
-    assert r.status_code == 200, r.text[:2000]
-    entry = server.wait(r.json()["prompt_id"], timeout=timeout)
-    err = execution_error(entry)
-    assert err is not None, f"the prompt ended {entry['status']['status_str']}, expected an error"
-    return err
 
 
 def shutdown_group(server) -> None:

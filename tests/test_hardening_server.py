@@ -19,7 +19,7 @@ import pytest
 from devkit.comfy_server import ComfyServer, execution_error
 from support.paths import REPO
 from support.tiny_ltx2 import ltx2_sampler_graph
-from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, fd_count, history_messages,
+from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, failing, fd_count, history_messages,
                                 post_raw, wait_dead, warm_group, worker_pids)
 
 pytestmark = pytest.mark.server
@@ -41,16 +41,6 @@ def _write_figures():
         FIGURES["_command"] = "pytest -s -q tests/test_hardening_server.py"
         FIGURES["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         ARTIFACT.write_text(json.dumps(FIGURES, indent=2, sort_keys=True, default=str))
-
-
-def failing(server, graph: dict, timeout: float = 300) -> dict:
-    """Run a prompt that must end in an execution error; return that error (node_id, type, message)."""
-    r = post_raw(server, graph)
-    assert r.status_code == 200, r.text[:2000]
-    entry = server.wait(r.json()["prompt_id"], timeout=timeout)
-    err = execution_error(entry)
-    assert err is not None, f"the prompt ended {entry['status']['status_str']}, expected an error"
-    return err
 
 
 def custom_graph(size: int, branches: str, steps: int = 3, **guider) -> dict:
