@@ -6,6 +6,7 @@ defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and wou
 it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
 workflows load and run; search and the node library hide them.
 """
+from cfg_runtime.adapters.sampling.launch_start import start_at_launch
 from cfg_runtime.group.host import sweep_stale_stores
 
 from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks, vae_decode
@@ -55,3 +56,6 @@ sweep_stale_stores()
 # parallel_size 1.5 from a script: refused by ComfyUI's validation with a message (prompt_checks.py)
 prompt_checks.register({name for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(
     cls, (guider.MultiBranchGuiderNode, ltx2_sampler.LTX2Sampler, cfg_parallel.CFGParallelModel))})
+
+# CFG_PARALLEL_START_AT_LAUNCH: the ranks start now, beside ComfyUI's own start (launch_start.py)
+start_at_launch()

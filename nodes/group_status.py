@@ -35,7 +35,9 @@ def _rss_mib(pid: int) -> float | None:
 def group_report() -> dict:
     group = current_group()
     if group is None:
-        return {"state": "not started", "hint": "The group starts with the first prompt at parallel size >= 2."}
+        return {"state": "not started", "hint": "The group starts with the first prompt at parallel size >= 2 "
+                                                "(or with ComfyUI: CFG_PARALLEL_START_AT_LAUNCH)."}
+    group.refresh()  # a group started with ComfyUI is ready before any prompt waited for it
     report = group.status()
     report["loaded_model"] = resident_model(group)  # the ranks' own report, kept by the adapters
     report["rss_mib"] = {pid: _rss_mib(pid) for pid in group.pids()}

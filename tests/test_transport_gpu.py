@@ -19,50 +19,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from devkit.comfy_server import ComfyServer
+from support.gpu_ltx2 import CAPTION_CHANNELS, GpuComfyServer, build_full_width_ltxav
 from support.tiny_ltx2 import build_tiny_ltx_audio_vae, ltx2_sampler_graph, ltxav_available
 
 pytestmark = [pytest.mark.server, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 BLOCKS = int(os.environ.get("CFGP_GPU_BLOCKS", "4"))
-CAPTION_CHANNELS = 3840  # LTXAVModel's default: a processed text embedding is 2 x 3840 wide
 WIDTH, HEIGHT, LENGTH = 768, 512, 121
 STEPS = int(os.environ.get("CFGP_GPU_STEPS", "4"))
 LAUNCH_ARGS = os.environ.get("CFGP_GPU_ARGS", "").split()
 LINES_PER_RANK = 10  # console lines a size-2 prompt may add per rank beyond a size-1 prompt (group start included)
 REPORT: dict = {"blocks": BLOCKS, "shape": [WIDTH, HEIGHT, LENGTH], "steps": STEPS, "launch_args": LAUNCH_ARGS,
                 "runs": {}}
-
-
-class GpuComfyServer(ComfyServer):
-    """main.py as a user starts it on a GPU machine (no --cpu: dynamic VRAM is on by default).
-    A folder with an index.html stands in for the frontend package where it is not installed."""
-
-    def command(self) -> list[str]:
-        cmd = [c for c in super().command() if c != "--cpu"]
-        front = self.base_dir / "frontend"
-        front.mkdir(exist_ok=True)
-        (front / "index.html").write_text("<html></html>")
-        return cmd + ["--front-end-root", str(front)] + LAUNCH_ARGS
-
-
-def build_full_width_ltxav(path: Path, blocks: int, seed: int = 0) -> Path:
-    """ComfyUI's LTXAVModel at its default (full) widths, `blocks` blocks, random bf16 weights
-    N(0, 0.02) drawn on the GPU; saved without metadata (detection alone, as a real checkpoint)."""
-    import comfy.ops
-    from comfy.ldm.lightricks.av_model import LTXAVModel
-    from safetensors.torch import save_file
-
-    meta = LTXAVModel(num_layers=blocks, operations=comfy.ops.disable_weight_init, dtype=torch.bfloat16,
-                      device="meta")
-    shapes = [(k, tuple(v.shape)) for k, v in meta.state_dict().items()]
-    del meta
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    sd = {k: torch.randn(s, generator=gen, device="cuda").mul_(0.02).to(torch.bfloat16).cpu() for k, s in shapes}
-    REPORT["params"] = sum(t.numel() for t in sd.values())
-    save_file(sd, str(path))
-    return path
 
 
 def _smaps(pid: int) -> dict:
@@ -83,12 +52,13 @@ def gpu_server(tmp_path_factory):
         pytest.skip("this ComfyUI has no LTX-2 audio+video model")
     root = tmp_path_factory.mktemp("gpu")
     t0 = time.monotonic()
-    model = build_full_width_ltxav(root / "ltx2_full_width.safetensors", BLOCKS)
+    model = root / "ltx2_full_width.safetensors"
+    REPORT["params"] = build_full_width_ltxav(model, BLOCKS)
     REPORT["build_s"] = round(time.monotonic() - t0, 1)
     audio_vae = build_tiny_ltx_audio_vae(root / "tiny_ltx_audio_vae.safetensors")
     server = GpuComfyServer(models={"diffusion_models/ltx2_full_width.safetensors": model,
                                     "checkpoints/tiny_ltx_audio_vae.safetensors": audio_vae},
-                            env={"CFG_PARALLEL_BACKEND": "gloo"}, startup_timeout=180)
+                            env={"CFG_PARALLEL_BACKEND": "gloo"}, extra_args=LAUNCH_ARGS, startup_timeout=180)
     server.start()
     try:
         yield server

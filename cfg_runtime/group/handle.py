@@ -123,12 +123,30 @@ class WorkerGroup:
             self.teardown("start-up failed")
             raise
         self.state = "ready"
-        seconds = time.monotonic() - self._t0
+        seconds = max(r.ready.seconds for r in self.ranks)  # from spawn to the last rank's ready
         log.info("cfg-parallel group ready: %d rank(s) on %s (%s) in %.1f s", self.spec.world_size,
                  ", ".join(self.spec.devices), self.spec.resolved_backend, seconds)
         if on_phase is not None:
             on_phase(Phase(None, Stage.READY, f"{self.spec.world_size} worker(s) ready in {seconds:.1f} s",
                            self.spec.world_size, self.spec.world_size, elapsed_s=round(seconds, 3)))
+
+    def refresh(self) -> None:
+        """Take the start-up messages that arrived, without waiting: a group started ahead of its
+        first job (with ComfyUI) shows ready in Group Status before a prompt waits for it."""
+        if self.state != "starting":
+            return
+        try:
+            while pending := [r for r in self.ranks if r.ready is None]:
+                messages, _ = poll(self._procs.watch, 0.0, pending)
+                if not messages:
+                    return  # still starting (a death is reported by the next await_ready)
+                caller = Caller(None, None, stop=lambda: None)
+                for rank, message in messages:
+                    self._take_startup(rank, message, caller)
+        except GroupStartError as exc:
+            self.teardown(f"start-up failed: {exc}")
+            return
+        self.await_ready()
 
     def _await_ready(self, interrupt_requested: Callable[[], bool] | None, on_phase: OnPhase | None) -> None:
         while True:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 import weakref
 from dataclasses import dataclass, replace
@@ -182,6 +183,7 @@ def _recipe_model(model_patcher, token: str):
     model = _DELEGATE.get(token)
     if model is None:
         _DELEGATE.clear()
+        t0 = time.monotonic()
         recipe = _recipe(model_patcher)
         loaded = recipe[0](*recipe[1], disable_dynamic=True)
         patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
@@ -193,7 +195,8 @@ def _recipe_model(model_patcher, token: str):
             raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run at "
                                 f"parallel size 1.")
         _DELEGATE[token] = model
-        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe", type(model).__name__)
+        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s", type(model).__name__,
+                 time.monotonic() - t0)
     return model
 
 
