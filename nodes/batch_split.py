@@ -2,9 +2,9 @@
 batch (batch_size > 1, several seeds) split over batch groups of ranks."""
 from __future__ import annotations
 
-from comfy_api.latest import io
-
 from cfg_runtime.errors import PolicyError
+
+from .common import SPLIT_OPTIONS, split_input
 
 BATCH_SPLIT_TIP = ("Split the latent batch (batch_size > 1) over groups of ranks: ranks = batch groups x branch "
                    "ranks. off = every rank samples the whole batch, bit for bit equal to one GPU; auto = the "
@@ -12,12 +12,11 @@ BATCH_SPLIT_TIP = ("Split the latent batch (batch_size > 1) over groups of ranks
                    "split); N = N batch groups (N divides parallel_size, at most the batch). Each sample gets the "
                    "noise and conditioning it gets unsplit; other matmul shapes round differently (measured "
                    "<= 1.1e-5 max abs per sample on the CPU test model, fp32): not bit-exact.")
-BATCH_SPLIT_OPTIONS = ["off", "auto", "2", "3", "4", "8"]
+BATCH_SPLIT_OPTIONS = SPLIT_OPTIONS
 
 
 def batch_input():
-    return io.Combo.Input("batch_split", options=BATCH_SPLIT_OPTIONS, default="off", optional=True,
-                          tooltip=BATCH_SPLIT_TIP)
+    return split_input("batch_split", BATCH_SPLIT_TIP)
 
 
 def batch_groups(choice: str | None) -> int:

@@ -50,6 +50,16 @@ def categories() -> dict[str, str]:
     return {"guiders": guiders, "samplers": custom, "multigpu": "advanced/multigpu"}
 
 
+# A split widget (sequence_split, batch_split): off = no split, auto = the planner's layout, N = groups of N ranks
+# (sequence) or N groups (batch); the node's tooltip says which. One option list, so the two read alike.
+SPLIT_OPTIONS = ["off", "auto", "2", "3", "4", "8"]
+
+
+def split_input(name: str, tooltip: str) -> io.Combo.Input:
+    """A split widget: a combo of SPLIT_OPTIONS, optional, default off."""
+    return io.Combo.Input(name, options=SPLIT_OPTIONS, default="off", optional=True, tooltip=tooltip)
+
+
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 
 

@@ -12,7 +12,7 @@ from cfg_runtime.parallel.layout import parse_sequence_degree
 from cfg_runtime.parallel.plan import PLANNERS
 
 from .batch_split import batch_groups, batch_input
-from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
+from .common import ALIASES_COMMON, PREFIX, SPLIT_OPTIONS, categories, deprecated_alias, schema, split_input
 from .policy_builder import CFG_POLICY
 
 PARALLEL_SIZE_TIP = ("Worker processes, one per device. 1 = in ComfyUI, no extra model copy. 2 or more: the branches "
@@ -28,12 +28,11 @@ SEQUENCE_SPLIT_TIP = ("Split one branch's video or image tokens over several ran
                       "sequence groups of N ranks (N divides the parallel size). LTX-2, LTX-Video, Wan 2.1/2.2, "
                       "Flux, Chroma and Qwen-Image models; a split changes matmul shapes, so results may differ from "
                       "one GPU by rounding (measured <= 1e-6 relative in fp32).")
-SEQUENCE_SPLIT_OPTIONS = ["off", "auto", "2", "3", "4", "8"]
+SEQUENCE_SPLIT_OPTIONS = SPLIT_OPTIONS
 
 
 def sequence_input():
-    return io.Combo.Input("sequence_split", options=SEQUENCE_SPLIT_OPTIONS, default="off", optional=True,
-                          tooltip=SEQUENCE_SPLIT_TIP)
+    return split_input("sequence_split", SEQUENCE_SPLIT_TIP)
 
 
 def sequence_degree(choice: str) -> int:

@@ -145,3 +145,44 @@ def _imports_of(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and not node.level:
             out.append((node.lineno, node.module or ""))
     return out
+
+
+# The tests: a test module (tests/test_*.py) imports no other test module; shared helpers live in tests/support/.
+TESTS = RUNTIME.parent / "tests"
+
+
+def _test_module_imports(folder: Path) -> list[str]:
+    """'file:line imports name' for each import, in any .py file under `folder`, of one of the
+    folder's test modules (test_*.py): plain, as ``tests.test_x``, or relative."""
+    test_modules = {p.stem for p in folder.glob("test_*.py")}
+    found = []
+    for path in sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.module else [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tests":
+                    parts = parts[1:]
+                if parts and parts[0] in test_modules:
+                    found.append(f"{path.relative_to(folder)}:{node.lineno} imports {name}")
+    return found
+
+
+def test_no_test_module_imports_another():
+    found = _test_module_imports(TESTS)
+    assert not found, f"test modules imported as libraries (move the helpers into tests/support/): {found}"
+
+
+def test_the_test_import_check_finds_each_form(tmp_path):
+    (tmp_path / "test_a.py").write_text("X = 1\n")
+    (tmp_path / "test_b.py").write_text("import os\nfrom test_a import X\n")
+    (tmp_path / "test_c.py").write_text("from . import test_a\nimport tests.test_b\n")
+    (tmp_path / "support").mkdir()
+    (tmp_path / "support" / "helper.py").write_text("from support.paths import REPO\nfrom tests.test_a import X\n")
+    assert _test_module_imports(tmp_path) == ["support/helper.py:2 imports tests.test_a", "test_b.py:2 imports test_a",
+                                              "test_c.py:1 imports test_a", "test_c.py:2 imports tests.test_b"]

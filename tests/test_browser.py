@@ -45,8 +45,9 @@ import pytest
 
 from devkit.paths import owned_tempdir
 from support.paths import NEEDS_029, NEEDS_BROWSER, comfyui_version, has_ltx2_av
-from test_workflows import (EXAMPLE_NAMES, LEGACY_DIR, LEGACY_NAMES, LTX2_WORKFLOWS, NAMES, NodeDef, build, load_api,
-                            load_ui, strip_meta)
+from support.node_defs import NodeDef
+from support.workflow_files import (EXAMPLE_NAMES, LEGACY_DIR, LEGACY_NAMES, LTX2_WORKFLOWS, NAMES, build, load_api,
+                                    load_ui, strip_meta)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser" / f"comfyui-{comfyui_version() or 'unknown'}"  # per version

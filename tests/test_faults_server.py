@@ -20,251 +20,28 @@ rendezvous folder of a killed server); all are fixed.
 """
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import statistics
-import threading
 import time
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from devkit.comfy_server import ComfyServer, execution_error
-from support.paths import REPO
-from support.sockets import established_peers, fd_targets, is_loopback, listening_sockets, pid_alive
+from support.demo_prompts import (DEVICES, GUIDER, POLICY, POSITIVE, SAMPLER, STEP_TIMEOUT, Progress, demo_graph,
+                                  history_messages, post_raw, warm_group)
+from support.figures import Figures
+from support.processes import (Throttle, cmdline, cpu_seconds, descendants, fd_count, pending_fd_dups, snapshot,
+                               wait_dead, worker_pids)
+from support.sockets import established_peers, is_loopback, listening_sockets, pid_alive
 
 pytestmark = pytest.mark.server
 
-DEMO = REPO / "workflows" / "api" / "tiny_demo.json"
-ARTIFACT = REPO / "test-artifacts" / "faults_server.json"
-
-
-def _node_id(graph: dict, class_type: str) -> str:
-    ids = [k for k, v in graph.items() if v["class_type"] == class_type]
-    assert len(ids) == 1, f"{DEMO.name}: expected one {class_type}, found {ids}"
-    return ids[0]
-
-
-_DEMO = json.loads(DEMO.read_text())
-GUIDER, POLICY, SAMPLER = (_node_id(_DEMO, c) for c in ("MultiBranchGuider", "CFGPolicyBuilder", "SamplerCustomAdvanced"))
-SCHEDULER = _node_id(_DEMO, "BasicScheduler")
-POSITIVE = _DEMO[GUIDER]["inputs"]["positive"][0]  # a CFGPTestConditioning: its nonce defeats the cache
-# The group's spec includes devices and step timeout; tests/test_guider_server.py runs the
-# shared server's group with devices "cpu" and 120 s, so using the same values here lets
-# the two files share one group instead of respawning it between them.
-DEVICES, STEP_TIMEOUT = "cpu", 120.0
-FIGURES: dict = {}
-_nonce = iter(range(10_000, 10**9))
-
-
-def record(key: str, value) -> None:
-    FIGURES[key] = value
-    print(f"\n[faults] {key}: {json.dumps(value, default=str)}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _write_figures():
-    yield
-    if FIGURES:
-        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        old = {}
-        if ARTIFACT.exists():
-            try:
-                old = json.loads(ARTIFACT.read_text())
-            except ValueError:
-                old = {}
-        old.update(FIGURES)
-        old["_command"] = ".venv/bin/python -m pytest -s -q tests/test_faults_server.py"
-        old["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        ARTIFACT.write_text(json.dumps(old, indent=2, sort_keys=True, default=str))
-
-
-# --- graphs --------------------------------------------------------------------------------
-def demo_graph(steps: int = 3, nonce: int | None = None, **guider) -> dict:
-    """The demo API workflow (Multi-Branch Guider at parallel_size 2, 3 branches on 2 ranks)."""
-    g = copy.deepcopy(_DEMO)
-    g[SCHEDULER]["inputs"]["steps"] = steps
-    g[POSITIVE]["inputs"]["nonce"] = next(_nonce) if nonce is None else nonce
-    g[GUIDER]["inputs"].update({"devices": DEVICES, "step_timeout_s": STEP_TIMEOUT})
-    g[GUIDER]["inputs"].update(guider)
-    return g
-
-
-
-
-
-
-def warm_group(server, **guider) -> list[int]:
-    """Run a short prompt (starting the group if needed); return the rank pids in rank order."""
-    server.run(demo_graph(steps=2, **guider), timeout=300)
-    status = server.group_status()
-    assert status["state"] == "ready", status
-    pids = [int(p) for p in status["pids"]]
-    assert len(pids) == 2
-    assert sorted(pids) == sorted(worker_pids(server.pid)), "status pids are not the server's worker children"
-    return pids
-
-
-def post_raw(server, graph: dict, client_id: str | None = None):
-    """POST /prompt with json.dumps defaults (NaN/Infinity allowed, as a browser can't but a script can)."""
-    body = json.dumps({"prompt": graph, "client_id": client_id or uuid.uuid4().hex})
-    return server.session.post(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"},
-                               timeout=30)
-
-
-def failing(server, graph: dict, timeout: float = 300) -> dict:
-    """Run a prompt that must end in an execution error; return that error (node_id, type, message)."""
-    r = post_raw(server, graph)
-    assert r.status_code == 200, r.text[:2000]
-    entry = server.wait(r.json()["prompt_id"], timeout=timeout)
-    err = execution_error(entry)
-    assert err is not None, f"the prompt ended {entry['status']['status_str']}, expected an error"
-    return err
-
-
-def history_messages(entry: dict, kind: str) -> list[dict]:
-    return [m[1] for m in (entry.get("status") or {}).get("messages") or [] if m[0] == kind]
-
-
-# --- /proc ---------------------------------------------------------------------------------
-def _ppid_map() -> dict[int, int]:
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    out[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    parents = _ppid_map()
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found += kids
-        frontier += kids
-    return sorted(c for c in found if pid_alive(c))
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def worker_pids(server_pid: int) -> list[int]:
-    """The rank processes: spawned children of the ComfyUI process (not the resource tracker)."""
-    return [p for p in descendants(server_pid) if "spawn_main" in cmdline(p)]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def pending_fd_dups(pid: int) -> int:
-    """Extra fds on a shared-memory segment the process already holds open.
-
-    A tensor sent to a rank travels as a duplicated fd that multiprocessing's resource sharer
-    keeps until the receiving process fetches it. At rest (no job in flight) every such dup has
-    been fetched; one still open belongs to a message that no process will ever read."""
-    seen: dict[str, int] = {}
-    for target in fd_targets(pid):
-        if target.startswith("/dev/shm/"):
-            seen[target] = seen.get(target, 0) + 1
-    return sum(n - 1 for n in seen.values())
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def snapshot(server_pid: int) -> dict:
-    procs = [server_pid] + descendants(server_pid)
-    per = {}
-    for p in procs:
-        try:
-            per[p] = {"rss_mib": round(rss_mib(p), 1), "fds": fd_count(p), "threads": thread_count(p)}
-        except OSError:
-            pass
-    return {"processes": len(per), "rss_mib_total": round(sum(v["rss_mib"] for v in per.values()), 1),
-            "fds_total": sum(v["fds"] for v in per.values()), "per_pid": per}
-
-
-def wait_dead(pids, timeout: float) -> tuple[list[int], float]:
-    t0 = time.monotonic()
-    while True:
-        alive = [p for p in pids if pid_alive(p)]
-        if not alive or time.monotonic() - t0 > timeout:
-            return alive, time.monotonic() - t0
-        time.sleep(0.05)
-
-
-# --- progress over the websocket -----------------------------------------------------------
-class Progress:
-    """Collects the 'progress' events ComfyUI sends to one client id (rank 0's steps)."""
-
-    def __init__(self, server):
-        self.client_id = uuid.uuid4().hex
-        self.events: list[tuple[float, dict]] = []
-        self._ws = server.ws_connect(self.client_id)
-        self._ws.settimeout(None)  # a long silent phase (e.g. a throttled load) must not end the reader
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self):
-        while True:
-            try:
-                msg = self._ws.recv()
-            except Exception:
-                return
-            if isinstance(msg, str):
-                try:
-                    data = json.loads(msg)
-                except ValueError:
-                    continue
-                if data.get("type") == "progress":
-                    self.events.append((time.monotonic(), data["data"]))
-
-    def steps(self, prompt_id: str, after: float | None = None) -> list[int]:
-        return [d["value"] for t, d in self.events
-                if d.get("prompt_id") == prompt_id and (after is None or t > after)]
-
-    def wait_step(self, prompt_id: str, step: int, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(v >= step for v in self.steps(prompt_id)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prompt {prompt_id} did not reach step {step} in {timeout} s")
-            time.sleep(0.01)
-
-    def close(self):
-        try:
-            self._ws.close()
-        except Exception:
-            pass
+FIGURES = Figures("faults", __file__)
+record = FIGURES.record
+_write_figures = FIGURES.fixture()
 
 
 def check_alive(server) -> None:
@@ -672,39 +449,6 @@ def test_nan_step_timeout_is_refused_at_the_node(comfy_server):
     else:
         assert r.status_code == 400 and GUIDER in r.json()["node_errors"]
     assert worker_pids(comfy_server.pid) == pids, "a bad widget value started or restarted a group"
-
-
-class Throttle:
-    """Runs the given processes at ~1/10 of their speed (SIGSTOP/SIGCONT cycles): a slow host."""
-
-    def __init__(self, pids, run_s: float = 0.05, stop_s: float = 0.45):
-        self.pids, self.run_s, self.stop_s = list(pids), run_s, stop_s
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _signal(self, sig):
-        for p in self.pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-
-    def _loop(self):
-        while not self._done.is_set():
-            self._signal(signal.SIGSTOP)
-            self._done.wait(self.stop_s)
-            self._signal(signal.SIGCONT)
-            self._done.wait(self.run_s)
-        self._signal(signal.SIGCONT)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        self._thread.join(10)
-        self._signal(signal.SIGCONT)
 
 
 @pytest.mark.slow

@@ -19,31 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from support.demo_prompts import GUIDER, POLICY, POSITIVE, demo_graph, failing, post_raw, warm_group
+from support.figures import Figures
 from support.paths import REPO
+from support.processes import fd_count, wait_dead, worker_pids
 from support.tiny_ltx2 import ltx2_sampler_graph
-from test_faults_server import (GUIDER, POLICY, POSITIVE, demo_graph, failing, fd_count, post_raw, wait_dead, warm_group,
-                                worker_pids)
 
 pytestmark = pytest.mark.server
 
-ARTIFACT = REPO / "test-artifacts" / "hardening3_server.json"
-FIGURES: dict = {}
+FIGURES = Figures("hardening3", __file__)
+record = FIGURES.record
+_write_figures = FIGURES.fixture()
 NEGATIVE = demo_graph()[GUIDER]["inputs"]["negative"][0]
-
-
-def record(key: str, value) -> None:
-    FIGURES[key] = value
-    print(f"\n[hardening3] {key}: {json.dumps(value, default=str)}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _write_figures():
-    yield
-    if FIGURES:
-        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        FIGURES["_command"] = "pytest -s -q tests/test_hardening3_server.py"
-        FIGURES["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        ARTIFACT.write_text(json.dumps(FIGURES, indent=2, sort_keys=True, default=str))
 
 
 def shutdown_group(server) -> None:

@@ -7,7 +7,6 @@ Figures are printed (``pytest -s``) and written to ``test-artifacts/hardening_se
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -17,30 +16,16 @@ import time
 import pytest
 
 from devkit.comfy_server import ComfyServer, execution_error
-from support.paths import REPO
+from support.demo_prompts import GUIDER, POLICY, SAMPLER, Progress, demo_graph, failing, history_messages, warm_group
+from support.figures import Figures
+from support.processes import Throttle, fd_count, worker_pids
 from support.tiny_ltx2 import ltx2_sampler_graph
-from test_faults_server import (GUIDER, POLICY, SAMPLER, Progress, Throttle, demo_graph, failing, fd_count, history_messages,
-                                post_raw, wait_dead, warm_group, worker_pids)
 
 pytestmark = pytest.mark.server
 
-ARTIFACT = REPO / "test-artifacts" / "hardening_server.json"
-FIGURES: dict = {}
-
-
-def record(key: str, value) -> None:
-    FIGURES[key] = value
-    print(f"\n[hardening] {key}: {json.dumps(value, default=str)}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _write_figures():
-    yield
-    if FIGURES:
-        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        FIGURES["_command"] = "pytest -s -q tests/test_hardening_server.py"
-        FIGURES["_written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        ARTIFACT.write_text(json.dumps(FIGURES, indent=2, sort_keys=True, default=str))
+FIGURES = Figures("hardening", __file__)
+record = FIGURES.record
+_write_figures = FIGURES.fixture()
 
 
 def custom_graph(size: int, branches: str, steps: int = 3, **guider) -> dict:

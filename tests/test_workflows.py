@@ -21,131 +21,22 @@ ComfyUI 0.29 every node type of every workflow must exist and match.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 
+from support.node_defs import NodeDef
 from support.paths import NEEDS_029, has_ltx2_av
+from support.workflow_files import (EXAMPLE_NAMES, EXAMPLES, LEGACY_DIR, LEGACY_NAMES, LTX2_WORKFLOWS, NAMES,
+                                    OFFICIAL_LTX2, RUNNABLE_AS_IS, WORKFLOWS, build, load_api, load_ui, strip_meta)
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows"
-EXAMPLES = REPO / "example_workflows"
-
-
-def _load_build():
-    spec = importlib.util.spec_from_file_location("cfgp_workflows_build", WORKFLOWS / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
-NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
-OFFICIAL_LTX2 = {"ltx2_one_stage", "ltx2_two_stage"}  # the user workflows, at LTX-2's official settings
-LTX2_WORKFLOWS = OFFICIAL_LTX2 | {"tiny_ltx2_demo"}  # need LTX-2 audio+video core nodes (ComfyUI 0.29)
-# their models and nodes exist on the test server (tests/conftest.py installs them)
-RUNNABLE_AS_IS = {"tiny_demo", "tiny_status_demo"} | ({"tiny_ltx2_demo"} if has_ltx2_av() else set())
-EXAMPLE_NAMES = {"plain_cfg": "Plain CFG on two GPUs (any model)",
-                 "ltx2_one_stage": "LTX-2 one stage on four GPUs (multimodal guidance)",
-                 "ltx2_two_stage": "LTX-2 two stage on four GPUs (LTX2 Sampler)",
-                 "ksampler_cfg_parallel": "Add one node - KSampler on two GPUs",
-                 "ksampler_four_seeds": "Four seeds (batch 4) on four GPUs",
-                 "wan22_two_experts": "Wan 2.2 two experts (KSamplerAdvanced) on two GPUs",
-                 "sdxl_pag_three_gpus": "SDXL with PAG - three passes on three GPUs",
-                 "ksampler_group_decode": "KSampler and VAE decode on two GPUs"}  # name -> template file stem
-# The example workflows as 0.1 saved them (ids without the pack prefix): they must still load.
-LEGACY_DIR = Path(__file__).resolve().parent / "data" / "legacy_workflows"
-LEGACY_NAMES = sorted(p.stem for p in LEGACY_DIR.glob("*.json"))
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".sft", ".bin")
-
-
-def load_api(name: str) -> dict:
-    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-
-
-def load_ui(name: str) -> dict:
-    return json.loads((WORKFLOWS / "ui" / f"{name}.json").read_text())
-
-
-def strip_meta(prompt: dict) -> dict:
-    return {nid: {k: v for k, v in node.items() if k != "_meta"} for nid, node in prompt.items()}
 
 
 # ---------------------------------------------------------------------------------------
 # Reading /object_info the way the server and the frontend do
 # ---------------------------------------------------------------------------------------
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # ComfyUI 0.33's V3 dynamic combo (a widget with nested inputs)
-
-
-class NodeDef:
-    """One /object_info entry: ordered inputs, widget/socket split, outputs."""
-
-    def __init__(self, info: dict):
-        self.info = info
-        order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
-        self.inputs = []  # (name, type, options, optional), in the server's order
-        for section in ("required", "optional"):
-            specs = info["input"].get(section) or {}
-            for name in order.get(section, specs):
-                spec = specs[name]
-                typ, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
-                if isinstance(typ, list):  # V1 combo: the options are the type
-                    typ, opts = "COMBO", dict(opts, options=typ)
-                self._add(name, typ, opts, section == "optional")
-        self.outputs = list(info.get("output") or [])
-
-    def _add(self, name, typ, opts, optional) -> None:
-        """One input; a V3 dynamic combo (0.33's SaveVideo format) as the flat widgets that
-        ComfyUI and its frontend still accept from earlier versions' files: the combo, then
-        the required inputs of its first option (SaveVideo: format, codec)."""
-        if self.spec(name) is not None:  # 0.33 also lists the flat codec as a hidden optional
-            return
-        if typ != DYNAMIC_COMBO:
-            self.inputs.append((name, typ, opts, optional))
-            return
-        options = opts.get("options") or []
-        self.inputs.append((name, "COMBO", dict(opts, options=[o["key"] for o in options]), optional))
-        nested = (options[0].get("inputs") or {}).get("required", {}) if options else {}
-        for sub, spec in nested.items():
-            sub_typ, sub_opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
-            self._add(sub, sub_typ, sub_opts, optional)
-
-    def spec(self, name):
-        for entry in self.inputs:
-            if entry[0] == name:
-                return entry
-        return None
-
-    @staticmethod
-    def is_widget(typ, opts) -> bool:
-        if opts.get("forceInput"):
-            return False
-        return typ in WIDGET_TYPES or "widgetType" in opts or any(t in WIDGET_TYPES for t in str(typ).split(","))
-
-    @property
-    def required(self):
-        return [n for n, _, _, opt in self.inputs if not opt]
-
-    @property
-    def widgets(self):
-        return [(n, t, o) for n, t, o, _ in self.inputs if self.is_widget(t, o)]
-
-    @staticmethod
-    def has_control(name, typ, opts) -> bool:
-        """The frontend adds a 'control after generate' widget value after this one."""
-        if typ == "INT" or opts.get("widgetType") == "INT":
-            return bool(opts.get("control_after_generate", name in ("seed", "noise_seed")))
-        return bool(opts.get("control_after_generate", False))
-
-
 def node_def_from_schema(schema) -> NodeDef:
     """A NodeDef built from workflows/build.py's schema (for types the server lacks)."""
     info = {"input": {"required": {}, "optional": {}}, "input_order": {"required": [], "optional": []},

@@ -39,18 +39,33 @@ def sdxl_inputs(g: Graph, prompt: str, width: int, height: int, batch_size: int)
     return ckpt, pos, neg, latent
 
 
+def sample_and_save(g: Graph, model, inputs, prefix: str, *, cfg: float = 7.0, sampler_name: str = "euler",
+                    group_decode: dict | None = None) -> None:
+    """The SDXL examples' last columns: KSampler (seed 0, 30 steps) below the guidance nodes of
+    column 2, then column 3 decodes and saves. ``model``: the CFG Parallel node; ``inputs``:
+    sdxl_inputs' nodes. ``group_decode``: VAE Decode (Multi-GPU)'s settings, to decode on the
+    worker group instead of with VAE Decode."""
+    ckpt, pos, neg, latent = inputs
+    g.group("Sampling", PURPLE)
+    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=cfg, sampler_name=sampler_name,
+                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
+    if group_decode is None:
+        g.column(3).group("Decode and save", BROWN)
+        image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
+    else:
+        g.column(3).group("Decode on the group and save", BROWN)
+        image = g.node("CFGParallelMultiGPU_VAEDecode", title="VAE Decode (Multi-GPU)", w=320, samples=sample.out(),
+                       vae=ckpt.out("VAE"), **group_decode).out()
+    g.node("SaveImage", w=320, h=300, images=image, filename_prefix=prefix)
+
+
 def ksampler_cfg_parallel() -> Graph:
     g = Graph("ksampler_cfg_parallel", "Add one node - KSampler on two GPUs")
     g.column(0).group(None).note(KSAMPLER_NOTE, w=420, h=520)
-    ckpt, pos, neg, latent = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 1)
-    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=ckpt.out("MODEL"), parallel_size=2,
-                   devices="")
-    g.group("Sampling", PURPLE)
-    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler",
-                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
-    g.column(3).group("Decode and save", BROWN)
-    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
-    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/ksampler")
+    inputs = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 1)
+    model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
+                                                    model=inputs[0].out("MODEL"), parallel_size=2, devices="")
+    sample_and_save(g, model, inputs, "cfg_parallel/ksampler")
     return g
 
 
@@ -74,16 +89,11 @@ What you get
 def ksampler_four_seeds() -> Graph:
     g = Graph("ksampler_four_seeds", "Four seeds (batch 4) on four GPUs")
     g.column(0).group(None).note(FOUR_SEEDS_NOTE, w=420, h=560)
-    ckpt, pos, neg, latent = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 4)
+    inputs = sdxl_inputs(g, "a red fox in fresh snow at golden hour, detailed fur, 85mm photograph", 1024, 1024, 4)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
-                                                    model=ckpt.out("MODEL"), parallel_size=4, devices="",
+                                                    model=inputs[0].out("MODEL"), parallel_size=4, devices="",
                                                     sequence_split="off", batch_split="auto")
-    g.group("Sampling", PURPLE)
-    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler_ancestral",
-                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
-    g.column(3).group("Decode and save", BROWN)
-    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
-    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/four_seeds")
+    sample_and_save(g, model, inputs, "cfg_parallel/four_seeds", sampler_name="euler_ancestral")
     return g
 
 
@@ -102,17 +112,12 @@ Settings
 def ksampler_group_decode() -> Graph:
     g = Graph("ksampler_group_decode", "KSampler and VAE decode on two GPUs")
     g.column(0).group(None).note(GROUP_DECODE_NOTE, w=420, h=560)
-    ckpt, pos, neg, latent = sdxl_inputs(g, "a lighthouse on a cliff in a storm, waves breaking, dramatic light, wide photograph", 1536, 1024, 1)
+    inputs = sdxl_inputs(g, "a lighthouse on a cliff in a storm, waves breaking, dramatic light, wide photograph", 1536, 1024, 1)
     model = g.column(2).group(GUIDANCE, GREEN).node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320,
-                                                    model=ckpt.out("MODEL"), parallel_size=2, devices="")
-    g.group("Sampling", PURPLE)
-    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=7.0, sampler_name="euler",
-                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
-    g.column(3).group("Decode on the group and save", BROWN)
-    image = g.node("CFGParallelMultiGPU_VAEDecode", title="VAE Decode (Multi-GPU)", w=320, samples=sample.out(),
-                   vae=ckpt.out("VAE"), tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8,
-                   parallel_size=2, devices="").out()
-    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/group_decode")
+                                                    model=inputs[0].out("MODEL"), parallel_size=2, devices="")
+    sample_and_save(g, model, inputs, "cfg_parallel/group_decode",
+                    group_decode=dict(tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8, parallel_size=2,
+                                      devices=""))
     return g
 
 
@@ -175,17 +180,12 @@ Settings
 def sdxl_pag_three_gpus() -> Graph:
     g = Graph("sdxl_pag_three_gpus", "SDXL with PAG - three passes on three GPUs")
     g.column(0).group(None).note(PAG_NOTE, w=420, h=520)
-    ckpt, pos, neg, latent = sdxl_inputs(g, "a lighthouse on a rocky coast in a storm, dramatic clouds, detailed, photograph", 1024, 1024, 1)
+    inputs = sdxl_inputs(g, "a lighthouse on a rocky coast in a storm, dramatic clouds, detailed, photograph", 1024, 1024, 1)
     g.column(2).group(GUIDANCE, GREEN)
-    pag = g.node("PerturbedAttentionGuidance", w=320, model=ckpt.out("MODEL"), scale=3.0)
+    pag = g.node("PerturbedAttentionGuidance", w=320, model=inputs[0].out("MODEL"), scale=3.0)
     model = g.node("CFGParallelMultiGPU_Model", title="CFG Parallel", w=320, model=pag.out(), parallel_size=3,
                    devices="")
-    g.group("Sampling", PURPLE)
-    sample = g.node("KSampler", w=320, model=model.out(), seed=0, steps=30, cfg=6.0, sampler_name="euler",
-                    scheduler="normal", positive=pos.out(), negative=neg.out(), latent_image=latent.out(), denoise=1.0)
-    g.column(3).group("Decode and save", BROWN)
-    image = g.node("VAEDecode", w=320, samples=sample.out(), vae=ckpt.out("VAE")).out()
-    g.node("SaveImage", w=320, h=300, images=image, filename_prefix="cfg_parallel/sdxl_pag")
+    sample_and_save(g, model, inputs, "cfg_parallel/sdxl_pag", cfg=6.0)
     return g
 
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from test_faults_server import demo_graph, descendants, cmdline, wait_dead, worker_pids
+from support.demo_prompts import demo_graph
+from support.processes import cmdline, descendants, wait_dead, worker_pids
 
 
 def mapped_semaphores(root: int) -> set[str]:
