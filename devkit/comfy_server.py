@@ -216,7 +216,9 @@ class ComfyServer:
         return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--disable-auto-launch", "--disable-api-nodes",
                 "--base-directory", str(self.base_dir),
-                "--database-url", "sqlite:///:memory:", *self.extra_args]
+                # A database file, as ComfyUI's default is: an in-memory one lives in one thread's
+                # connection, and SQLAlchemy prints a traceback when another thread collects it.
+                "--database-url", f"sqlite:///{self.base_dir / 'comfyui.db'}", *self.extra_args]
 
     def start(self, wait: bool = True, attempts: int = 3):
         """Spawn the server; with wait (default) block until it answers HTTP.
