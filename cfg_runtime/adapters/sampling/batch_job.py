@@ -24,6 +24,8 @@ import comfy.k_diffusion.sampling as kds
 
 from ...errors import GroupConfigError
 from ...parallel.batch import BatchExchange, BatchPlan, batch_rows, gather_batch, plan_batch_groups
+from ...parallel.layout import group_step_time
+from ..families import family_of
 from .wrapper_keys import MASK_KEY, OUTER
 
 log = logging.getLogger("cfg_parallel")
@@ -58,24 +60,41 @@ def _sampler_name(sampler) -> str:
     return getattr(fn, "__name__", "") or getattr(sampler, "name", "")
 
 
-def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, branches: int, world_size: int,
+def _job_problem(total: int | None, *, conds: dict, sampler, policy) -> str | None:
+    if total is None:
+        return "an audio+video (nested) latent has no batch split yet"
+    if total < 2:
+        return "the latent batch is 1"
+    if _sampler_name(sampler) in _ADAPTIVE:
+        return "dpm_adaptive chooses its steps from the whole batch"
+    if policy.batch_statistic:
+        return f"the policy's {policy.batch_statistic} mixes the samples"
+    return _cond_problem(conds, total)
+
+
+def group_time(policy, model, world_size: int, sequence_degree: int):
+    """One sample's predicted step time on a batch group of n ranks (parallel/batch.py's sequence
+    axis): the layout that :func:`.sequence_job.job_layout` gives such a group, with the family's
+    split share; None where the requested sequence degree does not fit n ranks."""
+    family = family_of(model) if model is not None and sequence_degree != 1 else None
+    can_split = family is not None and family.can_split
+    share = family.split_share if can_split else 0.0
+    return lambda ranks: group_step_time(len(policy.branches), ranks, sequence_degree,
+                                         can_split=can_split, split_share=share)
+
+
+def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, policy, model, world_size: int,
                      sequence_degree: int) -> int:
     """The batch groups of a job (1 = no split). A forced split that cannot run is refused with
-    the reason; ``auto`` falls back to no split (logged)."""
+    the reason; ``auto`` falls back to no split (logged). With the sequence split the planner
+    weighs the three axes (batch groups x branch groups x sequence degree)."""
     if requested == 1 or world_size == 1:
         return 1
     total = batch_size(latent_image)
-    problem = None
-    if total is None:
-        problem = "an audio+video (nested) latent has no batch split yet"
-    elif total < 2:
-        problem = "the latent batch is 1"
-    elif sequence_degree != 1:
-        problem = "the sequence split is on (batch and sequence splits together are not supported yet)"
-    elif _sampler_name(sampler) in _ADAPTIVE:
-        problem = "dpm_adaptive chooses its steps from the whole batch"
-    else:
-        problem = _cond_problem(conds, total)
+    problem = _job_problem(total, conds=conds, sampler=sampler, policy=policy)
+    if problem is None and requested and sequence_degree > 1 and (world_size // max(requested, 1)) % sequence_degree:
+        problem = (f"a sequence degree of {sequence_degree} does not divide the {world_size // requested} rank(s) "
+                   f"of a batch group")
     if problem is not None:
         if requested:
             raise GroupConfigError(f"The batch split ({requested} groups) cannot run: {problem}. Set the batch "
@@ -83,7 +102,8 @@ def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, bran
         if total is not None and total > 1:
             log.info("cfg-parallel: no batch split: %s", problem)
         return 1
-    return plan_batch_groups(total, branches, world_size, requested)
+    return plan_batch_groups(total, len(policy.branches), world_size, requested,
+                             group_time(policy, model, world_size, sequence_degree))
 
 
 def sliced_conds(conds: dict, total: int, lo: int, hi: int) -> dict:
