@@ -7,7 +7,9 @@ its rows). The per-step noise comes from ``comfy.k_diffusion.sampling``'s
 ``default_noise_sampler`` / ``BrownianTreeNoiseSampler``, seeded for the shape of the
 sampler's latent: while a group samples (on its rank process, one job at a time) both names
 are wrapped so that they draw for the whole batch and hand back the group's rows, the very
-numbers the unsplit batch gets. The pure rules (plan, rows, exchange) are in
+numbers the unsplit batch gets. A nested (LTX-2 audio+video) latent splits part by part (the
+video's rows, the audio's, their noise's and masks'); ComfyUI packs each group's parts for
+its sampler, and rank 0 gets every part whole again. The pure rules (plan, rows, exchange) are in
 ``parallel/batch.py``.
 """
 from __future__ import annotations
@@ -35,11 +37,27 @@ REPEATED = ("cross_attn", "pooled_output")
 _ADAPTIVE = ("dpm_adaptive_function", "dpm_adaptive")  # picks its steps from the whole batch's error
 
 
+def _parts(value) -> list | None:
+    """The tensors of a nested (audio+video) value, or None for a plain one."""
+    return list(value.unbind()) if getattr(value, "is_nested", False) else None
+
+
 def batch_size(latent_image) -> int | None:
-    """The latent's batch, or None where the batch split does not apply (nested audio+video latents)."""
-    if getattr(latent_image, "is_nested", False) or not isinstance(latent_image, torch.Tensor):
-        return None
-    return int(latent_image.shape[0])
+    """The latent's batch (a nested audio+video latent: its parts', when they agree), or None
+    where the batch split does not apply."""
+    parts = _parts(latent_image)
+    if parts is not None:
+        sizes = {int(t.shape[0]) for t in parts}
+        return sizes.pop() if len(sizes) == 1 else None
+    return int(latent_image.shape[0]) if isinstance(latent_image, torch.Tensor) else None
+
+
+def nested_rows(value, total: int, lo: int, hi: int, cut=batch_rows):
+    """``cut`` applied to each part of a nested value (the same class again), or to the value."""
+    parts = _parts(value)
+    if parts is None:
+        return cut(value, total, lo, hi)
+    return type(value)([cut(t, total, lo, hi) for t in parts])
 
 
 def _cond_problem(conds: dict, total: int) -> str | None:
@@ -62,7 +80,7 @@ def _sampler_name(sampler) -> str:
 
 def _job_problem(total: int | None, *, conds: dict, sampler, policy) -> str | None:
     if total is None:
-        return "an audio+video (nested) latent has no batch split yet"
+        return "the latent's parts (audio+video) have different batch sizes"
     if total < 2:
         return "the latent batch is 1"
     if _sampler_name(sampler) in _ADAPTIVE:
@@ -191,7 +209,13 @@ class BatchSetup:
         return whole_batch_noise(self.plan.total, lo, hi)
 
     def gather(self, out):
-        return out if self.plan is None else gather_batch(self._world, self.plan, out)
+        """The whole batch from every group (each part of a nested latent in turn)."""
+        if self.plan is None:
+            return out
+        parts = _parts(out)
+        if parts is None:
+            return gather_batch(self._world, self.plan, out)
+        return type(out)([gather_batch(self._world, self.plan, t) for t in parts])
 
     def summary(self) -> dict:
         if self.plan is None:
@@ -203,10 +227,11 @@ def batch_setup(ctx, job) -> BatchSetup:
     """This rank's share of the job (``job.batch_groups`` 1: the whole job, the rank's own context)."""
     if job.batch_groups == 1:
         return BatchSetup(ctx, job.noise, job.latent_image, job.denoise_mask, job.conds)
-    total = int(job.latent_image.shape[0])
+    total = batch_size(job.latent_image)
     plan = BatchPlan(total, job.batch_groups, ctx.world_size)
     exchange = BatchExchange(ctx.exchange, plan)
     lo, hi = plan.bounds(exchange.group)
     view = dataclasses.replace(ctx, rank=exchange.rank, world_size=exchange.world_size, exchange=exchange)
-    return BatchSetup(view, batch_rows(job.noise, total, lo, hi), job.latent_image[lo:hi],
-                      _rows(job.denoise_mask, total, lo, hi), sliced_conds(job.conds, total, lo, hi), plan)
+    return BatchSetup(view, nested_rows(job.noise, total, lo, hi), nested_rows(job.latent_image, total, lo, hi),
+                      nested_rows(job.denoise_mask, total, lo, hi, _rows), sliced_conds(job.conds, total, lo, hi),
+                      plan)
