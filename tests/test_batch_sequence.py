@@ -111,3 +111,19 @@ def test_batch_2_x_branches_2_x_sequence_2_on_8_ranks(model):
     abs_, rel = figures(got, whole)
     print(f"\nbatch 2 x 2 branches x sequence 2 (8 ranks) vs size 1: max abs {abs_:.3g}, rel L2 {rel:.3g}")
     assert abs_ <= BOUND
+
+
+@pytest.mark.parametrize("node", ["Mahiro", "VideoLinearCFGGuidance"])
+def test_guidance_nodes_that_mix_the_batch_are_refused(model, node):
+    """Core nodes whose functions mix the samples (Mahiro: one mean; VideoLinearCFGGuidance: a scale
+    per batch row): a forced batch split is refused before any rank samples."""
+    import comfy_extras.nodes_mahiro as mahiro
+    import comfy_extras.nodes_video_model as video
+
+    if node == "Mahiro":
+        out = mahiro.Mahiro.execute(model)
+        patched = out.args[0] if hasattr(out, "args") else out[0]
+    else:
+        patched = video.VideoLinearCFGGuidance().patch(model, 1.0)[0]
+    with pytest.raises(GroupConfigError, match=node):
+        sample(patched, _noise(2), 2, split=2, cfg=3.0)

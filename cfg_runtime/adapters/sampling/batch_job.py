@@ -35,6 +35,10 @@ log = logging.getLogger("cfg_parallel")
 # conditioning entries ComfyUI repeats to the latent batch (comfy.utils.repeat_to_batch_size)
 REPEATED = ("cross_attn", "pooled_output")
 _ADAPTIVE = ("dpm_adaptive_function", "dpm_adaptive")  # picks its steps from the whole batch's error
+# core guidance nodes whose functions mix a batch's samples: a scale per batch row (SVD's frames), one mean
+MIXING = {"VideoLinearCFGGuidance": "a CFG scale per batch row",
+          "VideoTriangleCFGGuidance": "a CFG scale per batch row", "Mahiro": "one similarity over the whole batch"}
+_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
 
 
 def _parts(value) -> list | None:
@@ -78,7 +82,19 @@ def _sampler_name(sampler) -> str:
     return getattr(fn, "__name__", "") or getattr(sampler, "name", "")
 
 
-def _job_problem(total: int | None, *, conds: dict, sampler, policy) -> str | None:
+def _model_problem(model) -> str | None:
+    """A guidance node on the model whose function mixes the samples of a batch (core's, by its closure's name)."""
+    options = getattr(model, "model_options", None) or {}
+    for key in _FUNCTIONS:
+        found = options.get(key)
+        for fn in found if isinstance(found, (list, tuple)) else [found]:
+            node = getattr(fn, "__qualname__", "").split(".")[0]
+            if fn is not None and node in MIXING and getattr(fn, "__module__", "").startswith("comfy_extras."):
+                return f"the model's {node} node takes {MIXING[node]}"
+    return None
+
+
+def _job_problem(total: int | None, *, conds: dict, sampler, policy, model) -> str | None:
     if total is None:
         return "the latent's parts (audio+video) have different batch sizes"
     if total < 2:
@@ -87,7 +103,7 @@ def _job_problem(total: int | None, *, conds: dict, sampler, policy) -> str | No
         return "dpm_adaptive chooses its steps from the whole batch"
     if policy.batch_statistic:
         return f"the policy's {policy.batch_statistic} mixes the samples"
-    return _cond_problem(conds, total)
+    return _model_problem(model) or _cond_problem(conds, total)
 
 
 def group_time(policy, model, world_size: int, sequence_degree: int):
@@ -109,7 +125,7 @@ def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, poli
     if requested == 1 or world_size == 1:
         return 1
     total = batch_size(latent_image)
-    problem = _job_problem(total, conds=conds, sampler=sampler, policy=policy)
+    problem = _job_problem(total, conds=conds, sampler=sampler, policy=policy, model=model)
     if problem is None and requested and sequence_degree > 1 and (world_size // max(requested, 1)) % sequence_degree:
         problem = (f"a sequence degree of {sequence_degree} does not divide the {world_size // requested} rank(s) "
                    f"of a batch group")
