@@ -4,7 +4,8 @@ tests/test_ltx2_av.py is).
 
 Each group samples its rows of the video and the audio latents (their noise, their masks);
 rank 0 puts both parts together again. One and two stages against parallel size 1 (the batch
-dimension of every matmul differs: a measured bound, not bit for bit), and the refusals.
+dimension of every matmul differs: a measured bound, not bit for bit), two stages with the
+sequence split inside each batch group (4 ranks: 2 batch groups x sequence 2), and the refusals.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def _node():
     return sys.modules[name].NODE_CLASS_MAPPINGS["LTX2Sampler"]()
 
 
-def run(model, latent, *, size=1, split="off", mode="one_stage", pol=None, files=None):
+def run(model, latent, *, size=1, split="off", mode="one_stage", pol=None, files=None, sequence="off"):
     extra = {}
     if mode == "two_stage":
         extra = dict(upscale_model=t2.load_latent_upscaler(files["upscaler"]), vae=t2.load_ltx_vae(files["vae"]))
@@ -92,7 +93,8 @@ def run(model, latent, *, size=1, split="off", mode="one_stage", pol=None, files
         final, stage1 = _node().sample(model, t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2),
                                        pol or policy(), latent, comfy.samplers.sampler_object("euler"),
                                        sigmas_for(model, 3), SEED, mode, size, "cpu",
-                                       "0.909375, 0.725, 0.421875, 0.0", batch_split=split, **extra)
+                                       "0.909375, 0.725, 0.421875, 0.0", batch_split=split,
+                                       sequence_split=sequence, **extra)
     return final["samples"].unbind(), stage1["samples"].unbind()
 
 
@@ -121,6 +123,14 @@ def test_two_stage_batch_2_on_2_ranks(model, latent, files):
     final, stage1 = run(model, latent, size=2, split="2", mode="two_stage", files=files)
     compare("LTX-2 AV two_stage stage 1:", stage1, ref_stage1)
     compare("LTX-2 AV two_stage final:", final, ref_final)
+
+
+def test_two_stage_batch_2_x_sequence_2_on_4_ranks(model, latent, files):
+    """2 batch groups x (4 branches on 1 branch group x sequence 2) in stage 1, 2 x sequence 2 in stage 2."""
+    ref_final, ref_stage1 = run(model, latent, mode="two_stage", files=files)
+    final, stage1 = run(model, latent, size=4, split="2", sequence="2", mode="two_stage", files=files)
+    compare("LTX-2 AV two_stage, 2 batch groups x sequence 2, stage 1:", stage1, ref_stage1)
+    compare("LTX-2 AV two_stage, 2 batch groups x sequence 2, final:", final, ref_final)
 
 
 def test_refusals(model, latent):
