@@ -1,5 +1,5 @@
-"""The batch_split widget of the CFG Parallel node and the Multi-Branch Guider: a latent
-batch (batch_size > 1, several seeds) split over batch groups of ranks."""
+"""The batch_split widget of the CFG Parallel node, the Multi-Branch Guider and the LTX2 Sampler:
+a latent batch (batch_size > 1, several seeds) split over batch groups of ranks."""
 from __future__ import annotations
 
 from cfg_runtime.errors import PolicyError
@@ -7,11 +7,13 @@ from cfg_runtime.errors import PolicyError
 from .common import SPLIT_OPTIONS, split_input
 
 BATCH_SPLIT_TIP = ("Split the latent batch (batch_size > 1) over groups of ranks: ranks = batch groups x branch "
-                   "ranks. off = every rank samples the whole batch, bit for bit equal to one GPU; auto = the "
-                   "layout predicted fastest from the batch, the branches and parallel_size (ties keep the branch "
-                   "split); N = N batch groups (N divides parallel_size, at most the batch). Each sample gets the "
-                   "noise and conditioning it gets unsplit; other matmul shapes round differently (measured "
-                   "<= 1.1e-5 max abs per sample on the CPU test model, fp32): not bit-exact.")
+                   "ranks x sequence degree. off = every rank samples the whole batch, bit for bit equal to one "
+                   "GPU; auto = the layout predicted fastest from the batch, the branches, the sequence split and "
+                   "parallel_size (ties keep the branch and sequence layout); N = N batch groups (N divides "
+                   "parallel_size, at most the batch). Not with guidance rescale (one std over the whole batch). "
+                   "Each sample gets the noise and conditioning it gets unsplit; other matmul shapes round "
+                   "differently (measured <= 3.1e-5 max abs per sample on the CPU test models, fp32): not "
+                   "bit-exact.")
 BATCH_SPLIT_OPTIONS = SPLIT_OPTIONS
 
 

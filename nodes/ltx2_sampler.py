@@ -8,6 +8,7 @@ from cfg_runtime.adapters.sampling.ltx_pipeline import DISTILLED_STAGE2_SIGMAS, 
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.policy import CFGPolicy
 
+from .batch_split import batch_groups, batch_input
 from .common import ALIASES_COMMON, PREFIX, categories, deprecated_alias, schema
 from .guider import parallel_inputs, sequence_degree, sequence_input
 from .policy_builder import CFG_POLICY
@@ -51,6 +52,7 @@ class LTX2Sampler(io.ComfyNode):
                                             tooltip="LTX-2 spatial upscaler (two_stage)."),
                 io.Vae.Input("vae", optional=True, tooltip="Video VAE, for the upsampler's normalisation (two_stage)."),
                 sequence_input(),
+                batch_input(),
             ],
             outputs=[io.Latent.Output("final_latent", display_name="latent", tooltip="The final audio+video latent."),
                      io.Latent.Output("stage1_latent_out", display_name="stage1_latent",
@@ -60,13 +62,13 @@ class LTX2Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, policy, latent, sampler, sigmas, noise_seed, mode, parallel_size,
                 devices, stage2_sigmas, stage2_model=None, upscale_model=None, vae=None,
-                sequence_split="off") -> io.NodeOutput:
+                sequence_split="off", batch_split="off") -> io.NodeOutput:
         if not isinstance(policy, CFGPolicy):
             raise PolicyError("The policy input must come from a CFGPolicy Builder node.")
         plan = StagePlan(two_stage=mode == "two_stage", stage2_sigmas=parse_sigmas(stage2_sigmas))
         settings = ParallelSettings(world_size=parallel_size, devices=devices,
                                     sequence_degree=sequence_degree(sequence_split), node="the LTX2 Sampler",
-                                    split_option=True)
+                                    split_option=True, batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at any size, before stage 1 starts
         final, stage1 = run_ltx2(model, positive, negative, policy, latent, sampler, sigmas, noise_seed, settings,
                                  plan, upscale_model=upscale_model, vae=vae, stage2_model=stage2_model)

@@ -53,3 +53,19 @@ def test_env(monkeypatch):
     monkeypatch.setenv(BATCH_ENV, "many")
     with pytest.raises(GroupConfigError, match=BATCH_ENV):
         batch_split_from_env()
+
+
+@pytest.mark.parametrize("branches,batch,world,degree,expected", [
+    (1, 2, 4, 0, 2),   # one branch: 2 batch groups x sequence 2 (0.525) beats sequence 4 (2 x 0.2875)
+    (1, 4, 4, 0, 4),   # enough samples: every rank its own sample (no split needed)
+    (2, 2, 8, 0, 2),   # 2 batch groups x 2 branch groups x sequence 2
+    (1, 2, 4, 4, 1),   # a forced sequence degree 4 needs groups of 4 ranks
+    (1, 4, 4, 2, 2),   # a forced sequence degree 2: groups of 2 ranks at most 2 groups
+])
+def test_auto_plan_with_the_sequence_axis(branches, batch, world, degree, expected):
+    from cfg_runtime.parallel.layout import group_step_time
+
+    def one(ranks):
+        return group_step_time(branches, ranks, degree, can_split=True, split_share=0.95)
+
+    assert plan_batch_groups(batch, branches, world, 0, one) == expected

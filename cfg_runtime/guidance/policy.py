@@ -313,6 +313,14 @@ class CFGPolicy:
     def combine(self, preds: Mapping[str, torch.Tensor], ctx: CombineContext) -> torch.Tensor:
         return self.rule.combine(preds, ctx)
 
+    @property
+    def batch_statistic(self) -> str | None:
+        """What of the rule mixes the samples of a batch (guidance rescale: one std over the whole
+        tensor, batch included), or None: a rule that is per sample (CFG-Zero* is) splits over a batch."""
+        rescales = [getattr(self.rule, "rescale", 0.0)] + [getattr(getattr(self.rule, m, None), "rescale", 0.0)
+                                                           for m in ("video", "audio")]
+        return "guidance rescale (one std over the whole batch)" if any(rescales) else None
+
     def describe(self) -> str:
         """One line per branch, for the UI."""
         lines = [f"policy '{self.name}' ({self.rule.kind}), {len(self.branches)} branch(es) per step:"]

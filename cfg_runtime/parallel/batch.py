@@ -1,9 +1,11 @@
 """The batch split: a prompt's latent batch divided over batch groups.
 
-ranks = batch groups x ranks per group (each group: branch ranks). Group ``g`` holds world
-ranks ``g * per_group .. (g + 1) * per_group - 1`` and samples rows ``bounds(g)`` of the
-batch (split as evenly as possible, the first groups one row more). Inside a group the
-branch exchange runs as before; :class:`BatchExchange` runs it over the whole world (rows
+ranks = batch groups x ranks per group (each group: branch groups x sequence degree, the
+layout of :mod:`.layout` on ``per_group`` ranks). Group ``g`` holds world ranks ``g *
+per_group .. (g + 1) * per_group - 1`` and samples rows ``bounds(g)`` of the batch (split as
+evenly as possible, the first groups one row more). A sequence group is ``degree``
+consecutive world ranks, so it lies inside one batch group. Inside a group the branch (and
+sequence) exchange runs as before; :class:`BatchExchange` runs it over the whole world (rows
 padded to the largest share) so that every group sees world rank 0's stop request and any
 rank's failure at the same step, and :func:`gather_batch` puts the whole batch together.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -73,16 +75,23 @@ class BatchPlan:
         return f"{self.groups} batch group(s) of {self.per_group} rank(s), batch {self.total} as {shares}"
 
 
-def predicted_time(batch: int, branches: int, world_size: int, groups: int) -> int:
-    """Forwards on the busiest rank per step, in one-sample one-branch units (batching on one
-    GPU counted as linear: what a compute-bound model does)."""
+def predicted_time(batch: int, branches: int, world_size: int, groups: int,
+                   group_time: Callable[[int], float | None] | None = None) -> float | None:
+    """Predicted step time on the busiest rank, in one-sample one-branch units: ``ceil(batch /
+    groups)`` samples (batching on one GPU counted as linear: what a compute-bound model does)
+    times one sample's step on a group of ``world_size // groups`` ranks, ``group_time(ranks)``
+    (its branch x sequence layout; None = no layout fits). Default: branch ranks only."""
     per_group = world_size // groups
-    return math.ceil(batch / groups) * math.ceil(max(branches, 1) / per_group)
+    one = group_time(per_group) if group_time is not None else math.ceil(max(branches, 1) / per_group)
+    return None if one is None else math.ceil(batch / groups) * one
 
 
-def plan_batch_groups(batch: int, branches: int, world_size: int, requested: int) -> int:
+def plan_batch_groups(batch: int, branches: int, world_size: int, requested: int,
+                      group_time: Callable[[int], float | None] | None = None) -> int:
     """Batch groups for a job: ``requested`` 1 = no split, N = N groups (checked), 0 = the fewest
-    groups with the least predicted time (ties keep branch parallelism: bit-exact)."""
+    groups with the least predicted time (:func:`predicted_time`; ties keep the branch and
+    sequence layout of one group: no batch split). ``group_time`` is the sequence axis: one
+    sample's step time on a group of n ranks (:func:`..layout.relative_step_time` of its layout)."""
     if not isinstance(requested, int) or requested < 0:
         raise GroupConfigError(f"The batch split must be 'off' (1), 'auto' (0) or a number of groups, got "
                                f"{clip(requested)}.")
@@ -91,8 +100,9 @@ def plan_batch_groups(batch: int, branches: int, world_size: int, requested: int
     if requested:
         BatchPlan(batch, requested, world_size)  # refuses what does not fit
         return requested
-    fits = [g for g in range(1, world_size + 1) if world_size % g == 0 and g <= max(batch, 1)]
-    return min(fits, key=lambda g: (predicted_time(batch, branches, world_size, g), g))
+    timed = [(t, g) for g in range(1, world_size + 1) if world_size % g == 0 and g <= max(batch, 1)
+             for t in [predicted_time(batch, branches, world_size, g, group_time)] if t is not None]
+    return min(timed, key=lambda tg: (round(tg[0], 9), tg[1]))[1] if timed else 1
 
 
 def batch_rows(t: torch.Tensor, total: int, lo: int, hi: int) -> torch.Tensor:

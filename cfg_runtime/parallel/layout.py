@@ -105,6 +105,16 @@ def plan_layout(branches: int, world_size: int, degree: int = 0, *, can_split: b
     return best[1]
 
 
+def group_step_time(branches: int, ranks: int, degree: int, *, can_split: bool, split_share: float) -> float | None:
+    """One sample's predicted step time on a (batch) group of ``ranks`` ranks with the layout
+    :func:`plan_layout` gives it for the requested ``degree`` (0 = automatic); None where that
+    degree does not fit (it does not divide ``ranks``, or the model has no split)."""
+    if degree > 1 and (ranks % degree or not can_split):
+        return None
+    layout = plan_layout(branches, ranks, degree, can_split=can_split, split_share=split_share)
+    return relative_step_time(branches, layout, split_share if can_split else 0.0)
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -7,7 +7,9 @@ its rows). The per-step noise comes from ``comfy.k_diffusion.sampling``'s
 ``default_noise_sampler`` / ``BrownianTreeNoiseSampler``, seeded for the shape of the
 sampler's latent: while a group samples (on its rank process, one job at a time) both names
 are wrapped so that they draw for the whole batch and hand back the group's rows, the very
-numbers the unsplit batch gets. The pure rules (plan, rows, exchange) are in
+numbers the unsplit batch gets. A nested (LTX-2 audio+video) latent splits part by part (the
+video's rows, the audio's, their noise's and masks'); ComfyUI packs each group's parts for
+its sampler, and rank 0 gets every part whole again. The pure rules (plan, rows, exchange) are in
 ``parallel/batch.py``.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ import comfy.k_diffusion.sampling as kds
 
 from ...errors import GroupConfigError
 from ...parallel.batch import BatchExchange, BatchPlan, batch_rows, gather_batch, plan_batch_groups
+from ...parallel.layout import group_step_time
+from ..families import family_of
 from .wrapper_keys import MASK_KEY, OUTER
 
 log = logging.getLogger("cfg_parallel")
@@ -31,13 +35,33 @@ log = logging.getLogger("cfg_parallel")
 # conditioning entries ComfyUI repeats to the latent batch (comfy.utils.repeat_to_batch_size)
 REPEATED = ("cross_attn", "pooled_output")
 _ADAPTIVE = ("dpm_adaptive_function", "dpm_adaptive")  # picks its steps from the whole batch's error
+# core guidance nodes whose functions mix a batch's samples: a scale per batch row (SVD's frames), one mean
+MIXING = {"VideoLinearCFGGuidance": "a CFG scale per batch row",
+          "VideoTriangleCFGGuidance": "a CFG scale per batch row", "Mahiro": "one similarity over the whole batch"}
+_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+
+
+def _parts(value) -> list | None:
+    """The tensors of a nested (audio+video) value, or None for a plain one."""
+    return list(value.unbind()) if getattr(value, "is_nested", False) else None
 
 
 def batch_size(latent_image) -> int | None:
-    """The latent's batch, or None where the batch split does not apply (nested audio+video latents)."""
-    if getattr(latent_image, "is_nested", False) or not isinstance(latent_image, torch.Tensor):
-        return None
-    return int(latent_image.shape[0])
+    """The latent's batch (a nested audio+video latent: its parts', when they agree), or None
+    where the batch split does not apply."""
+    parts = _parts(latent_image)
+    if parts is not None:
+        sizes = {int(t.shape[0]) for t in parts}
+        return sizes.pop() if len(sizes) == 1 else None
+    return int(latent_image.shape[0]) if isinstance(latent_image, torch.Tensor) else None
+
+
+def nested_rows(value, total: int, lo: int, hi: int, cut=batch_rows):
+    """``cut`` applied to each part of a nested value (the same class again), or to the value."""
+    parts = _parts(value)
+    if parts is None:
+        return cut(value, total, lo, hi)
+    return type(value)([cut(t, total, lo, hi) for t in parts])
 
 
 def _cond_problem(conds: dict, total: int) -> str | None:
@@ -58,24 +82,53 @@ def _sampler_name(sampler) -> str:
     return getattr(fn, "__name__", "") or getattr(sampler, "name", "")
 
 
-def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, branches: int, world_size: int,
+def _model_problem(model) -> str | None:
+    """A guidance node on the model whose function mixes the samples of a batch (core's, by its closure's name)."""
+    options = getattr(model, "model_options", None) or {}
+    for key in _FUNCTIONS:
+        found = options.get(key)
+        for fn in found if isinstance(found, (list, tuple)) else [found]:
+            node = getattr(fn, "__qualname__", "").split(".")[0]
+            if fn is not None and node in MIXING and getattr(fn, "__module__", "").startswith("comfy_extras."):
+                return f"the model's {node} node takes {MIXING[node]}"
+    return None
+
+
+def _job_problem(total: int | None, *, conds: dict, sampler, policy, model) -> str | None:
+    if total is None:
+        return "the latent's parts (audio+video) have different batch sizes"
+    if total < 2:
+        return "the latent batch is 1"
+    if _sampler_name(sampler) in _ADAPTIVE:
+        return "dpm_adaptive chooses its steps from the whole batch"
+    if policy.batch_statistic:
+        return f"the policy's {policy.batch_statistic} mixes the samples"
+    return _model_problem(model) or _cond_problem(conds, total)
+
+
+def group_time(policy, model, world_size: int, sequence_degree: int):
+    """One sample's predicted step time on a batch group of n ranks (parallel/batch.py's sequence
+    axis): the layout that :func:`.sequence_job.job_layout` gives such a group, with the family's
+    split share; None where the requested sequence degree does not fit n ranks."""
+    family = family_of(model) if model is not None and sequence_degree != 1 else None
+    can_split = family is not None and family.can_split
+    share = family.split_share if can_split else 0.0
+    return lambda ranks: group_step_time(len(policy.branches), ranks, sequence_degree,
+                                         can_split=can_split, split_share=share)
+
+
+def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, policy, model, world_size: int,
                      sequence_degree: int) -> int:
     """The batch groups of a job (1 = no split). A forced split that cannot run is refused with
-    the reason; ``auto`` falls back to no split (logged)."""
+    the reason; ``auto`` falls back to no split (logged). With the sequence split the planner
+    weighs the three axes (batch groups x branch groups x sequence degree)."""
     if requested == 1 or world_size == 1:
         return 1
     total = batch_size(latent_image)
-    problem = None
-    if total is None:
-        problem = "an audio+video (nested) latent has no batch split yet"
-    elif total < 2:
-        problem = "the latent batch is 1"
-    elif sequence_degree != 1:
-        problem = "the sequence split is on (batch and sequence splits together are not supported yet)"
-    elif _sampler_name(sampler) in _ADAPTIVE:
-        problem = "dpm_adaptive chooses its steps from the whole batch"
-    else:
-        problem = _cond_problem(conds, total)
+    problem = _job_problem(total, conds=conds, sampler=sampler, policy=policy, model=model)
+    if problem is None and requested and sequence_degree > 1 and (world_size // max(requested, 1)) % sequence_degree:
+        problem = (f"a sequence degree of {sequence_degree} does not divide the {world_size // requested} rank(s) "
+                   f"of a batch group")
     if problem is not None:
         if requested:
             raise GroupConfigError(f"The batch split ({requested} groups) cannot run: {problem}. Set the batch "
@@ -83,7 +136,8 @@ def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, bran
         if total is not None and total > 1:
             log.info("cfg-parallel: no batch split: %s", problem)
         return 1
-    return plan_batch_groups(total, branches, world_size, requested)
+    return plan_batch_groups(total, len(policy.branches), world_size, requested,
+                             group_time(policy, model, world_size, sequence_degree))
 
 
 def sliced_conds(conds: dict, total: int, lo: int, hi: int) -> dict:
@@ -171,7 +225,13 @@ class BatchSetup:
         return whole_batch_noise(self.plan.total, lo, hi)
 
     def gather(self, out):
-        return out if self.plan is None else gather_batch(self._world, self.plan, out)
+        """The whole batch from every group (each part of a nested latent in turn)."""
+        if self.plan is None:
+            return out
+        parts = _parts(out)
+        if parts is None:
+            return gather_batch(self._world, self.plan, out)
+        return type(out)([gather_batch(self._world, self.plan, t) for t in parts])
 
     def summary(self) -> dict:
         if self.plan is None:
@@ -183,10 +243,11 @@ def batch_setup(ctx, job) -> BatchSetup:
     """This rank's share of the job (``job.batch_groups`` 1: the whole job, the rank's own context)."""
     if job.batch_groups == 1:
         return BatchSetup(ctx, job.noise, job.latent_image, job.denoise_mask, job.conds)
-    total = int(job.latent_image.shape[0])
+    total = batch_size(job.latent_image)
     plan = BatchPlan(total, job.batch_groups, ctx.world_size)
     exchange = BatchExchange(ctx.exchange, plan)
     lo, hi = plan.bounds(exchange.group)
     view = dataclasses.replace(ctx, rank=exchange.rank, world_size=exchange.world_size, exchange=exchange)
-    return BatchSetup(view, batch_rows(job.noise, total, lo, hi), job.latent_image[lo:hi],
-                      _rows(job.denoise_mask, total, lo, hi), sliced_conds(job.conds, total, lo, hi), plan)
+    return BatchSetup(view, nested_rows(job.noise, total, lo, hi), nested_rows(job.latent_image, total, lo, hi),
+                      nested_rows(job.denoise_mask, total, lo, hi, _rows), sliced_conds(job.conds, total, lo, hi),
+                      plan)

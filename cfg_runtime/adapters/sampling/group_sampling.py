@@ -19,7 +19,7 @@ from ...group.shipping import check_shippable
 from ...guidance.policy import CFGPolicy
 from ..models.model_cache import BUDGET_ENV, short
 from .progress_text import ProgressText
-from .batch_job import job_batch_groups
+from .batch_job import batch_size, job_batch_groups
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
 from ..models.transport import RELEASED, WeightRoute, capture, route_weights, with_base
@@ -67,26 +67,33 @@ def _check_picklable(job: ComfySampleJob) -> None:
                                 f"Run at parallel size 1, or remove what adds it.") from None
 
 
-def _job(call: SampleCall, settings, route: WeightRoute) -> ComfySampleJob:
+def _job(call: SampleCall, settings, route: WeightRoute, batch_groups: int) -> ComfySampleJob:
     job = ComfySampleJob(
         shipment=capture(call.model_patcher, route, settings.node), policy=call.policy, conds=call.conds,
         noise=call.noise,
         latent_image=call.latent_image, sampler=shippable_sampler(call.sampler), sigmas=call.sigmas,
         denoise_mask=call.denoise_mask, seed=call.seed, strategy=settings.strategy,
         keep_model_loaded=settings.keep_model_loaded, sequence_degree=settings.sequence_degree,
-        released=tuple(sorted(RELEASED)), batch_groups=_batch_groups(call, settings))
+        released=tuple(sorted(RELEASED)), batch_groups=batch_groups)
     _check_picklable(job)
     return job
 
 
 def _batch_groups(call: SampleCall, settings) -> int:
-    groups = job_batch_groups(settings.batch_split, latent_image=call.latent_image, conds=call.conds,
-                              sampler=call.sampler, branches=len(call.policy.branches),
-                              world_size=settings.world_size, sequence_degree=settings.sequence_degree)
+    return job_batch_groups(settings.batch_split, latent_image=call.latent_image, conds=call.conds,
+                            sampler=call.sampler, policy=call.policy, model=call.model_patcher,
+                            world_size=settings.world_size, sequence_degree=settings.sequence_degree)
+
+
+def _plan(call: SampleCall, settings, world_size: int) -> tuple[int, str]:
+    """The job's batch groups and its layout in each (logged); the idle-ranks note ("" if none)."""
+    groups = _batch_groups(call, settings)
+    per_group = world_size // groups
+    layout = job_layout(call.policy, per_group, settings.sequence_degree, call.model_patcher)
     if groups > 1:
-        log.info("cfg-parallel batch split: %d group(s) of %d rank(s) for a batch of %d", groups,
-                 settings.world_size // groups, call.latent_image.shape[0])
-    return groups
+        log.info("cfg-parallel batch split: %d batch group(s) x %s for a batch of %d (%d ranks)", groups,
+                 layout.describe(), batch_size(call.latent_image), world_size)
+    return groups, log_layout(call.policy, layout, settings.sequence_degree, call.model_patcher)
 
 
 def _record_residency(group: WorkerGroup, result: JobResult) -> None:
@@ -121,9 +128,8 @@ def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
     latent and the job's result. An interrupt raises ComfyUI's InterruptProcessingException."""
     spec = settings.group_spec()
     route = route_weights(call.model_patcher, spec.devices)  # refuses what cannot travel before any rank starts
-    idle = log_layout(call.policy, job_layout(call.policy, spec.world_size, settings.sequence_degree,
-                                              call.model_patcher), settings.sequence_degree, call.model_patcher)
-    job = _job(call, settings, route)
+    groups, idle = _plan(call, settings, spec.world_size)
+    job = _job(call, settings, route, groups)
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)
     prestart(spec, on_phase=text)  # the ranks start (if they do not run) while the weights get ready

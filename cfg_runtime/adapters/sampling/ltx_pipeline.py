@@ -172,7 +172,7 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
                      stage2_sampler or sampler, stage2_sigmas, None, seed, progress.callback)
     if settings.one_rank_here:
         pass  # stage 1 ran here, and so did stage 2 (said once, at stage 1)
-    elif settings.world_size > 1 and settings.sequence_degree != 1:
+    elif settings.world_size > 1 and (settings.sequence_degree != 1 or settings.batch_split > 1):
         log.info("cfg-parallel LTX2: stage 2 has one branch; it was split over the ranks (layout above)")
     elif settings.world_size > 1:
         log.info("cfg-parallel LTX2: stage 2 has one branch; it ran on rank 0 (other ranks idle; a sequence "

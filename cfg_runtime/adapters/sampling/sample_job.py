@@ -120,7 +120,8 @@ class ComfySampleJob:
         guider = BranchGuider(patcher, self.policy)
         batch = batch_setup(ctx, self)  # this rank's batch group: its rows, its exchange
         batch.apply(guider)
-        split = sequence_setup(batch.ctx, patcher, self.policy, self.sequence_degree)
+        split = sequence_setup(batch.ctx, patcher, self.policy, self.sequence_degree,
+                               world=(ctx.rank, ctx.world_size))
         split.apply(guider)
         dispatcher = BranchDispatcher(self.policy, split.exchange, strategy=self.strategy,
                                       stop_requested=ctx.stop_requested)

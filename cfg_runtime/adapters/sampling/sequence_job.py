@@ -93,12 +93,16 @@ class SequenceSetup:
         return out
 
 
-def sequence_setup(ctx, model, policy, degree: int) -> SequenceSetup:
-    """This rank's setup for a job; degree 1 (or a model with no split): the plain exchange."""
+def sequence_setup(ctx, model, policy, degree: int, world: tuple[int, int] | None = None) -> SequenceSetup:
+    """This rank's setup for a job; degree 1 (or a model with no split): the plain exchange.
+    ``ctx`` is the rank's batch group (its rank and size in it); ``world`` = (rank, size) in the
+    whole group, where the process groups live (a sequence group is ``degree`` consecutive world
+    ranks, inside one batch group); None = ``ctx``'s own."""
     layout = job_layout(policy, ctx.world_size, degree, model)
     if layout.degree == 1:
         return SequenceSetup(ctx.exchange, layout)
-    group = cached_sequence_group(ctx.cache, ctx.rank, ctx.world_size, layout.degree)
+    rank, size = world or (ctx.rank, ctx.world_size)
+    group = cached_sequence_group(ctx.cache, rank, size, layout.degree)
     return SequenceSetup(GroupedExchange(ctx.exchange, layout), layout, model_split(model, group))
 
 
