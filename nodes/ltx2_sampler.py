@@ -59,7 +59,7 @@ class LTX2Sampler(io.ComfyNode):
             outputs=[io.Latent.Output("final_latent", display_name="latent", tooltip="The final audio+video latent."),
                      io.Latent.Output("stage1_latent_out", display_name="stage1_latent",
                                       tooltip="The stage-1 latent (before upsampling)."),
-                     io.Image.Output("images", tooltip=(
+                     io.Image.Output("images", display_name="images", tooltip=(
                          "With decode on: the final video's frames, equal to LTXVSeparateAVLatent + VAE Decode (Tiled) "
                          "with the same settings. With decode off it is empty: a node connected to it does not run "
                          "and ComfyUI reports 'Execution Blocked' (set decode on)."))],
