@@ -1,12 +1,14 @@
-"""The LTX2 Sampler's decode option through a real ComfyUI server (LTX-2 audio+video: 0.29 and later).
+"""The LTX2 Sampler's decode option through a real ComfyUI server.
 
-With decode on, the images output equals the graph LTX2 Sampler -> LTXVSeparateAVLatent ->
+With decode on, the images output equals the graph LTX2 Sampler -> (LTXVSeparateAVLatent) ->
 VAE Decode (Tiled) with the same tile settings, bit for bit: at parallel size 2 the tiles are
 decoded on the worker group (3 tiles, so the ranks get unequal shares), at size 1 by core's node
-in ComfyUI. The VAE is a tiny LTX video VAE built with ComfyUI's own class, with LTX's real decode
-ratios (tiled decodes need them) and no timestep conditioning (that decode adds unseeded noise).
-Decode on without a vae is refused before sampling; with decode off a node on the images output
-does not run, and ComfyUI reports why ("Execution Blocked").
+in ComfyUI. LTX-2 audio+video and LTX-Video (ComfyUI 0.29 and later: 0.3.75's VAELoader reads no
+config, so it cannot load the tiny VAE; the refusal and the blocked output run everywhere). The VAE is
+a tiny LTX video VAE built with ComfyUI's own class, with LTX's real decode ratios (tiled decodes
+need them) and no timestep conditioning (that decode adds unseeded noise). Decode on without a
+vae is refused before sampling; with decode off a node on the images output does not run, and
+ComfyUI reports why ("Execution Blocked").
 """
 from __future__ import annotations
 
@@ -20,12 +22,20 @@ import torch
 from support.paths import COMFYUI_DIR, NEEDS_029
 from support.tiny_ltx2 import ltx2_sampler_graph, ltxav_available
 
-pytestmark = [pytest.mark.server, pytest.mark.skipif(
+pytestmark = pytest.mark.server
+needs_ltx2 = pytest.mark.skipif(
     not ltxav_available(),
     reason=f"{NEEDS_029} the LTX2 Sampler's audio+video decode needs a ComfyUI with LTX-2 (e.g. 0.29); "
-           f"COMFYUI_DIR={COMFYUI_DIR} has none")]
+           f"COMFYUI_DIR={COMFYUI_DIR} has none")
+# 0.3.75's VAELoader passes no file metadata, so it builds an LTX VAE at its full default size, not the tiny one
+needs_vae_config = pytest.mark.skipif(
+    not ltxav_available(),
+    reason=f"{NEEDS_029} a tiny LTX VAE needs a VAELoader that reads its config (ComfyUI 0.29); "
+           f"COMFYUI_DIR={COMFYUI_DIR} has an older one")
 
 MODEL, AUDIO_VAE, VAE = "tiny_ltxav.safetensors", "tiny_ltx_audio_vae.safetensors", "tiny_ltx_tiled_vae.safetensors"
+LTXV = "tiny_ltxv.safetensors"  # LTX-Video: 2 blocks, 32-wide captions, no audio
+LTXV_POLICY = dict(channels=32, video_modality=1.0, audio_modality=1.0)
 TILES = {"tile_size": 64, "overlap": 16, "temporal_size": 8, "temporal_overlap": 4}
 LENGTH = 25  # 4 latent frames of 2x2: VAE Decode (Tiled) makes 3 tiles of it with TILES
 
@@ -38,16 +48,20 @@ def server(comfy_server, tiny_model_dir):
     return comfy_server
 
 
-def _graph(size: int, nonce: int, decode: str = "on", vae: str | None = VAE, reference: bool = True) -> dict:
+def _graph(size: int, nonce: int, decode: str = "on", vae: str | None = VAE, reference: bool = True,
+           av: bool = True) -> dict:
     """LTX2 Sampler (decode option) -> its images saved exactly; with `reference`, also its latent ->
-    LTXVSeparateAVLatent -> VAE Decode (Tiled) with the same settings, saved exactly."""
-    g = ltx2_sampler_graph(MODEL, size=size, audio_vae=AUDIO_VAE, vae=vae, length=LENGTH, nonce=nonce,
-                           prefix=f"latents/decode{nonce}")
+    (LTXVSeparateAVLatent) -> VAE Decode (Tiled) with the same settings, saved exactly. `av`: the tiny
+    LTX-2 model on an audio+video latent, else the tiny LTX-Video model on a video latent."""
+    kw = dict(audio_vae=AUDIO_VAE) if av else LTXV_POLICY
+    g = ltx2_sampler_graph(MODEL if av else LTXV, size=size, vae=vae, length=LENGTH, nonce=nonce,
+                           prefix=f"latents/decode{nonce}", **kw)
     g["9"]["class_type"] = "CFGParallelMultiGPU_LTX2Sampler"
     g["9"]["inputs"].update(decode=decode, **TILES)
     g["41"] = {"class_type": "CFGPTestSaveTensor", "inputs": {"images": ["9", 2], "filename_prefix": f"group{nonce}"}}
     if reference:
-        g["40"] = {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["14", 0], "vae": ["17", 0], **TILES}}
+        video = ["14", 0] if av else ["9", 0]
+        g["40"] = {"class_type": "VAEDecodeTiled", "inputs": {"samples": video, "vae": ["17", 0], **TILES}}
         g["42"] = {"class_type": "CFGPTestSaveTensor", "inputs": {"images": ["40", 0], "filename_prefix": f"ref{nonce}"}}
     return g
 
@@ -71,20 +85,30 @@ def _tile_count(path: Path) -> int:
         return len(enumerate_tiles(vae, {"samples": torch.zeros(1, 128, 4, 2, 2)}, TileSettings(**TILES)))
 
 
-def test_decode_on_equals_separate_and_vae_decode_tiled(server, tiny_model_dir):
+def _check_decode(server, tiny_model_dir, av: bool, nonces: tuple[int, int]) -> None:
     assert _tile_count(tiny_model_dir / VAE) == 3
-    for size, nonce in ((2, 301), (1, 302)):
+    for size, nonce in zip((2, 1), nonces):
         decodes = server.log_text().count("VAE decode of 3 tiles on 2 ranks")
-        entry = server.run(_graph(size, nonce), timeout=600)
+        entry = server.run(_graph(size, nonce, av=av), timeout=600)
         assert server.log_text().count("VAE decode of 3 tiles on 2 ranks") == decodes + (size == 2)  # on the group
         ref, got = _saved(server, entry, "42"), _saved(server, entry, "41")
         assert tuple(ref.shape) == (LENGTH, 64, 64, 3) and ref.dtype == torch.float32 and ref.std() > 0.01
         assert got.shape == ref.shape and torch.equal(got, ref), f"size {size}: the decode differs"
 
 
+@needs_ltx2
+def test_decode_on_equals_separate_and_vae_decode_tiled(server, tiny_model_dir):
+    _check_decode(server, tiny_model_dir, True, (301, 302))
+
+
+@needs_vae_config
+def test_ltx_video_decode_on_equals_vae_decode_tiled(server, tiny_model_dir):
+    _check_decode(server, tiny_model_dir, False, (311, 312))
+
+
 def test_decode_on_without_vae_is_refused_before_sampling(server):
     t0 = time.monotonic()
-    msg = server.run_failing(_graph(2, 303, vae=None, reference=False))
+    msg = server.run_failing(_graph(2, 303, vae=None, reference=False, av=False))
     assert msg.startswith("CFGParallelMultiGPU_LTX2Sampler: decode is on, but the vae input is empty: connect the "
                           "video VAE"), msg
     assert time.monotonic() - t0 < 60
@@ -96,7 +120,7 @@ def test_decode_off_blocks_a_node_on_images(server):
     ws = server.ws_connect(client_id)
     errors = []
     try:
-        prompt_id = server.queue(_graph(2, 304, decode="off", reference=False), client_id=client_id)
+        prompt_id = server.queue(_graph(2, 304, decode="off", vae=None, reference=False, av=False), client_id=client_id)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             raw = ws.recv()
@@ -111,7 +135,7 @@ def test_decode_off_blocks_a_node_on_images(server):
     finally:
         ws.close()
     entry = server.wait(prompt_id, timeout=60)
-    assert "41" not in entry["outputs"] and "10" in entry["outputs"] and "11" in entry["outputs"]
+    assert "41" not in entry["outputs"] and "10" in entry["outputs"] and "12" in entry["outputs"]
     assert [(e["node_id"], e["exception_type"]) for e in errors] == [("41", "ExecutionBlocked")], errors
     assert errors[0]["exception_message"].startswith(
         "Execution Blocked: The LTX2 Sampler's images output is empty because its decode input is off"), errors
