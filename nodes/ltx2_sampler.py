@@ -28,7 +28,8 @@ class LTX2Sampler(io.ComfyNode):
                          "(cond, negative, STG, modality) in parallel on the worker group. two_stage then upsamples "
                          "the video latent, joins the stage-1 audio again and refines with stage2_model and the "
                          "distilled sigmas. Stage 2 has one branch: with sequence_split auto it is split over every rank, "
-                         "with off it runs on one rank while the others wait."),
+                         "with off it runs on one rank while the others wait. decode on also decodes the final video "
+                         "with the vae as VAE Decode (Tiled) would, its tiles spread over the ranks (images output)."),
             search_aliases=ALIASES_COMMON + ["LTX-2", "LTX2", "LTXV", "two stage", "audio video", "STG", "sampler"],
             inputs=[
                 io.Model.Input("model", tooltip="LTX-2 (audio+video) or LTX-Video model for stage 1."),
