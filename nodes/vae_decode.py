@@ -32,14 +32,31 @@ def _core_widgets() -> dict:
         return _FALLBACK
 
 
-def _tile_inputs() -> list:
+def _tile_inputs(optional: bool = False, note: str = "") -> list:
+    """Core VAEDecodeTiled's tile widgets (its defaults and limits); `note` leads each tooltip."""
     widgets = _core_widgets()
     inputs = []
     for name in TILE_WIDGETS:
         options = {k: v for k, v in widgets[name].items() if k in _INT_ARGS}
-        options.setdefault("tooltip", "As in VAE Decode (Tiled).")
-        inputs.append(io.Int.Input(name, **options))
+        options["tooltip"] = note + options.get("tooltip", "As in VAE Decode (Tiled).")
+        inputs.append(io.Int.Input(name, optional=optional, **options))
     return inputs
+
+
+def decode_inputs() -> list:
+    """The LTX2 Sampler's decode option: a switch, then VAEDecodeTiled's tile widgets."""
+    return [io.Combo.Input("decode", options=["off", "on"], default="off", optional=True, tooltip=(
+                "on: after sampling, decode the final video latent with the vae input as VAE Decode (Tiled) does "
+                "with the tile settings below (the same images, bit for bit), its tiles spread over the worker "
+                "group (parallel_size 1: in ComfyUI). The audio stays a latent: LTXVSeparateAVLatent + the audio "
+                "VAE decode it. off: no decode; the images output is then empty.")),
+            *_tile_inputs(optional=True, note="With decode on. ")]
+
+
+def tile_settings(decode: str, tile_size: int, overlap: int, temporal_size: int,
+                  temporal_overlap: int) -> TileSettings | None:
+    """The decode option's widgets as TileSettings, or None with decode off."""
+    return TileSettings(tile_size, overlap, temporal_size, temporal_overlap) if decode == "on" else None
 
 
 class VAEDecodeMultiGPU(io.ComfyNode):

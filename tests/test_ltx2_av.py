@@ -283,7 +283,7 @@ def run_node(model, conds, latent, *, size=1, mode="one_stage", pol=None, upscal
              steps=3, seed=SEED, stage2_sigmas="0.909375, 0.725, 0.421875, 0.0"):
     node = _pack().NODE_CLASS_MAPPINGS["LTX2Sampler"]()
     with torch.inference_mode():
-        final, stage1 = node.sample(model, conds[0], conds[1], pol or policy(0, 0), latent,
+        final, stage1, _ = node.sample(model, conds[0], conds[1], pol or policy(0, 0), latent,
                                     comfy.samplers.sampler_object("euler"), sigmas_for(model, steps), seed, mode, size,
                                     "cpu", stage2_sigmas, upscale_model=upscale_model, vae=vae)
     return final, stage1

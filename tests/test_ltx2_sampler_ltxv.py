@@ -34,10 +34,11 @@ def sample(server, g) -> torch.Tensor:
 
 def test_ltx2_sampler_is_listed(comfy_server):
     info = comfy_server.object_info("LTX2Sampler")["LTX2Sampler"]
-    assert info["output"] == ["LATENT", "LATENT"]
+    assert info["output"] == ["LATENT", "LATENT", "IMAGE"]
     assert set(info["input"]["required"]) >= {"model", "positive", "negative", "policy", "latent", "sampler",
                                               "sigmas", "noise_seed", "mode", "parallel_size"}
-    assert set(info["input"]["optional"]) >= {"upscale_model", "vae", "stage2_model"}
+    assert set(info["input"]["optional"]) >= {"upscale_model", "vae", "stage2_model", "decode", "tile_size", "overlap",
+                                              "temporal_size", "temporal_overlap"}
 
 
 def test_one_stage_size2_equals_size1_bit_for_bit(comfy_server):

@@ -435,7 +435,7 @@ def tiny_variant(prompt: dict, object_info: dict, nonce: int, steps: int = 3) ->
             inp["parallel_size"] = 2
             if ct.endswith("LTX2Sampler"):
                 inp["mode"] = "one_stage"  # two_stage needs an LTX-2 upscaler and VAE
-                for k in ("stage2_model", "upscale_model", "vae"):
+                for k in ("stage2_model", "upscale_model", "vae", "decode"):  # decode needs the VAE
                     inp.pop(k, None)
         elif ct in ("BasicScheduler", "LTXVScheduler"):
             inp["steps"] = steps

@@ -173,8 +173,9 @@ SCHEMAS: dict[str, Schema] = {
     "CFGParallelMultiGPU_LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
-        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
-        ("latent", "LATENT"), ("stage1_latent", "LATENT")),
+        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO ?batch_split:COMBO "
+        "?decode:COMBO ?tile_size:INT ?overlap:INT ?temporal_size:INT ?temporal_overlap:INT",
+        ("latent", "LATENT"), ("stage1_latent", "LATENT"), ("images", "IMAGE")),
     "CFGParallelMultiGPU_GroupStatus": _s("shutdown:BOOLEAN ?after:*", ("status", "STRING"), ("timeline", "IMAGE")),
     # this pack, the ids before 0.2 (deprecated aliases, still registered; the tiny demo uses them)
     "CFGPolicyBuilder": _s(
@@ -190,8 +191,9 @@ SCHEMAS: dict[str, Schema] = {
     "LTX2Sampler": _s(
         "model:MODEL positive:CONDITIONING negative:CONDITIONING policy:CFG_POLICY latent:LATENT sampler:SAMPLER "
         "sigmas:SIGMAS noise_seed:INT! mode:COMBO parallel_size:INT devices:STRING stage2_sigmas:STRING "
-        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO",
-        ("latent", "LATENT"), ("stage1_latent", "LATENT")),
+        "?stage2_model:MODEL ?upscale_model:LATENT_UPSCALE_MODEL ?vae:VAE ?sequence_split:COMBO ?batch_split:COMBO "
+        "?decode:COMBO ?tile_size:INT ?overlap:INT ?temporal_size:INT ?temporal_overlap:INT",
+        ("latent", "LATENT"), ("stage1_latent", "LATENT"), ("images", "IMAGE")),
     "CFGParallelMultiGPU_Model": _s("model:MODEL parallel_size:INT devices:STRING ?policy:CFG_POLICY ?sequence_split:COMBO ?batch_split:COMBO",
                                     ("MODEL", "MODEL")),
     "CFGParallelMultiGPU_VAEDecode": _s("samples:LATENT vae:VAE tile_size:INT overlap:INT temporal_size:INT "

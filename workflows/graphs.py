@@ -160,6 +160,15 @@ def _ltx2_outputs(g: Graph, av_latent, ckpt, audio_vae, fps: float, prefix: str,
     g.node("SaveVideo", w=320, h=320, video=video.out(), filename_prefix=prefix, format="auto", codec="auto")
 
 
+def _ltx2_decoded_outputs(g: Graph, ltx, audio_vae, fps: float, prefix: str, column: int):
+    """The LTX2 Sampler decoded the video on the group (its images); the audio latent goes to the audio VAE."""
+    g.column(column).group("Audio decode and save", BROWN)
+    split = g.node("LTXVSeparateAVLatent", w=320, av_latent=ltx.out("latent"))
+    sound = g.node("LTXVAudioVAEDecode", w=320, samples=split.out("audio_latent"), audio_vae=audio_vae.out())
+    video = g.node("CreateVideo", w=320, h=110, images=ltx.out("images"), fps=fps, audio=sound.out())
+    g.node("SaveVideo", w=320, h=320, video=video.out(), filename_prefix=prefix, format="auto", codec="auto")
+
+
 LTX2_REQUIREMENTS = """
 Needs a ComfyUI with LTX-2 (audio+video) support, e.g. 0.29: the LTXV audio nodes (LTXVEmptyLatentAudio, LTXVConcatAVLatent, LTXVSeparateAVLatent, LTXAVTextEncoderLoader, LTXVAudioVAELoader, LTXVAudioVAEDecode) are core nodes there.
 Files: models/checkpoints/{ckpt} (video and audio VAE inside), models/text_encoders/{te}.
@@ -192,6 +201,7 @@ Hardware: 4 GPUs that each hold the model (80 GB-class, or fp8 checkpoints). Sta
 
 Settings
 """.format(lora=LTX2_DISTILLED_LORA, up=LTX2_UPSCALER) + LTX2_POLICY + """- LTX2 Sampler: mode two_stage (one_stage = stage 1 only); parallel_size 4, devices empty = the first four GPUs; stage2_sigmas {s}; stage2_model = the model with the distilled LoRA (strength 1); upscale_model and vae feed the latent upsampler.
+- decode on: the sampler also decodes the final video with the vae, as VAE Decode (Tiled) with its tile settings would (the same frames, bit for bit), the tiles spread over the four GPUs; its images output feeds Create Video. The audio latent still goes through LTXVSeparateAVLatent and the audio VAE decode. Set decode off and put VAE Decode (Tiled) or VAE Decode (Multi-GPU) after the latent output to decode elsewhere.
 - Stage 1: 768x512, 121 frames at 24 fps, LTXVScheduler 40 steps (LTX-2.3: 30), euler; the same sampler runs stage 2.
 """.format(s=STAGE2_SIGMAS)
 
@@ -221,7 +231,7 @@ def ltx2_one_stage() -> Graph:
 def ltx2_two_stage() -> Graph:
     g = Graph("ltx2_two_stage", "LTX-2 two stage on four GPUs (LTX2 Sampler)")
     g.column(0).group(None)
-    g.note(TWO_STAGE_NOTE, w=440, h=960)
+    g.note(TWO_STAGE_NOTE, w=440, h=1060)
     ckpt, audio_vae, cond, av, sampler, sigmas = _ltx2_inputs(g)
     g.group("Stage 2 models", BLUE)
     stage2 = g.node("LoraLoaderModelOnly", title="Distilled LoRA (stage 2)", w=320, model=ckpt.out("MODEL"),
@@ -235,9 +245,9 @@ def ltx2_two_stage() -> Graph:
                  negative=cond.out("negative"), policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(),
                  sigmas=sigmas.out(), noise_seed=0, mode="two_stage", parallel_size=4, devices="",
                  stage2_sigmas=STAGE2_SIGMAS, stage2_model=stage2.out(), upscale_model=upscaler.out(),
-                 vae=ckpt.out("VAE"))
+                 vae=ckpt.out("VAE"), sequence_split="off", decode="on", tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8)
 
-    _ltx2_outputs(g, ltx.out("latent"), ckpt, audio_vae, 24.0, "cfg_parallel/ltx2_two_stage", column=4)
+    _ltx2_decoded_outputs(g, ltx, audio_vae, 24.0, "cfg_parallel/ltx2_two_stage", column=4)
     return g
 
 

@@ -67,6 +67,18 @@ TINY_LTX_VAE_CONFIG = {
     "blocks": [["res_x", 1]], "encoder_base_channels": 32, "decoder_base_channels": 32,
     "norm_layer": "pixel_norm", "patch_size": 1, "latent_log_var": "uniform", "causal_decoder": False,
 }
+# A tiny LTX video VAE whose decoder really has ComfyUI's LTX compression (8x in time, causal:
+# 8n - 7 frames; 32x in space: three 2x2x2 depth-to-space steps and patch size 4), so core
+# VAEDecodeTiled's blend (which assumes those ratios) fits its tiles; the res_x block comes first in
+# the decoder, which is how ComfyUI tells an LTX VAE. No timestep conditioning:
+# the decode adds no (unseeded) noise.
+TINY_LTX_TILED_VAE_CONFIG = {
+    "dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
+    "encoder_blocks": [["res_x", 1]], "decoder_blocks": [["compress_all", 1]] * 3 + [["res_x", 1]],
+    "encoder_base_channels": 8, "decoder_base_channels": 8, "norm_layer": "pixel_norm", "patch_size": 4,
+    "latent_log_var": "uniform", "causal_decoder": False, "timestep_conditioning": False,
+    "spatial_padding_mode": "zeros",  # reflect padding refuses the 1-pixel-wide tiles a tiny latent can give
+}
 TINY_UPSCALER_CONFIG = {
     "_class_name": "LatentUpsampler", "in_channels": 128, "mid_channels": 32, "num_blocks_per_stage": 1,
     "dims": 3, "spatial_upsample": True, "temporal_upsample": False,
@@ -205,6 +217,15 @@ def build_tiny_ltx_vae(path, seed: int = 0) -> Path:
 
     vae = VideoVAE(config=TINY_LTX_VAE_CONFIG)
     return _save(vae_weights(vae, seed, 0.02), path, {"config": {"vae": TINY_LTX_VAE_CONFIG}})
+
+
+def build_tiny_ltx_tiled_vae(path, seed: int = 0) -> Path:
+    """A tiny LTX video VAE with the real decode ratios (TINY_LTX_TILED_VAE_CONFIG), for tiled decodes."""
+    import_comfy()
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+
+    vae = VideoVAE(config=TINY_LTX_TILED_VAE_CONFIG)
+    return _save(vae_weights(vae, seed, 0.05), path, {"config": {"vae": TINY_LTX_TILED_VAE_CONFIG}})
 
 
 def build_tiny_latent_upscaler(path, seed: int = 0, std: float = 0.05) -> Path:

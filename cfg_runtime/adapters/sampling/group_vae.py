@@ -63,17 +63,24 @@ def _core_tiled_node():
     return module.VAEDecodeTiled()
 
 
-def check_vae(vae, samples: dict) -> None:
-    """Refuse what the group decode cannot do, with what to do instead."""
+def check_decoder(vae) -> None:
+    """Refuse a VAE input that holds no image or video VAE (what the latent does not tell)."""
     if vae is None or getattr(vae, "first_stage_model", None) is None:
         raise VaeDecodeError("The VAE input holds no VAE (a checkpoint without one?): load a VAE with VAELoader.")
+    if getattr(vae, "extra_1d_channel", None) is not None:
+        raise VaeDecodeError("Only image and video VAEs decode on the group; decode audio with VAEDecodeAudio.")
+
+
+def check_vae(vae, samples: dict) -> None:
+    """Refuse what the group decode cannot do, with what to do instead."""
+    check_decoder(vae)
     latent = samples.get("samples") if isinstance(samples, dict) else None
     if not isinstance(latent, torch.Tensor):
         raise VaeDecodeError("The samples input is not a LATENT with a 'samples' tensor.")
     if getattr(latent, "is_nested", False):
         raise VaeDecodeError("The latent holds several parts (audio+video): split it with LTXVSeparateAVLatent and "
                              "decode the video part; audio VAEs decode in ComfyUI (VAEDecodeAudio).")
-    if latent.ndim not in (4, 5) or getattr(vae, "extra_1d_channel", None) is not None:
+    if latent.ndim not in (4, 5):
         raise VaeDecodeError("Only image and video VAEs decode on the group; decode audio with VAEDecodeAudio.")
     if getattr(vae, "handles_tiling", False):
         raise VaeDecodeError(f"{type(vae.first_stage_model).__name__} tiles inside its own decoder, so ComfyUI "
@@ -239,3 +246,12 @@ def decode_on_group(vae, samples: dict, tiles: TileSettings, settings) -> tuple[
     log.info("cfg-parallel: VAE decode of %d tiles on %d ranks in %.1f s", len(inputs), spec.world_size,
              result.seconds)
     return images, result
+
+
+def decode_tiled(vae, samples: dict, tiles: TileSettings, settings) -> torch.Tensor:
+    """The images of core VAEDecodeTiled(vae, samples, *tiles): on the group at parallel size 2 or more,
+    at size 1 core's node itself in this process (the same result; no worker process for one rank)."""
+    if settings.world_size <= 1:
+        return _core_tiled_node().decode(vae, samples, tiles.tile_size, tiles.overlap, tiles.temporal_size,
+                                         tiles.temporal_overlap)[0]
+    return decode_on_group(vae, samples, tiles, settings)[0]

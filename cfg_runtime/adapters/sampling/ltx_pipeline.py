@@ -19,6 +19,7 @@ import comfy.nested_tensor
 import comfy.sample
 import comfy.utils
 
+from .group_vae import TileSettings, check_decoder, decode_tiled
 from .guider import MultiBranchGuider, ParallelSettings
 from ..models.model_checks import check_policy_fits_model
 from ...errors import PolicyError, clip
@@ -37,6 +38,7 @@ class StagePlan:
 
     two_stage: bool
     stage2_sigmas: tuple[float, ...] = DISTILLED_STAGE2_SIGMAS
+    decode: TileSettings | None = None  # decode the final video latent (VAEDecodeTiled's settings), or not
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -86,6 +88,15 @@ def check_ltx_inputs(model, policy: CFGPolicy, latent: dict, plan: StagePlan, up
             raise PolicyError("Two-stage mode needs the vae input: the latent upsampler normalises with the video "
                               "VAE's statistics.")
         _latent_upsampler()  # before stage 1 runs, not after
+    if plan.decode is not None:
+        check_decode_vae(vae)
+
+
+def check_decode_vae(vae) -> None:
+    if vae is None:
+        raise PolicyError("decode is on, but the vae input is empty: connect the video VAE (VAELoader, or the "
+                          "checkpoint's VAE), or set decode off and decode the latent after the sampler.")
+    check_decoder(vae)
 
 
 def _latent_upsampler():
@@ -178,3 +189,20 @@ def run_ltx2(model, positive, negative, policy: CFGPolicy, latent: dict, sampler
         log.info("cfg-parallel LTX2: stage 2 has one branch; it ran on rank 0 (other ranks idle; a sequence "
                  "degree of 0 or N splits it over the ranks)")
     return {"samples": stage2}, stage1_latent
+
+
+NO_DECODE = ("The LTX2 Sampler's images output is empty because its decode input is off: set decode on (with the "
+             "video VAE on its vae input), or decode the latent output with VAE Decode (Tiled).")
+
+
+def decode_final(final: dict, vae, tiles: TileSettings, settings: ParallelSettings):
+    """The final latent's video part decoded as core VAEDecodeTiled decodes it (on the group at size >= 2);
+    the audio part of an audio+video latent is left to the audio VAE. Without `tiles`: an ExecutionBlocker,
+    so a node connected to the images output does not run and ComfyUI shows NO_DECODE."""
+    if tiles is None:
+        from comfy_execution.graph import ExecutionBlocker
+
+        return ExecutionBlocker(NO_DECODE)
+    samples = final["samples"]
+    video = samples.unbind()[0] if getattr(samples, "is_nested", False) else samples
+    return decode_tiled(vae, {"samples": video}, tiles, settings)
