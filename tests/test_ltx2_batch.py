@@ -90,7 +90,7 @@ def run(model, latent, *, size=1, split="off", mode="one_stage", pol=None, files
     if mode == "two_stage":
         extra = dict(upscale_model=t2.load_latent_upscaler(files["upscaler"]), vae=t2.load_ltx_vae(files["vae"]))
     with torch.inference_mode():
-        final, stage1 = _node().sample(model, t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2),
+        final, stage1, _ = _node().sample(model, t2.tiny_av_conditioning(1), t2.tiny_av_conditioning(2),
                                        pol or policy(), latent, comfy.samplers.sampler_object("euler"),
                                        sigmas_for(model, 3), SEED, mode, size, "cpu",
                                        "0.909375, 0.725, 0.421875, 0.0", batch_split=split,

@@ -245,7 +245,8 @@ def ltx2_two_stage() -> Graph:
                  negative=cond.out("negative"), policy=policy.out("policy"), latent=av.out(), sampler=sampler.out(),
                  sigmas=sigmas.out(), noise_seed=0, mode="two_stage", parallel_size=4, devices="",
                  stage2_sigmas=STAGE2_SIGMAS, stage2_model=stage2.out(), upscale_model=upscaler.out(),
-                 vae=ckpt.out("VAE"), sequence_split="off", decode="on", tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8)
+                 vae=ckpt.out("VAE"), sequence_split="off", batch_split="off",
+                 decode="on", tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8)
 
     _ltx2_decoded_outputs(g, ltx, audio_vae, 24.0, "cfg_parallel/ltx2_two_stage", column=4)
     return g
