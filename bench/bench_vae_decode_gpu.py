@@ -5,9 +5,13 @@ VAELoader loads a file: ``comfy.sd.VAE(sd=...)``, ComfyUI's detection and dtype 
 
   wan21  Wan 2.1 VAE (``comfy.ldm.wan.vae.WanVAE``, width 96), 832x480, 81 frames
          -> latent [1, 16, 21, 60, 104]
-  ltxv   ComfyUI's LTX-Video VAE (``VideoVAE(version=2)``, its default config; LTX-2's own VAE
-         config ships inside its checkpoint and is not reproduced here), 768x512, 121 frames
-         -> latent [1, 128, 16, 16, 24]
+  ltxv   ComfyUI's LTX-Video VAE (``VideoVAE(version=2)``, its default config, with timestep
+         conditioning: its decode adds unseeded noise), 768x512, 121 frames -> [1, 128, 16, 16, 24]
+  ltx2   LTX-2's video VAE as far as its published config says: the same layout (encoder 4/6/6/2/2,
+         decoder 4 x 5 res layers at 1024/512/256/128 channels, patch 4, pixel norm) with
+         ``timestep_conditioning: false`` (no decode noise), written with the config in the file's
+         metadata as LTX-2's checkpoint carries it; 768x512x121 -> [1, 128, 16, 16, 24]
+  ltx2_2stage  the same VAE at the two-stage output size, 1536x1024x121 -> [1, 128, 16, 32, 48]
 
 Then: VAEDecode (core node), VAEDecodeTiled (core node, its default settings), and the group
 decode (``group_vae.decode_on_group``, same settings) at each rank count: the first call
@@ -29,8 +33,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = {"wan21": (16, 21, 60, 104), "ltxv": (128, 16, 16, 24)}
-TINY = {"wan21": (16, 6, 8, 12), "ltxv": (128, 3, 3, 3)}
+FAMILIES = {"wan21": (16, 21, 60, 104), "ltxv": (128, 16, 16, 24), "ltx2": (128, 16, 16, 24),
+            "ltx2_2stage": (128, 16, 32, 48)}
+TINY = {"wan21": (16, 6, 8, 12), "ltxv": (128, 3, 3, 3), "ltx2": (128, 3, 3, 3), "ltx2_2stage": (128, 3, 6, 6)}
 
 
 def _setup_paths(comfy_dir: str) -> None:
@@ -50,13 +55,29 @@ def build_vae(family: str, tiny: bool, path: Path):
     import comfy.utils
     from safetensors.torch import save_file
 
+    metadata = None
     if family == "wan21":
         from comfy.ldm.wan.vae import WanVAE
         module = WanVAE(dim=4 if tiny else 96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                         temperal_downsample=[False, True, True], dropout=0.0)
-    else:
+    elif family == "ltxv":
         from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
         module = VideoVAE(version=2)
+    else:
+        from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+        config = {**VideoVAE.get_default_config(None, 2), "timestep_conditioning": False}
+        module = VideoVAE(version=2, config=config)
+        metadata = {"config": json.dumps({"vae": config})}
+    _init_weights(module)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path), metadata=metadata)
+    del module
+    sd, meta = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    return comfy.sd.VAE(sd=sd, metadata=meta)
+
+
+def _init_weights(module) -> None:
+    """Random weights scaled by fan-in, unit norms, zero biases; the latent statistics buffers
+    (created empty) set to mean 0, std 1."""
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
@@ -66,9 +87,11 @@ def build_vae(family: str, tiny: bool, path: Path):
                 p.zero_()
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel() if p.ndim else 1) ** 0.5))
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-    del module
-    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+        for name, b in module.named_buffers():
+            if name.endswith("std-of-means"):
+                b.fill_(1.0)
+            elif name.endswith("mean-of-means"):
+                b.zero_()
 
 
 def _timed(fn, device):
