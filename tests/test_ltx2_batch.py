@@ -10,6 +10,7 @@ sequence split inside each batch group (4 ranks: 2 batch groups x sequence 2), a
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 import pytest
@@ -125,10 +126,16 @@ def test_two_stage_batch_2_on_2_ranks(model, latent, files):
     compare("LTX-2 AV two_stage final:", final, ref_final)
 
 
-def test_two_stage_batch_2_x_sequence_2_on_4_ranks(model, latent, files):
-    """2 batch groups x (4 branches on 1 branch group x sequence 2) in stage 1, 2 x sequence 2 in stage 2."""
+def test_two_stage_batch_2_x_sequence_2_on_4_ranks(model, latent, files, caplog):
+    """2 batch groups x (4 branches on 1 branch group x sequence 2) in stage 1, 2 x sequence 2 in
+    stage 2: the layout each stage logs says so."""
     ref_final, ref_stage1 = run(model, latent, mode="two_stage", files=files)
-    final, stage1 = run(model, latent, size=4, split="2", sequence="2", mode="two_stage", files=files)
+    with caplog.at_level(logging.INFO, logger="cfg_parallel"):
+        final, stage1 = run(model, latent, size=4, split="2", sequence="2", mode="two_stage", files=files)
+    layouts = [r.getMessage() for r in caplog.records if "cfg-parallel batch split:" in r.getMessage()]
+    assert len(layouts) == 2, layouts  # stage 1 and stage 2
+    assert all(m.startswith("cfg-parallel batch split: 2 batch group(s)") and "sequence degree 2" in m
+               for m in layouts), layouts
     compare("LTX-2 AV two_stage, 2 batch groups x sequence 2, stage 1:", stage1, ref_stage1)
     compare("LTX-2 AV two_stage, 2 batch groups x sequence 2, final:", final, ref_final)
 
