@@ -106,7 +106,7 @@ def _job_problem(total: int | None, *, conds: dict, sampler, policy, model) -> s
     return _model_problem(model) or _cond_problem(conds, total)
 
 
-def group_time(policy, model, world_size: int, sequence_degree: int):
+def group_time(policy, model, sequence_degree: int):
     """One sample's predicted step time on a batch group of n ranks (parallel/batch.py's sequence
     axis): the layout that :func:`.sequence_job.job_layout` gives such a group, with the family's
     split share; None where the requested sequence degree does not fit n ranks."""
@@ -126,7 +126,7 @@ def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, poli
         return 1
     total = batch_size(latent_image)
     problem = _job_problem(total, conds=conds, sampler=sampler, policy=policy, model=model)
-    if problem is None and requested and sequence_degree > 1 and (world_size // max(requested, 1)) % sequence_degree:
+    if problem is None and requested and sequence_degree > 1 and (world_size // requested) % sequence_degree:
         problem = (f"a sequence degree of {sequence_degree} does not divide the {world_size // requested} rank(s) "
                    f"of a batch group")
     if problem is not None:
@@ -137,7 +137,7 @@ def job_batch_groups(requested: int, *, latent_image, conds: dict, sampler, poli
             log.info("cfg-parallel: no batch split: %s", problem)
         return 1
     return plan_batch_groups(total, len(policy.branches), world_size, requested,
-                             group_time(policy, model, world_size, sequence_degree))
+                             group_time(policy, model, sequence_degree))
 
 
 def sliced_conds(conds: dict, total: int, lo: int, hi: int) -> dict:
