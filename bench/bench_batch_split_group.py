@@ -28,19 +28,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FULL = {"hidden_size": 3072, "vec_in_dim": 768, "context_in_dim": 4096, "depth": 2, "depth_single_blocks": 4,
-        "image": 128, "tokens": 256}
-TINY = {"hidden_size": 128, "vec_in_dim": 32, "context_in_dim": 64, "depth": 1, "depth_single_blocks": 1,
-        "image": 8, "tokens": 8}
+FULL = {"image": 128, "tokens": 256}  # bench_batch_split.FLUX as it is: 1024x1024, 256 text tokens
+TINY = {"image": 8, "tokens": 8, "hidden_size": 128, "num_heads": 1, "vec_in_dim": 32, "context_in_dim": 64,
+        "depth": 1, "depth_single_blocks": 1}
 
 
 def flux_config(size: dict) -> dict:
-    """comfy.ldm.flux.model.Flux arguments; ComfyUI 0.29 derives heads = hidden / 128 from the weights."""
-    return {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": size["vec_in_dim"],
-            "context_in_dim": size["context_in_dim"], "hidden_size": size["hidden_size"], "mlp_ratio": 4.0,
-            "num_heads": size["hidden_size"] // 128, "depth": size["depth"],
-            "depth_single_blocks": size["depth_single_blocks"], "axes_dim": [16, 56, 56], "theta": 10000,
-            "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
+    """comfy.ldm.flux.model.Flux arguments: bench_batch_split's full-width Flux, with the size's overrides
+    (ComfyUI 0.29 derives heads = hidden / 128 from the weights)."""
+    from bench_batch_split import FLUX
+
+    return {**FLUX, **{k: v for k, v in size.items() if k in FLUX}}
 
 
 def build_model_file(size: dict, dtype: torch.dtype, path: Path) -> Path:
@@ -60,8 +58,9 @@ def build_model_file(size: dict, dtype: torch.dtype, path: Path) -> Path:
 
 def conditioning(size: dict, seed: int) -> list:
     g = torch.Generator().manual_seed(seed)
-    text = torch.randn(1, size["tokens"], size["context_in_dim"], generator=g)
-    pooled = torch.randn(1, size["vec_in_dim"], generator=g)
+    config = flux_config(size)
+    text = torch.randn(1, size["tokens"], config["context_in_dim"], generator=g)
+    pooled = torch.randn(1, config["vec_in_dim"], generator=g)
     return [[text, {"pooled_output": pooled, "guidance": 3.5}]]
 
 
