@@ -13,6 +13,8 @@ rank's "model ready in", and the pack's lines.
 
 A variant ending in ":launch" starts its server with CFG_PARALLEL_START_AT_LAUNCH naming its
 ranks (the ranks start with ComfyUI); its first prompt is queued as soon as the server answers.
+One ending in ":nopin" starts it with --disable-pinned-memory (ComfyUI pins nothing, and the ranks
+copy the shared weights to the GPU pageable, as before 2026-12-05).
 """
 from __future__ import annotations
 
@@ -54,18 +56,22 @@ def _phases(log: str) -> dict:
             "group_ready_s": grab(r"group ready: .* in ([\d.]+) s"),
             "rank_model_ready_s": grab(r"model ready in ([\d.]+) s"),
             "recipe_copy_s": grab(r"from its loader recipe in ([\d.]+) s"),
+            "shared_memory_s": grab(r"into shared memory in ([\d.]+) s"),
+            "rank_page_lock_s": grab(r"page-locked for the GPU in ([\d.]+) s"),
             "sampled_s": grab(r"sampled on \d+ ranks in ([\d.]+) s"),
             "pack_lines": [line for line in log.splitlines() if "cfg-parallel" in line][:40]}
 
 
-def _variant(label: str, pack: Path, size: int, models: dict, steps: int, at_launch: bool) -> dict:
+def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags: list[str]) -> dict:
     from devkit.comfy_server import PACK_LINK_NAME
     from support.gpu_ltx2 import GpuComfyServer
 
     env = {"CFG_PARALLEL_BACKEND": "gloo"}
+    at_launch = "launch" in flags
     if at_launch:
         env["CFG_PARALLEL_START_AT_LAUNCH"] = ",".join(["cuda:0"] * size)
-    server = GpuComfyServer(models=models, link_pack=False, env=env, startup_timeout=300)
+    extra = ["--disable-pinned-memory"] if "nopin" in flags else []
+    server = GpuComfyServer(models=models, link_pack=False, env=env, extra_args=extra, startup_timeout=300)
     (server.custom_nodes_dir / PACK_LINK_NAME).symlink_to(pack.resolve(), target_is_directory=True)
     walls = []
     try:
@@ -79,7 +85,8 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, at_lau
         log = server.log_text()
     finally:
         server.stop()
-    result = {"label": label, "pack": str(pack), "size": size, "at_launch": at_launch, "server_start_s": start_s,
+    result = {"label": label, "pack": str(pack), "size": size, "at_launch": at_launch, "server_args": extra,
+              "server_start_s": start_s,
               "wall_s": walls,
               **_phases(log), "log_lines": len(log.splitlines())}
     print(json.dumps({k: v for k, v in result.items() if k != "pack_lines"}), flush=True)
@@ -90,7 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=48)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variant", action="append", default=[], help="LABEL=PACK_DIR:SIZE[:launch], in the order to run")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="LABEL=PACK_DIR:SIZE[:launch][:nopin], in the order to run")
     ap.add_argument("--out", default="")
     ap.add_argument("--build", default="", help=argparse.SUPPRESS)  # internal: build the model file and exit
     args = ap.parse_args()
@@ -111,8 +119,8 @@ def main() -> None:
     try:
         for spec in args.variant:
             label, rest = spec.split("=", 1)
-            pack, size, *launch = rest.split(":")
-            result["variants"].append(_variant(label, Path(pack), int(size), models, args.steps, launch == ["launch"]))
+            pack, size, *flags = rest.split(":")
+            result["variants"].append(_variant(label, Path(pack), int(size), models, args.steps, flags))
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=1))
     finally:

@@ -142,3 +142,22 @@ def test_quantized_weights_without_recipe_are_refused_before_any_rank_starts(tin
     msg = str(info.value)
     assert "transformer_blocks.0.attn1.to_q.weight (Wrapped)" in msg and "quantized" in msg and "recipe" in msg
     assert current_group() is None or not current_group().alive()
+
+
+def test_recipe_copy_is_in_shared_memory_before_any_job(tiny_ltxv_path, group_down):
+    """The ranks' copy built from the loader recipe moves into shared memory as it is built (while
+    the ranks start), not when the first job is pickled; its weights equal the loader's bit for bit."""
+    import cfg_runtime.adapters.models.transport as cm
+
+    patcher = load_tiny_ltxv(tiny_ltxv_path)
+    _needs_recipe(patcher)
+    token = cm.recipe_token(patcher)
+    cm._DELEGATE.clear()
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        copy = cm._recipe_model(patcher, token)
+    assert copy is not patcher.model and _shared(copy)
+    assert all(b.is_shared() for b in copy.buffers() if b.numel())
+    mine = patcher.model.state_dict()
+    for key, value in copy.state_dict().items():
+        assert value.dtype == mine[key].dtype and torch.equal(value, mine[key]), key
+    assert not _shared(patcher.model)

@@ -115,6 +115,10 @@ def test_size2_adds_a_few_console_lines_and_runs_with_the_launch_options(gpu_ser
     for part in ("video", "audio"):
         REPORT["runs"][f"launch_args/equal_{part}"] = eq = torch.equal(parallel[part], serial[part])
         assert eq, part
+    # the ranks page-locked the shared weights for their first copy to the GPU (and said so once each)
+    REPORT["page_locked"] = locked = [line for line in gpu_server.log_text().splitlines()
+                                      if "page-locked for the GPU" in line]
+    assert len(locked) == 2, locked
     assert status["config_differences"] == [[], []]
     assert all(s["dynamic_vram"] and s["aimdo_log_level"] == "INFO" for s in status["rank_setup"])
     assert n2 - n1 <= n1 - n0 + 2 * LINES_PER_RANK

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ...errors import ShippingError
+from .host_memory import HostPins
 from .transport import ModelShipment, release_from_comfy
 
 log = logging.getLogger("cfg_parallel")
@@ -79,6 +80,7 @@ class Held:
     patches_token: str
     patcher: Any
     nbytes: int
+    pins: HostPins  # its shared-memory pages this rank page-locked for the copy to the GPU (until moved)
 
 
 class ModelCache:
@@ -91,6 +93,7 @@ class ModelCache:
         self.evicted: list[str] = []  # by this job, for the budget
         self.released: list[str] = []  # by this job, because ComfyUI no longer holds them
         self.base_loaded = False  # whether the last patcher_for() took a new base (sent, or loaded here)
+        self.pinned: HostPins | None = None  # the page-locking of the last new base, if any
 
     def patcher_for(self, shipment: ModelShipment, device: torch.device) -> tuple[Any, bool]:
         """The patcher for this job's model; True when it was (re)built (a new base or new patches)."""
@@ -107,12 +110,14 @@ class ModelCache:
             return held.patcher, False  # options (transformer patches, ...) are cheap: always this job's
         if held is None:
             base, patcher_class = self._new_base(shipment)
+            pins = HostPins.for_upload(base, device) if shipment.base_model is not None else HostPins()
+            self.pinned = pins
         else:
-            base, patcher_class = held.patcher.model, type(held.patcher)
+            base, patcher_class, pins = held.patcher.model, type(held.patcher), held.pins
         patcher = _patcher(patcher_class, base, shipment, device)
         if held is not None:
             release_from_comfy(held.patcher)  # new patches on the same base: unpatch the old ones first
-        self.held[token] = Held(shipment.patches_token, patcher, held.nbytes if held else model_bytes(base))
+        self.held[token] = Held(shipment.patches_token, patcher, held.nbytes if held else model_bytes(base), pins)
         self._evict(keep=token)
         return patcher, True
 
@@ -138,6 +143,7 @@ class ModelCache:
             token = next(t for t in self.held if t != keep)
             held = self.held.pop(token)
             release_from_comfy(held.patcher)
+            held.pins.release_all()
             self.evicted.append(token)
             gc.collect()
             log.info("cfg-parallel: evicted model %s (%.1f MiB, least recently used) to stay within the %.2f GiB "
@@ -147,7 +153,9 @@ class ModelCache:
         """Drop the models ComfyUI no longer holds (no job can name them again)."""
         gone = [t for t in tokens if t in self.held]
         for token in gone:
-            release_from_comfy(self.held.pop(token).patcher)
+            held = self.held.pop(token)
+            release_from_comfy(held.patcher)
+            held.pins.release_all()
             self.released.append(token)
             log.info("cfg-parallel: released model %s (ComfyUI no longer holds it)", short(token))
         if gone:
@@ -156,9 +164,17 @@ class ModelCache:
     def drop(self) -> None:
         import comfy.model_management as mm
 
+        pins = [h.pins for h in self.held.values()]
         self.held.clear()
         mm.unload_all_models()
+        for p in pins:
+            p.release_all()
         mm.soft_empty_cache()
+
+    def settle_pins(self) -> None:
+        """After a job: drop the page-locking of host weights that have moved to the GPU."""
+        for held in self.held.values():
+            held.pins.release_moved(held.patcher.model)
 
     def holds(self, base_token: str) -> bool:
         """Whether this rank holds the base model `base_token` (a job without its base can run)."""

@@ -40,6 +40,7 @@ import torch
 from ...errors import ShippingError
 from ...group.shipping import check_shippable, fingerprint
 from .core_cfg import check_model_options
+from .host_memory import share_weights
 from .launch_options import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
@@ -194,9 +195,10 @@ def _recipe_model(model_patcher, token: str):
         if quantized is not None:
             raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run at "
                                 f"parallel size 1.")
+        shared_bytes, shared_s = share_weights(model)  # now, while the ranks start; not when the job is pickled
         _DELEGATE[token] = model
-        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s", type(model).__name__,
-                 time.monotonic() - t0)
+        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (%.1f GiB into shared "
+                 "memory in %.1f s of it)", type(model).__name__, time.monotonic() - t0, shared_bytes / 2**30, shared_s)
     return model
 
 
@@ -284,4 +286,5 @@ def with_base(shipment: ModelShipment, model_patcher, route: WeightRoute) -> Mod
     base = model_patcher.model
     if any(p.device.type != "cpu" for p in base.parameters()):
         base.to("cpu")  # the single host copy that every rank maps
+    base.share_memory()  # in place (ComfyUI keeps using it), now while the ranks start: not when the job is pickled
     return replace(shipment, base_model=base)

@@ -85,7 +85,10 @@ def _load(ctx, cache: ModelCache, shipment: ModelShipment):
     t0 = time.monotonic()
     patcher, reloaded = cache.patcher_for(shipment, ctx.device)
     if carried or reloaded:
-        ctx.phase(f"model ready in {time.monotonic() - t0:.1f} s")
+        pins = cache.pinned if cache.base_loaded else None
+        locked = f" ({pins.nbytes / 2**30:.1f} GiB page-locked for the GPU in {pins.seconds:.1f} s)" \
+            if pins is not None and pins.nbytes else ""
+        ctx.phase(f"model ready in {time.monotonic() - t0:.1f} s{locked}")
     return patcher, reloaded
 
 
@@ -140,6 +143,7 @@ class ComfySampleJob:
         return to_cpu(out) if ctx.rank == 0 else None
 
     def _report(self, ctx, cache: ModelCache, dispatcher: BranchDispatcher, reloaded: bool) -> None:
+        cache.settle_pins()  # the weights are on the GPU now: unlock their host pages
         ctx.summary.update(dispatcher.stats.as_dict())
         ctx.summary["model_reloaded"] = reloaded
         ctx.summary["base_loaded"] = cache.base_loaded

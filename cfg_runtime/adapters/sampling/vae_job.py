@@ -50,6 +50,7 @@ class VaeDecodeJob:
             outputs[index] = out.to("cpu")
             ctx.phase(f"decoded tile {index + 1} of {len(self.tiles)}", done, len(mine))
         decode_s = time.monotonic() - t1
+        cache.settle_pins()
         ctx.summary.update(tiles=len(mine), vae_load_s=round(load_s, 3), decode_s=round(decode_s, 3),
                            resident_model=self.shipment.base_token, **cache.report())
         if ctx.device.type == "cuda":

@@ -1,0 +1,155 @@
+"""The host copy of a model's weights: moved into shared memory at once, page-locked while a GPU rank uploads it.
+
+Parent side, `share_weights`: the ranks' copy built from a loader recipe is moved into one block
+of shared memory as soon as it is built (while the ranks start), with ATen's multi-threaded
+copy, instead of one segment per storage while the first job is pickled (on the critical path,
+and one file handle per weight for every rank to fetch). Each private storage is freed as soon
+as its bytes are in the block, so the peak is one copy plus one storage.
+
+Rank side, `HostPins`: a GPU rank that receives a shared-memory base registers its pages with
+CUDA (`cudaHostRegister`, as ComfyUI's own `pin_memory` does for offloaded weights) before
+ComfyUI loads the model, so the copy to the GPU runs at the host link's DMA rate instead of
+through the driver's pageable staging; the registration is dropped once the weights have left
+the host copy. Only where ComfyUI itself would pin (`MAX_PINNED_MEMORY` > 0: NVIDIA, no
+`--disable-pinned-memory`) and within its pinned-memory limit.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger("cfg_parallel")
+
+
+def _weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor, bool]]:
+    """(module, name, tensor, is_parameter) for every parameter and buffer the model holds directly."""
+    out = []
+    for module in model.modules():
+        out += [(module, n, p, True) for n, p in module._parameters.items() if p is not None]
+        out += [(module, n, b, False) for n, b in module._buffers.items() if b is not None]
+    return out
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.data if isinstance(t, torch.nn.Parameter) else t
+
+
+_ALIGN = 4096  # each weight's bytes start on a page in the shared block
+
+
+def share_weights(model: torch.nn.Module) -> tuple[int, float]:
+    """Move the model's private CPU weights into one block of shared memory, in place (tensors keep
+    their dtype, shape, strides and aliasing). One block, not one segment per storage: the job then
+    carries a single handle per rank, and a GPU rank page-locks it in one call. Storage by storage,
+    each private storage freed as its bytes are in the block. Returns (bytes moved, seconds);
+    tensor subclasses and storages already shared are left alone."""
+    t0 = time.monotonic()
+    by_storage: dict[int, list] = {}
+    for entry in _weights(model):
+        data = _plain(entry[2])
+        if type(data) is not torch.Tensor or data.device.type != "cpu":
+            continue
+        storage = data.untyped_storage()
+        if storage.is_shared() or storage.nbytes() == 0:
+            continue
+        by_storage.setdefault(storage.data_ptr(), []).append(entry)
+    offsets, total = [], 0
+    for entries in by_storage.values():
+        offsets.append(total)
+        total += -(-_plain(entries[0][2]).untyped_storage().nbytes() // _ALIGN) * _ALIGN
+    if not total:
+        return 0, time.monotonic() - t0
+    block = torch.UntypedStorage._new_shared(total)
+    block_bytes = torch.empty(0, dtype=torch.uint8).set_(block)
+    moved = 0
+    for offset, entries in zip(offsets, by_storage.values()):
+        old = _plain(entries[0][2]).untyped_storage()
+        block_bytes[offset:offset + old.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(old))
+        for module, name, tensor, is_param in entries:
+            data = _plain(tensor)
+            twin = torch.empty(0, dtype=data.dtype).set_(
+                block, offset // data.element_size() + data.storage_offset(), data.size(), data.stride())
+            if is_param:
+                tensor.data = twin
+            else:
+                module._buffers[name] = twin
+        moved += old.nbytes()
+        del old
+    return moved, time.monotonic() - t0
+
+
+def _pin_budget() -> int:
+    """Bytes ComfyUI lets this process page-lock now (0: it pins nothing here)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return 0
+    limit = getattr(mm, "MAX_PINNED_MEMORY", 0) or 0
+    return int(max(0, limit - getattr(mm, "TOTAL_PINNED_MEMORY", 0)))
+
+
+@dataclass
+class HostPins:
+    """Host storages of one model page-locked by this rank (kept alive until unregistered)."""
+
+    storages: dict[int, torch.UntypedStorage] = field(default_factory=dict)
+    nbytes: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def for_upload(cls, model: torch.nn.Module, device: torch.device) -> "HostPins":
+        """Page-lock the model's shared-memory weights before they are copied to `device` (CUDA only)."""
+        pins = cls()
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return pins
+        storages: dict[int, torch.UntypedStorage] = {}
+        for _, _, tensor, _ in _weights(model):
+            data = _plain(tensor)
+            if type(data) is torch.Tensor and data.device.type == "cpu" and not data.is_pinned():
+                storage = data.untyped_storage()
+                if storage.is_shared() and storage.nbytes() > 0:
+                    storages.setdefault(storage.data_ptr(), storage)
+        total = sum(s.nbytes() for s in storages.values())
+        if not storages or total > _pin_budget():
+            return pins
+        t0 = time.monotonic()
+        cudart = torch.cuda.cudart()
+        for ptr, storage in storages.items():
+            if int(cudart.cudaHostRegister(ptr, storage.nbytes(), 0)) != 0:
+                _discard_cuda_error(device)
+                log.debug("cfg-parallel: could not page-lock the shared weights; they are copied pageable")
+                break
+            pins.storages[ptr] = storage
+            pins.nbytes += storage.nbytes()
+        pins.seconds = time.monotonic() - t0
+        return pins
+
+    def release_moved(self, model: torch.nn.Module) -> None:
+        """Unregister the storages that no CPU weight of the model uses any more (they went to the GPU)."""
+        if not self.storages:
+            return
+        in_use = {_plain(t).untyped_storage().data_ptr() for _, _, t, _ in _weights(model)
+                  if type(_plain(t)) is torch.Tensor and _plain(t).device.type == "cpu"}
+        self._unregister([ptr for ptr in self.storages if ptr not in in_use])
+
+    def release_all(self) -> None:
+        self._unregister(list(self.storages))
+
+    def _unregister(self, ptrs: list[int]) -> None:
+        cudart = torch.cuda.cudart() if ptrs else None
+        for ptr in ptrs:
+            storage = self.storages.pop(ptr)
+            cudart.cudaHostUnregister(ptr)
+            self.nbytes -= storage.nbytes()
+
+
+def _discard_cuda_error(device: torch.device) -> None:
+    """A refused registration can leave an error queued on the device: run and sync one op to clear it."""
+    try:
+        torch.ones(1, device=device).add_(1)
+        torch.cuda.synchronize(device)
+    except RuntimeError:
+        pass
