@@ -18,6 +18,12 @@ This pack's video->audio cross-attention all-gathers video K/V instead of the he
 all-to-all: its traffic is given too ("ours"); equal at N=2, larger at N=4 and 8.
 
     python bench/predict_sequence_parallel.py [--link-gbs 300] [--latency-us 30] [--json out.json]
+        [--decode bench/results/vae_decode_ltx2_2stage_h200_029.json]
+
+With --decode (a bench_vae_decode_gpu.py record at the job's output size), the VAE decode joins
+the job: on N GPUs the group decode takes ceil(tiles / N) rounds of the 1-rank run's per-tile
+time plus what the ComfyUI process does around it (the warm 1-rank call minus its decode loop:
+core's tile bookkeeping, the blend, the way back); on one GPU, VAEDecodeTiled as measured.
 """
 from __future__ import annotations
 
@@ -104,16 +110,40 @@ def predict(link_gbs: float, latency_us: float, traffic: str = "table") -> dict:
     return out
 
 
+def decode_s(record: dict, gpus: int) -> float:
+    """Seconds of the final decode on `gpus` GPUs, from a bench_vae_decode_gpu.py record."""
+    if gpus == 1:
+        return record["tiled_s"]
+    warm = next(r for r in record["group_1"] if r["call"] == "warm")
+    rank = warm["per_rank"][0]
+    per_tile = rank["decode_s"] / rank["tiles"]
+    around = warm["seconds"] - rank["decode_s"]  # the ComfyUI process's part and the job's round trip
+    return around + math.ceil(record["tile_count"] / gpus) * per_tile
+
+
+def with_decode(result: dict, record: dict) -> dict:
+    for gpus, r in result["gpus"].items():
+        r["decode_s"] = decode_s(record, gpus)
+        r["job_with_decode_s"] = r["job_s"]["composed"] + r["decode_s"]
+    return result
+
+
 def markdown(result: dict) -> str:
     one = result["gpus"][1]["job_s"]["composed"]
-    lines = ["| GPUs | stage-1 step by layout (s) | stage-2 step by layout (s) | job: branch only | job: composed "
-             "(layout s1 / s2) | vs 1 GPU |", "|---|---|---|---|---|---|"]
+    decode = "decode_s" in result["gpus"][1]
+    head = "| GPUs | stage-1 step by layout (s) | stage-2 step by layout (s) | job: branch only | job: composed " \
+           "(layout s1 / s2) | vs 1 GPU |"
+    lines = [head + (" decode | job + decode | vs 1 GPU |" if decode else ""), "|---" * (9 if decode else 6) + "|"]
     for gpus, r in result["gpus"].items():
         s1 = ", ".join(f"{k} {v:.3f}" for k, v in r["steps"][STAGE1.name].items())
         s2 = ", ".join(f"{k} {v:.3f}" for k, v in r["steps"][STAGE2.name].items())
         job = r["job_s"]
-        lines.append(f"| {gpus} | {s1} | {s2} | {job['branch_only']:.1f} s | {job['composed']:.1f} s "
-                     f"({r['best']['stage1']} / {r['best']['stage2']}) | {one / job['composed']:.2f}x |")
+        row = (f"| {gpus} | {s1} | {s2} | {job['branch_only']:.1f} s | {job['composed']:.1f} s "
+               f"({r['best']['stage1']} / {r['best']['stage2']}) | {one / job['composed']:.2f}x |")
+        if decode:
+            total1 = result["gpus"][1]["job_with_decode_s"]
+            row += f" {r['decode_s']:.1f} s | {r['job_with_decode_s']:.1f} s | {total1 / r['job_with_decode_s']:.2f}x |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -122,8 +152,13 @@ def main() -> None:
     ap.add_argument("--link-gbs", type=float, default=300.0, help="effective all-to-all GB/s per GPU (H200 NVLink)")
     ap.add_argument("--latency-us", type=float, default=30.0, help="latency of one collective")
     ap.add_argument("--json", default="", help="write the figures here")
+    ap.add_argument("--decode", default="", help="a bench_vae_decode_gpu.py record at the output size")
     args = ap.parse_args()
     results = {t: predict(args.link_gbs, args.latency_us, t) for t in ("table", "ours")}
+    if args.decode:
+        with open(args.decode) as f:
+            record = json.load(f)
+        results = {t: with_decode(r, record) for t, r in results.items()}
     for traffic, result in results.items():
         label = "head-split v2a (Lightricks' traffic)" if traffic == "table" else "this pack (all-gathered v2a K/V)"
         print(f"\n### {label}; {args.link_gbs:g} GB/s, {args.latency_us:g} us per collective\n")

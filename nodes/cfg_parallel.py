@@ -77,6 +77,7 @@ class CFGParallelModel(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split), node=NODE, split_option=True,
                                     batch_split=batch_groups(batch_split))
         settings.group_spec()  # a bad device request fails here, at this node
-        # the ranks start now, while ComfyUI runs the nodes before the sampler (where they will get work)
-        start_early(settings, len(policy.branches) if policy is not None else 0)
+        # the ranks start (and the ranks' copy of the weights is built) now, while ComfyUI runs the nodes
+        # before the sampler, where they will get work
+        start_early(settings, len(policy.branches) if policy is not None else 0, model)
         return io.NodeOutput(with_group_sampling(model, settings, policy))

@@ -98,8 +98,9 @@ class MultiBranchGuiderNode(io.ComfyNode):
                                     sequence_degree=sequence_degree(sequence_split),
                                     batch_split=batch_groups(batch_split), split_option=True)
         settings.group_spec()  # fail here, at this node, on a bad device request or timeout (at size 1 too)
-        # the ranks start now, while ComfyUI runs the nodes before the sampler (where they will get work)
-        start_early(settings, len(policy.branches))
+        # the ranks start (and the ranks' copy of the weights is built) now, while ComfyUI runs the nodes
+        # before the sampler, where they will get work
+        start_early(settings, len(policy.branches), model)
         guider = MultiBranchGuider(model, policy, settings)
         guider.set_conds(positive, negative)
         return io.NodeOutput(guider)

@@ -161,3 +161,42 @@ def test_recipe_copy_is_in_shared_memory_before_any_job(tiny_ltxv_path, group_do
     for key, value in copy.state_dict().items():
         assert value.dtype == mine[key].dtype and torch.equal(value, mine[key]), key
     assert not _shared(patcher.model)
+
+
+def test_recipe_copy_starts_building_when_a_node_before_the_sampler_executes(tiny_ltxv_path, group_down, caplog):
+    """start_early (what CFG Parallel and the Multi-Branch Guider call) builds the ranks' copy in a
+    thread while ComfyUI runs the nodes in between; sampling takes that copy (built once) and
+    equals size 1 bit for bit."""
+    import logging
+    import time
+
+    import cfg_runtime.adapters.models.transport as cm
+    from cfg_runtime.adapters.sampling.group_sampling import start_early
+    from cfg_runtime.adapters.sampling.guider import ParallelSettings
+
+    patcher = load_tiny_ltxv(tiny_ltxv_path)
+    _needs_recipe(patcher)
+    patcher.model.cfgp_test_ctypes = (ctypes.c_uint * 2)()  # a dynamic-VRAM-like model: the recipe route
+    serial = _sample(patcher, 1)
+    token = cm.recipe_token(patcher)
+    cm._DELEGATE.clear()
+    caplog.set_level(logging.INFO, logger="cfg_parallel")
+    start_early(ParallelSettings(world_size=2, devices="cpu", step_timeout_s=120.0), 2, patcher)
+    deadline = time.monotonic() + 120
+    while token not in cm._DELEGATE and time.monotonic() < deadline:
+        time.sleep(0.05)  # the main thread is free meanwhile (ComfyUI would run the next node)
+    early = cm._DELEGATE[token]  # built by the node's thread: sampling has not started
+    assert torch.equal(_sample(patcher, 2), serial)
+    assert cm._DELEGATE[token] is early and _shared(early)
+    builds = [r for r in caplog.records if "from its loader recipe" in r.getMessage()]
+    assert len(builds) == 1, [r.getMessage() for r in builds]
+
+
+def test_nothing_is_built_early_for_a_model_the_ranks_can_take_as_it_is(tiny_ltxv_path, group_down):
+    """A plain model (ComfyUI without dynamic VRAM) becomes the shared copy itself: no early build."""
+    import cfg_runtime.adapters.models.transport as cm
+
+    patcher = load_tiny_ltxv(tiny_ltxv_path)
+    route = cm.route_weights(patcher, ("cpu",))
+    assert not route.from_recipe
+    assert not cm.build_copy_in_background(patcher, route)

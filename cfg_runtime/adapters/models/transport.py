@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -177,29 +178,52 @@ def route_weights(model_patcher, devices: tuple[str, ...] = ()) -> WeightRoute:
 
 
 _DELEGATE: dict = {}  # token -> pristine non-dynamic model built from the recipe (one entry)
+_DELEGATE_LOCK = threading.Lock()  # one build at a time: a second asker waits for it and takes it
 
 
 def _recipe_model(model_patcher, token: str):
     """The pristine plain copy of the base model, loaded with ComfyUI's own recipe once per token."""
-    model = _DELEGATE.get(token)
-    if model is None:
-        _DELEGATE.clear()
-        t0 = time.monotonic()
-        recipe = _recipe(model_patcher)
-        loaded = recipe[0](*recipe[1], disable_dynamic=True)
-        patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
-        model = patcher.model
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            model.to("cpu")
-        quantized = _quantized_weight(model)
-        if quantized is not None:
-            raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run at "
-                                f"parallel size 1.")
-        shared_bytes, shared_s = share_weights(model)  # now, while the ranks start; not when the job is pickled
-        _DELEGATE[token] = model
-        log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (%.1f GiB into shared "
-                 "memory in %.1f s of it)", type(model).__name__, time.monotonic() - t0, shared_bytes / 2**30, shared_s)
+    with _DELEGATE_LOCK:
+        model = _DELEGATE.get(token)
+        if model is None:
+            _DELEGATE.clear()
+            t0 = time.monotonic()
+            recipe = _recipe(model_patcher)
+            loaded = recipe[0](*recipe[1], disable_dynamic=True)
+            patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
+            model = patcher.model
+            if any(p.device.type != "cpu" for p in model.parameters()):
+                model.to("cpu")
+            quantized = _quantized_weight(model)
+            if quantized is not None:
+                raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run "
+                                    f"at parallel size 1.")
+            shared_bytes, shared_s = share_weights(model)  # now, while the ranks start; not in the job's pickling
+            _DELEGATE[token] = model
+            log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (%.1f GiB into "
+                     "shared memory in %.1f s of it)", type(model).__name__, time.monotonic() - t0,
+                     shared_bytes / 2**30, shared_s)
     return model
+
+
+def build_copy_in_background(model_patcher, route: WeightRoute) -> bool:
+    """Start building the ranks' recipe copy in a thread now (a node before the sampler executes),
+    so that it is built while ComfyUI runs the nodes in between (text encoders, the VAE load);
+    sampling takes it when it is ready, or waits for the build under way. A failed build here is
+    left to sampling, which builds it again and reports what went wrong. True if a build started."""
+    if not route.from_recipe or route.ranks_load or route.token in _DELEGATE:
+        return False
+
+    def build() -> None:
+        try:
+            with torch.inference_mode():  # as ComfyUI runs nodes (thread-local, so set here)
+                _recipe_model(model_patcher, route.token)
+        except Exception as exc:  # noqa: BLE001 (sampling reports it)
+            log.debug("cfg-parallel: the early copy of the model failed (%s: %s); sampling builds it",
+                      type(exc).__name__, exc)
+
+    threading.Thread(target=build, name="cfg-parallel recipe copy", daemon=True).start()
+    return True
 
 
 _PATCH_DIGESTS: dict = {}  # (patches_uuid, count) -> digest of those weight patches' contents
@@ -275,7 +299,8 @@ def with_base(shipment: ModelShipment, model_patcher, route: WeightRoute) -> Mod
     """The shipment with the base weights (shared memory) or the recipe the ranks load them with."""
     release_from_comfy(model_patcher, unpatch=not route.from_recipe)
     if not route.from_recipe or route.ranks_load:
-        _DELEGATE.clear()  # another model now: release the previous copy's shared memory
+        with _DELEGATE_LOCK:
+            _DELEGATE.clear()  # another model now: release the previous copy's shared memory
     if route.ranks_load:
         recipe = _recipe(model_patcher)
         log.info("cfg-parallel: the ranks load the model from its file themselves (dynamic VRAM): %s",

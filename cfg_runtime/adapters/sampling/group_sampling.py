@@ -22,7 +22,8 @@ from .progress_text import ProgressText
 from .batch_job import batch_size, job_batch_groups
 from .sample_job import ComfySampleJob, MissingModel, shippable_sampler
 from .sequence_job import job_layout, log_layout
-from ..models.transport import RELEASED, WeightRoute, capture, route_weights, with_base
+from ..models.transport import (RELEASED, WeightRoute, build_copy_in_background, capture, route_weights,
+                                with_base)
 
 log = logging.getLogger("cfg_parallel")
 
@@ -111,16 +112,27 @@ def _carries_base(job: ComfySampleJob) -> bool:
     return job.shipment.base_model is not None or job.shipment.recipe is not None
 
 
-def start_early(settings, branches: int) -> None:
+def start_early(settings, branches: int, model_patcher=None) -> None:
     """Spawn the worker group of `settings` (a ParallelSettings) now, without waiting: called when a
     node that will sample on it executes, so the ranks start while ComfyUI runs the nodes before the
-    sampler (text encoders, loaders). A group that runs already for these devices is kept.
+    sampler (text encoders, loaders). A group that runs already for these devices is kept. With the
+    node's model, the ranks' copy of its weights (a recipe copy under dynamic VRAM) starts building
+    too, unless the ranks hold it already.
     Only where the node knows that more than one rank gets work (`branches` > 1, known from a
     connected policy; 0 = not known yet, e.g. KSampler's cfg; or a sequence or batch split): a
     sampling that gives work to one rank runs in ComfyUI without a group."""
     split = settings.sequence_degree != 1 or settings.batch_split != 1
-    if settings.world_size >= 2 and (branches > 1 or split):
-        prestart(settings.group_spec())
+    if settings.world_size < 2 or not (branches > 1 or split):
+        return
+    spec = settings.group_spec()
+    prestart(spec)
+    if model_patcher is not None:
+        try:
+            route = route_weights(model_patcher, spec.devices)
+        except ShippingError:
+            return  # sampling refuses it, with the reason
+        if route.token not in resident_models(current_group()):
+            build_copy_in_background(model_patcher, route)
 
 
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
