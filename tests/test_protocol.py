@@ -14,7 +14,7 @@ from cfg_runtime.errors import PeerFailed
 from cfg_runtime.group import GroupSpec, WorkerGroup
 from cfg_runtime.group.monitor import DeathWatch
 from cfg_runtime.group.protocol import Failure, Job, JobFailed, Phase, Ready, Stage
-from support.group_jobs import LoggingJob
+from support.group_jobs import LoggingJob, PreloadSeenJob
 
 START_ORDER = [Stage.STARTED, Stage.TORCH, Stage.JOINED, Stage.READY]
 
@@ -171,3 +171,15 @@ def test_every_grace_is_in_the_spec_and_validated():
     for name in GroupSpec.DURATIONS:
         with pytest.raises(Exception, match=name):
             WorkerGroup(GroupSpec(("cpu",), **{name: 0}))
+
+
+def test_the_first_job_waits_for_the_ranks_background_imports():
+    """Two threads importing one package at once can see half-initialised modules (seen as
+    "cannot import name ... from partially initialized module 'scipy...'"), so a rank finishes
+    the imports its init hook started (group.preload) before it unpickles its first job."""
+    g = WorkerGroup(GroupSpec(("cpu", "cpu"), worker_init="support.group_jobs:slow_preload_init"))
+    try:
+        g.start()
+        assert g.run(PreloadSeenJob()).value == ["done"]
+    finally:
+        g.teardown()

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import JobInterrupted
+from . import preload
 from .protocol import (Done, Failure, Interrupted, Job, JobFailed, Phase, Progress, Ready, Result, Shutdown, Stage,
                        StartFailed)
 from .rank_io import Outbox, forward_logs
@@ -198,6 +199,8 @@ class _Rank:
         self.outbox.send(Phase(rank, Stage.JOB, "unpacking the job" + (" (the first one also imports its libraries)"
                                                                        if first else ""), job_id=message.job_id))
         try:
+            if first:
+                preload.wait()  # never import beside the rank's background imports
             job = pickle.loads(message.blob)
             self.cache["jobs_unpacked"] = True
         except Exception as exc:  # a job that cannot be rebuilt here

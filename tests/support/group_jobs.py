@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -12,6 +13,29 @@ def noisy_init(device: str, data: bytes) -> dict:
     logging.getLogger("cfg_parallel").info("init hook ran on %s", device)
     logging.getLogger("some.library").warning("start-up warning on %s", device)
     return {"device": device, "data": data.decode()}
+
+
+_preloaded: list[str] = []
+
+
+def slow_preload_init(device: str, data: bytes) -> dict:
+    """A worker_init hook that starts a background import taking a second (group.preload)."""
+    from cfg_runtime.group import preload
+
+    def imports() -> None:
+        time.sleep(1.0)
+        _preloaded.append("done")
+
+    preload.start(imports, "test-preload")
+    return {}
+
+
+@dataclass(frozen=True)
+class PreloadSeenJob:
+    """Whether the rank's background import had finished when this job was unpickled and ran."""
+
+    def run(self, ctx):
+        return list(_preloaded)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import sys
-import threading
-
+from ...group import preload
 from .launch_options import LaunchOptions, effective_config, rank_overrides
 
 log = logging.getLogger("cfg_parallel")
@@ -41,7 +40,7 @@ def init_worker(device: str, data: bytes = b"") -> dict:
     aimdo_level = None
     if device.startswith("cuda") and options is not None and options.dynamic_vram:
         aimdo_level = _enable_dynamic_vram(index, args, options.console_level)
-    threading.Thread(target=_import_comfy, name="cfgp-import-comfy", daemon=True).start()
+    preload.start(_import_comfy, "cfgp-import-comfy")
     report = effective_config()
     report.update(device=device, overridden={k: v for k, v in overridden.items() if hasattr(args, k)},
                   aimdo_log_level=aimdo_level)
@@ -94,7 +93,7 @@ def _first_accepted(func, keyword_sets):
 def _import_comfy() -> None:
     """What the first job's unpickling imports (ComfyUI's samplers, model classes, patcher), imported
     while the rank joins the group and waits for its first job instead of after the job arrives.
-    Python's import lock makes the job wait for a module this thread is still importing."""
+    The worker waits for this thread before it unpickles the first job (group.preload)."""
     try:
         import comfy.model_base  # noqa: F401
         import comfy.model_patcher  # noqa: F401
