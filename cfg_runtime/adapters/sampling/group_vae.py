@@ -5,14 +5,19 @@ tiling and blending of ``comfy.utils``, whatever this ComfyUI's version of them 
 copy of the VAE whose ``first_stage_model.decode`` is substituted:
 
 1. enumerate: the substitute records every tile ComfyUI hands it, in order, and answers with
-   zeros of the tile output's shape (the tiling's own upscale rule); nothing is decoded;
+   zeros; nothing is decoded. The stand-in of this pass scales by 1 (its compression, which sets
+   the tile sizes, stays the VAE's): the tiles ComfyUI cuts depend only on the latent, so it cuts
+   the same ones while its blend handles a latent-sized image instead of the full one;
 2. the ranks decode those tiles (round robin) with the VAE's module on their devices;
 3. replay: the substitute checks each tile is the recorded one and returns the rank's output,
    so ComfyUI's code blends the very tiles it would have decoded itself, in its serial order.
 
 Each tile's decode is the same module on the same input in the same dtype, and the blend is
 ComfyUI's own code in this process: the image equals ``VAEDecodeTiled`` with the same settings
-bit for bit (on ranks of the same device type as ComfyUI's VAE device).
+bit for bit (on ranks of the same device type as ComfyUI's VAE device). With a CUDA VAE device
+and room on it, the replay blends there (ComfyUI's code, output device set to the GPU) and moves
+the image to ComfyUI's output device: the blend is elementwise float32 multiply, add and divide,
+correctly rounded on both, so the bits are the same as a CPU blend (the GPU bench checks it).
 """
 from __future__ import annotations
 
@@ -95,21 +100,17 @@ def _scaled(rule, index: int, value: int) -> int:
 class _TileSource(torch.nn.Module):
     """Stands in for ``first_stage_model``: records tiles (enumerate) or returns decoded ones (replay)."""
 
-    def __init__(self, vae, outputs: dict | None = None, tiles: list | None = None) -> None:
+    def __init__(self, outputs: dict | None = None, tiles: list | None = None) -> None:
         super().__init__()
-        self.vae_ref = [vae]  # not a submodule
         self.outputs = outputs
         self.tiles = [] if tiles is None else tiles
         self.calls = 0
 
     def decode(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
         index, self.calls = self.calls, self.calls + 1
-        if self.outputs is None:
+        if self.outputs is None:  # the enumerate stand-in scales by 1: zeros of the tile's own shape
             self.tiles.append(x.detach().to("cpu", copy=True).contiguous())
-            vae = self.vae_ref[0]
-            shape = [x.shape[0], vae.output_channels] + [_scaled(vae.upscale_ratio, d, n)
-                                                          for d, n in enumerate(x.shape[2:])]
-            return torch.zeros(shape, dtype=x.dtype, device=x.device)
+            return x.new_zeros((x.shape[0], 1) + tuple(x.shape[2:]))
         if index >= len(self.tiles) or not torch.equal(self.tiles[index], x.detach().to("cpu")):
             raise VaeDecodeError(f"ComfyUI's tiled decode asked for tile {index + 1} differently the second time; "
                                  f"decode with VAEDecodeTiled.")
@@ -119,8 +120,10 @@ class _TileSource(torch.nn.Module):
 _NO_WEIGHTS: dict = {}  # device -> a patcher of an empty module: ComfyUI "loads" it instead of the VAE
 
 
-def _stand_in(vae, source: _TileSource):
-    """A copy of the VAE that decodes through `source` and loads nothing onto ComfyUI's device."""
+def _stand_in(vae, source: _TileSource, geometry_only: bool = False, output_device=None):
+    """A copy of the VAE that decodes through `source` and loads nothing onto ComfyUI's device.
+    geometry_only: it scales by 1 (tile sizes still from the VAE's compression); output_device:
+    where ComfyUI's tiling blends (default: the VAE's own output device)."""
     proxy = copy.copy(vae)
     proxy.first_stage_model = source
     key = str(vae.device)
@@ -129,11 +132,19 @@ def _stand_in(vae, source: _TileSource):
                                                             offload_device=torch.device("cpu"))
     proxy.patcher = _NO_WEIGHTS[key]
     proxy.memory_used_decode = lambda shape, dtype: 0
+    if geometry_only:
+        proxy.spacial_compression_decode = vae.spacial_compression_decode
+        proxy.temporal_compression_decode = vae.temporal_compression_decode
+        proxy.upscale_ratio = 1
+        proxy.upscale_index_formula = None
+        proxy.output_channels = 1
+    if output_device is not None:
+        proxy.output_device = output_device
     return proxy
 
 
-def _core_decode(vae, samples: dict, tiles: TileSettings, source: _TileSource) -> torch.Tensor:
-    return _core_tiled_node().decode(_stand_in(vae, source), samples, tiles.tile_size, tiles.overlap,
+def _core_decode(proxy, samples: dict, tiles: TileSettings) -> torch.Tensor:
+    return _core_tiled_node().decode(proxy, samples, tiles.tile_size, tiles.overlap,
                                      tiles.temporal_size, tiles.temporal_overlap)[0]
 
 
@@ -142,16 +153,43 @@ def enumerate_tiles(vae, samples: dict, tiles: TileSettings) -> list[torch.Tenso
     hook = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.PROGRESS_BAR_HOOK = None
     try:
-        source = _TileSource(vae)
-        _core_decode(vae, samples, tiles, source)
+        source = _TileSource()
+        _core_decode(_stand_in(vae, source, geometry_only=True), samples, tiles)
     finally:
         comfy.utils.PROGRESS_BAR_HOOK = hook
     return source.tiles
 
 
+def blend_device(vae, samples: dict, outputs: dict) -> torch.device:
+    """Where the replay blends: the VAE's CUDA device when it has room for the image, its blend
+    weights and a tile twice over; else ComfyUI's output device for the VAE (as VAEDecodeTiled)."""
+    device = torch.device(vae.device)
+    if device.type != "cuda" or not outputs:
+        return torch.device(vae.output_device)
+    tile = max(v.numel() for v in outputs.values())
+    channels = max(1, int(getattr(vae, "output_channels", 3)))
+    need = 4 * (_output_pixels(vae, samples) * (2 * channels + 1) + 4 * tile)  # float32: image, weights, clamp
+    if comfy.model_management.get_free_memory(device) < need * 1.2:
+        return torch.device(vae.output_device)
+    return device
+
+
+def _output_pixels(vae, samples: dict) -> int:
+    """Pixels (per channel) of the decoded image, from the VAE's upscale rule."""
+    latent = samples["samples"]
+    count = latent.shape[0]
+    for d, n in enumerate(latent.shape[2:]):
+        count *= max(1, _scaled(vae.upscale_ratio, d, n))
+    return count
+
+
 def blend(vae, samples: dict, tiles: TileSettings, inputs: list, outputs: dict) -> torch.Tensor:
-    """ComfyUI's tiled decode again, its decoder answering with the decoded tiles."""
-    return _core_decode(vae, samples, tiles, _TileSource(vae, outputs=outputs, tiles=inputs))
+    """ComfyUI's tiled decode again, its decoder answering with the decoded tiles; on the device
+    `blend_device` picks, the image on ComfyUI's output device for the VAE."""
+    device = blend_device(vae, samples, outputs)
+    images = _core_decode(_stand_in(vae, _TileSource(outputs=outputs, tiles=inputs), output_device=device),
+                          samples, tiles)
+    return images.to(vae.output_device)
 
 
 _COPIES: dict = {}  # token -> a plain copy of a VAE module that cannot itself travel (one entry)
