@@ -16,7 +16,8 @@ VAELoader loads a file: ``comfy.sd.VAE(sd=...)``, ComfyUI's detection and dtype 
 Then: VAEDecode (core node), VAEDecodeTiled (core node, its default settings), and the group
 decode (``group_vae.decode_on_group``, same settings) at each rank count: the first call
 (group start and the VAE's transfer) and a warm one; bitwise equality with VAEDecodeTiled; peak
-GPU memory of this process and of each rank; tiles per rank and per-tile decode time.
+GPU memory of this process and of each rank; tiles per rank and per-tile decode time; the
+ComfyUI process's own parts (cutting the tiles, the blend) and where the blend ran.
 
     python bench/bench_vae_decode_gpu.py --family wan21 --ranks 1,2 --backend gloo --out $OUT
     python bench/bench_vae_decode_gpu.py --family wan21 --tiny --device cpu   # CPU development
@@ -123,8 +124,18 @@ def run(args) -> dict:
     res = {"family": args.family, "latent": list(shape), "vae_dtype": str(vae.vae_dtype), "device": str(device),
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tiles": vars(tiles),
            "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    import cfg_runtime.adapters.sampling.group_vae as group_vae
+    parts: dict = {}
+    for name in ("enumerate_tiles", "blend"):  # time the ComfyUI process's own parts of the group decode
+        def timed_part(*a, _fn=getattr(group_vae, name), _name=name):
+            out, parts[_name], _ = _timed(lambda: _fn(*a), device)
+            return out
+        setattr(group_vae, name, timed_part)
     with torch.inference_mode():
+        t0 = time.perf_counter()
         res["tile_count"] = len(enumerate_tiles(vae, latent, tiles))
+        res["enumerate_s"] = round(time.perf_counter() - t0, 3)
+        res["blend_device"] = str(group_vae.blend_device(vae, latent, {0: torch.empty(1)}))
         if not args.skip_full:
             _, res["vae_decode_s"], res["vae_decode_peak"] = _timed(lambda: core.VAEDecode().decode(vae, latent)[0],
                                                                     device)
@@ -132,6 +143,10 @@ def run(args) -> dict:
         ref, res["tiled_s"], res["tiled_peak"] = _timed(lambda: core.VAEDecodeTiled().decode(
             vae, latent, tiles.tile_size, tiles.overlap, tiles.temporal_size, tiles.temporal_overlap)[0], device)
         res["image_shape"] = list(ref.shape)
+        again, res["tiled_warm_s"], _ = _timed(lambda: core.VAEDecodeTiled().decode(  # the VAE already on the GPU
+            vae, latent, tiles.tile_size, tiles.overlap, tiles.temporal_size, tiles.temporal_overlap)[0], device)
+        res["tiled_repeatable"] = bool(torch.equal(again, ref))
+        del again
         mm.unload_all_models(); mm.soft_empty_cache()
         for n in [int(x) for x in args.ranks.split(",")]:
             devs = ",".join([str(device)] * n) if device.type == "cuda" else "cpu"
@@ -140,8 +155,10 @@ def run(args) -> dict:
             for attempt in ("first", "warm"):
                 (img, result), seconds, peak = _timed(lambda: decode_on_group(vae, latent, tiles, settings), device)
                 runs.append({"call": attempt, "seconds": round(seconds, 3), "job_s": round(result.seconds, 3),
+                             "enumerate_s": round(parts.get("enumerate_tiles", 0.0), 3),
+                             "blend_s": round(parts.get("blend", 0.0), 3),
                              "equal_to_tiled": bool(torch.equal(img, ref)), "parent_peak": peak,
-                             "per_rank": [{k: s.get(k) for k in ("tiles", "decode_s", "vae_load_s", "peak_gpu_bytes")}
+                             "per_rank": [{k: s.get(k) for k in ("tiles", "tiles_returned_apart", "decode_s", "vae_load_s", "peak_gpu_bytes")}
                                           for s in result.summaries]})
                 print(json.dumps({"ranks": n, **runs[-1]}), flush=True)
             res[f"group_{n}"] = runs

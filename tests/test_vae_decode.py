@@ -2,6 +2,8 @@
 ComfyUI's dynamic VRAM travels as a copy of its module) still equals VAEDecodeTiled bit for bit."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,6 +44,7 @@ def test_plain_copy_route_equals_vae_decode_tiled(tiny_vae):
 
     from cfg_runtime.adapters.sampling import group_vae as gv
     from cfg_runtime.adapters.sampling.guider import ParallelSettings
+    from cfg_runtime.adapters.sampling.vae_job import TileOutputs
     from cfg_runtime.group import get_group, shutdown_group
 
     samples = {"samples": torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(5))}
@@ -53,10 +56,19 @@ def test_plain_copy_route_equals_vae_decode_tiled(tiny_vae):
         group = get_group(ParallelSettings(world_size=2, devices="cpu").group_spec())
         try:
             token = gv.base_token(tiny_vae.patcher)
-            result = gv._run(group, gv._job(tiny_vae, inputs, token), tiny_vae, True, lambda phase: None, None)
-            got = gv.blend(tiny_vae, samples, tiles, inputs, result.value)
+            job = gv._job(tiny_vae, inputs, token)
+            result = gv._run(group, job, tiny_vae, True, lambda phase: None, None)
+            got = gv.blend(tiny_vae, samples, tiles, inputs, gv.decoded_outputs(job, result.value))
+            # outputs that do not fit their slot (here: a block of another dtype) come back the old way
+            odd = replace(job, into=TileOutputs.allocate([s for _, s in job.into.slots], torch.float64))
+            apart = gv._run(group, odd, tiny_vae, True, lambda phase: None, None)
+            got_apart = gv.blend(tiny_vae, samples, tiles, inputs, gv.decoded_outputs(odd, apart.value))
         finally:
             shutdown_group()
     assert gv._COPIES[token] is not tiny_vae.first_stage_model  # the ranks got the copy
     assert [s["tiles"] for s in result.summaries] == [3, 2]
+    assert [s["tiles_returned_apart"] for s in result.summaries] == [0, 0]  # all written into the shared block
+    assert result.value.in_block == (0, 1, 2, 3, 4) and not result.value.loose
+    assert [s["tiles_returned_apart"] for s in apart.summaries] == [3, 2] and not apart.value.in_block
+    assert torch.equal(got_apart, ref)
     assert torch.equal(got, ref)

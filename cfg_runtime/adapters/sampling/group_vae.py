@@ -8,7 +8,9 @@ copy of the VAE whose ``first_stage_model.decode`` is substituted:
    zeros; nothing is decoded. The stand-in of this pass scales by 1 (its compression, which sets
    the tile sizes, stays the VAE's): the tiles ComfyUI cuts depend only on the latent, so it cuts
    the same ones while its blend handles a latent-sized image instead of the full one;
-2. the ranks decode those tiles (round robin) with the VAE's module on their devices;
+2. the ranks decode those tiles (round robin) with the VAE's module on their devices, each
+   writing its outputs straight into one block of shared memory this process allocated
+   (``vae_job.TileOutputs``: a slot per tile, sized by the VAE's upscale rule);
 3. replay: the substitute checks each tile is the recorded one and returns the rank's output,
    so ComfyUI's code blends the very tiles it would have decoded itself, in its serial order.
 
@@ -41,7 +43,7 @@ from .group_sampling import _record_residency, resident_models
 from .progress_text import ProgressText
 from .sample_job import MissingModel
 from ..models.transport import RELEASED, ModelShipment, base_token, release_from_comfy, route_weights
-from .vae_job import VaeDecodeJob
+from .vae_job import DecodedTiles, TileOutputs, VaeDecodeJob
 
 log = logging.getLogger("cfg_parallel")
 
@@ -247,12 +249,27 @@ def _run(group, job: VaeDecodeJob, vae, copied: bool, on_phase, interrupted) -> 
     return result
 
 
+def _tile_output_shape(vae, tile: torch.Tensor) -> tuple[int, ...]:
+    """The decoded tile's shape by the VAE's upscale rule (the one ComfyUI's tiling sizes its image by)."""
+    return (tile.shape[0], int(vae.output_channels)) + tuple(_scaled(vae.upscale_ratio, d, n)
+                                                             for d, n in enumerate(tile.shape[2:]))
+
+
 def _job(vae, inputs: list, token: str) -> VaeDecodeJob:
     memory = max(vae.memory_used_decode(t.shape, vae.vae_dtype) for t in inputs)
     shipment = ModelShipment(base_token=token, base_model=None, patches_token="vae", patches={},
                              object_patches={}, model_options=copy.deepcopy(vae.patcher.model_options))
+    into = TileOutputs.allocate([_tile_output_shape(vae, t) for t in inputs], vae.vae_dtype)
     return VaeDecodeJob(shipment, tuple(inputs), float(memory), bool(getattr(vae, "disable_offload", False)),
-                        tuple(sorted(RELEASED)))
+                        tuple(sorted(RELEASED)), into)
+
+
+def decoded_outputs(job: VaeDecodeJob, value) -> dict[int, torch.Tensor]:
+    """{tile index: decoded output} from rank 0's answer to `job`."""
+    if not isinstance(value, DecodedTiles):
+        raise VaeDecodeError(f"The ranks answered the VAE decode with {type(value).__name__}; decode with "
+                             f"VAEDecodeTiled.")
+    return value.outputs(job.into)
 
 
 def _tile_progress(total: int, text: ProgressText) -> Callable:
@@ -279,7 +296,7 @@ def decode_on_group(vae, samples: dict, tiles: TileSettings, settings) -> tuple[
         result = _run(group, job, vae, copied, _tile_progress(len(inputs), text), interrupted)
     except JobInterrupted:
         raise comfy.model_management.InterruptProcessingException()
-    images = blend(vae, samples, tiles, inputs, result.value)
+    images = blend(vae, samples, tiles, inputs, decoded_outputs(job, result.value))
     text.show(f"cfg-parallel: decoded {len(inputs)} tiles on {spec.world_size} ranks in {result.seconds:.1f} s")
     log.info("cfg-parallel: VAE decode of %d tiles on %d ranks in %.1f s", len(inputs), spec.world_size,
              result.seconds)
