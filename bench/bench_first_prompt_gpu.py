@@ -51,12 +51,13 @@ def _graph(size: int, seed: int, steps: int) -> dict:
 
 
 def _phases(log: str) -> dict:
-    grab = lambda pattern: [float(x) for x in re.findall(pattern, log)]  # noqa: E731
+    grab = lambda pattern: [float(next(g for g in ([x] if isinstance(x, str) else x) if g))  # noqa: E731
+                            for x in re.findall(pattern, log)]
     return {"prompt_s": grab(r"Prompt executed in ([\d.]+) seconds"),
             "group_ready_s": grab(r"group ready: .* in ([\d.]+) s"),
             "rank_model_ready_s": grab(r"model ready in ([\d.]+) s"),
             "recipe_copy_s": grab(r"from its loader recipe in ([\d.]+) s"),
-            "shared_memory_s": grab(r"into shared memory in ([\d.]+) s"),
+            "shared_memory_s": grab(r"into shared memory in ([\d.]+) s|moved there after the load, in ([\d.]+) s"),
             "rank_page_lock_s": grab(r"page-locked for the GPU in ([\d.]+) s"),
             "sampled_s": grab(r"sampled on \d+ ranks in ([\d.]+) s"),
             "pack_lines": [line for line in log.splitlines() if "cfg-parallel" in line][:40]}

@@ -7,7 +7,7 @@ import pickle
 
 import torch
 
-from cfg_runtime.adapters.models.host_memory import HostPins, share_weights
+from cfg_runtime.adapters.models.host_memory import HostPins, loads_into_shared_memory, share_weights
 from devkit.tiny_models import load_tiny_ltxv
 
 
@@ -31,6 +31,31 @@ def test_a_comfyui_model_moves_into_shared_memory_bit_for_bit(tiny_ltxv_path):
         assert torch.equal(after[key], value), key
     assert all(isinstance(p, torch.nn.Parameter) for p in patcher.model.parameters())
     assert share_weights(patcher.model)[0] == 0  # already shared: nothing moves again
+
+
+def test_a_load_in_the_builders_thread_writes_the_weights_straight_into_shared_memory(tiny_ltxv_path):
+    """ComfyUI's loader under loads_into_shared_memory: the diffusion model's weights are in shared
+    memory as loaded (nothing left to move), equal to a plain load bit for bit; another thread's load
+    in the meantime is a plain one."""
+    import threading
+
+    plain = load_tiny_ltxv(tiny_ltxv_path).model
+    others = []
+    with torch.inference_mode(), loads_into_shared_memory():
+        loaded = load_tiny_ltxv(tiny_ltxv_path).model
+        thread = threading.Thread(target=lambda: others.append(load_tiny_ltxv(tiny_ltxv_path).model))
+        thread.start()
+        thread.join()
+    assert _storages_shared(loaded.diffusion_model)
+    assert share_weights(loaded.diffusion_model)[0] == 0
+    assert not _storages_shared(others[0].diffusion_model)
+    mine = plain.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == mine[key].dtype and torch.equal(value, mine[key]), key
+    assert not hasattr(loaded.diffusion_model, "__dict__") or "load_state_dict" not in vars(loaded.diffusion_model)
+    import comfy.model_base
+    assert comfy.model_base.BaseModel.load_model_weights.__name__ == "load_model_weights"
+    assert comfy.model_base.BaseModel.load_model_weights.__qualname__.startswith("BaseModel.")  # restored
 
 
 def test_views_of_one_storage_stay_views_of_one_storage():

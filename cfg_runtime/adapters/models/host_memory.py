@@ -1,10 +1,12 @@
 """The host copy of a model's weights: moved into shared memory at once, page-locked while a GPU rank uploads it.
 
-Parent side, `share_weights`: the ranks' copy built from a loader recipe is moved into one block
-of shared memory as soon as it is built (while the ranks start), with ATen's multi-threaded
-copy, instead of one segment per storage while the first job is pickled (on the critical path,
-and one file handle per weight for every rank to fetch). Each private storage is freed as soon
-as its bytes are in the block, so the peak is one copy plus one storage.
+Parent side, `share_weights`: the ranks' copy built from a loader recipe lives in one block of
+shared memory as soon as it is built (while the ranks start), instead of one segment per storage
+while the first job is pickled (on the critical path, and one file handle per weight for every
+rank to fetch). `loads_into_shared_memory` has ComfyUI's weight load write the file's tensors
+straight into that block (the module's weights re-pointed there before the load fills them), so
+the copy is written once; what the load does not fill (buffers made at construction) is moved
+after it, with ATen's multi-threaded copy, each private storage freed as its bytes are in the block.
 
 Rank side, `HostPins`: a GPU rank that receives a shared-memory base registers its pages with
 CUDA (`cudaHostRegister`, as ComfyUI's own `pin_memory` does for offloaded weights) before
@@ -16,7 +18,9 @@ the host copy. Only where ComfyUI itself would pin (`MAX_PINNED_MEMORY` > 0: NVI
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -24,12 +28,13 @@ import torch
 log = logging.getLogger("cfg_parallel")
 
 
-def _weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor, bool]]:
-    """(module, name, tensor, is_parameter) for every parameter and buffer the model holds directly."""
+def _weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor, bool, str]]:
+    """(module, name, tensor, is_parameter, state-dict key) for every parameter and buffer the model holds."""
     out = []
-    for module in model.modules():
-        out += [(module, n, p, True) for n, p in module._parameters.items() if p is not None]
-        out += [(module, n, b, False) for n, b in module._buffers.items() if b is not None]
+    for prefix, module in model.named_modules():
+        dotted = f"{prefix}." if prefix else ""
+        out += [(module, n, p, True, dotted + n) for n, p in module._parameters.items() if p is not None]
+        out += [(module, n, b, False, dotted + n) for n, b in module._buffers.items() if b is not None]
     return out
 
 
@@ -40,12 +45,13 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 _ALIGN = 4096  # each weight's bytes start on a page in the shared block
 
 
-def share_weights(model: torch.nn.Module) -> tuple[int, float]:
+def share_weights(model: torch.nn.Module, overwritten: frozenset[str] = frozenset()) -> tuple[int, float]:
     """Move the model's private CPU weights into one block of shared memory, in place (tensors keep
     their dtype, shape, strides and aliasing). One block, not one segment per storage: the job then
     carries a single handle per rank, and a GPU rank page-locks it in one call. Storage by storage,
     each private storage freed as its bytes are in the block. Returns (bytes moved, seconds);
-    tensor subclasses and storages already shared are left alone."""
+    tensor subclasses and storages already shared are left alone. A storage whose every tensor is
+    in `overwritten` (state-dict keys about to be loaded in full) is re-pointed without its bytes."""
     t0 = time.monotonic()
     by_storage: dict[int, list] = {}
     for entry in _weights(model):
@@ -67,8 +73,9 @@ def share_weights(model: torch.nn.Module) -> tuple[int, float]:
     moved = 0
     for offset, entries in zip(offsets, by_storage.values()):
         old = _plain(entries[0][2]).untyped_storage()
-        block_bytes[offset:offset + old.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(old))
-        for module, name, tensor, is_param in entries:
+        if not all(entry[4] in overwritten for entry in entries):
+            block_bytes[offset:offset + old.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(old))
+        for module, name, tensor, is_param, _ in entries:
             data = _plain(tensor)
             twin = torch.empty(0, dtype=data.dtype).set_(
                 block, offset // data.element_size() + data.storage_offset(), data.size(), data.stride())
@@ -79,6 +86,47 @@ def share_weights(model: torch.nn.Module) -> tuple[int, float]:
         moved += old.nbytes()
         del old
     return moved, time.monotonic() - t0
+
+
+@contextmanager
+def loads_into_shared_memory():
+    """While a loader recipe runs in this thread: ComfyUI's weight load (``BaseModel.load_model_weights``
+    copying the file's tensors into the new module) writes straight into one block of shared
+    memory. The module's weights that the state dict fills in full are re-pointed into the block
+    first, without their (still uninitialised) bytes; the rest are moved with theirs. So the copy
+    for the ranks is written once, instead of into private memory and then again by
+    `share_weights`. Other threads, and loads that assign the file's tensors, are left alone."""
+    try:
+        import comfy.model_base as model_base
+    except ImportError:
+        yield
+        return
+    owner, original = threading.get_ident(), model_base.BaseModel.load_model_weights
+
+    def load_model_weights(self, sd, unet_prefix="", *args, **kwargs):
+        assign = kwargs.get("assign", args[0] if args else False)
+        module = getattr(self, "diffusion_model", None)
+        if threading.get_ident() != owner or assign or not isinstance(module, torch.nn.Module):
+            return original(self, sd, unet_prefix, *args, **kwargs)
+        plain_load = module.load_state_dict
+
+        def load_state_dict(state_dict, *a, **k):
+            if not k.get("assign", False):
+                share_weights(module, overwritten=frozenset(state_dict))
+            return plain_load(state_dict, *a, **k)
+
+        module.load_state_dict = load_state_dict  # this module only, for this call
+        try:
+            return original(self, sd, unet_prefix, *args, **kwargs)
+        finally:
+            del module.load_state_dict
+
+    model_base.BaseModel.load_model_weights = load_model_weights
+    try:
+        yield
+    finally:
+        if model_base.BaseModel.load_model_weights is load_model_weights:
+            model_base.BaseModel.load_model_weights = original
 
 
 def _pin_budget() -> int:
@@ -106,7 +154,7 @@ class HostPins:
         if device.type != "cuda" or not torch.cuda.is_available():
             return pins
         storages: dict[int, torch.UntypedStorage] = {}
-        for _, _, tensor, _ in _weights(model):
+        for _, _, tensor, _, _ in _weights(model):
             data = _plain(tensor)
             if type(data) is torch.Tensor and data.device.type == "cpu" and not data.is_pinned():
                 storage = data.untyped_storage()
@@ -131,7 +179,7 @@ class HostPins:
         """Unregister the storages that no CPU weight of the model uses any more (they went to the GPU)."""
         if not self.storages:
             return
-        in_use = {_plain(t).untyped_storage().data_ptr() for _, _, t, _ in _weights(model)
+        in_use = {_plain(t).untyped_storage().data_ptr() for _, _, t, _, _ in _weights(model)
                   if type(_plain(t)) is torch.Tensor and _plain(t).device.type == "cpu"}
         self._unregister([ptr for ptr in self.storages if ptr not in in_use])
 

@@ -41,7 +41,7 @@ import torch
 from ...errors import ShippingError
 from ...group.shipping import check_shippable, fingerprint
 from .core_cfg import check_model_options
-from .host_memory import share_weights
+from .host_memory import loads_into_shared_memory, share_weights
 from .launch_options import parent_runs_dynamic_vram
 
 log = logging.getLogger("cfg_parallel")
@@ -189,7 +189,8 @@ def _recipe_model(model_patcher, token: str):
             _DELEGATE.clear()
             t0 = time.monotonic()
             recipe = _recipe(model_patcher)
-            loaded = recipe[0](*recipe[1], disable_dynamic=True)
+            with loads_into_shared_memory():  # the file's weights land in shared memory once
+                loaded = recipe[0](*recipe[1], disable_dynamic=True)
             patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
             model = patcher.model
             if any(p.device.type != "cpu" for p in model.parameters()):
@@ -198,11 +199,11 @@ def _recipe_model(model_patcher, token: str):
             if quantized is not None:
                 raise ShippingError(f"The model reloaded from its recipe has quantized weights ({quantized}); run "
                                     f"at parallel size 1.")
-            shared_bytes, shared_s = share_weights(model)  # now, while the ranks start; not in the job's pickling
+            shared_bytes, shared_s = share_weights(model)  # what the load left private; not in the job's pickling
             _DELEGATE[token] = model
-            log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (%.1f GiB into "
-                     "shared memory in %.1f s of it)", type(model).__name__, time.monotonic() - t0,
-                     shared_bytes / 2**30, shared_s)
+            log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (loaded into "
+                     "shared memory; %.2f GiB moved there after the load, in %.1f s)", type(model).__name__,
+                     time.monotonic() - t0, shared_bytes / 2**30, shared_s)
     return model
 
 
