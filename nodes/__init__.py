@@ -9,7 +9,7 @@ workflows load and run; search and the node library hide them.
 from cfg_runtime.adapters.sampling.launch_start import start_at_launch
 from cfg_runtime.group.host import sweep_stale_stores
 
-from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks, vae_decode
+from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks, queue_start, vae_decode
 
 NODE_CLASS_MAPPINGS = {
     "CFGParallelMultiGPU_PolicyBuilder": policy_builder.CFGPolicyBuilder,
@@ -53,9 +53,18 @@ RENAMED = {
 # what killed ComfyUI processes left (their ranks' rendezvous and temp folders, semaphores): owners gone
 sweep_stale_stores()
 
+_SAMPLING = {name for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(
+    cls, (guider.MultiBranchGuiderNode, ltx2_sampler.LTX2Sampler, cfg_parallel.CFGParallelModel))}
 # parallel_size 1.5 from a script: refused by ComfyUI's validation with a message (prompt_checks.py)
-prompt_checks.register({name for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(
-    cls, (guider.MultiBranchGuiderNode, ltx2_sampler.LTX2Sampler, cfg_parallel.CFGParallelModel))})
+prompt_checks.register(_SAMPLING)
+# a queued prompt that will sample or decode on the group starts it before its first node runs (queue_start.py)
+QUEUE_START = dict(
+    sampling=_SAMPLING,
+    decoding={name for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(cls, vae_decode.VAEDecodeMultiGPU)},
+    policy_nodes={name: cls for name, cls in NODE_CLASS_MAPPINGS.items() if issubclass(cls, (
+        policy_builder.CFGPolicyBuilder, policy_builder.LTX2VideoGuidance, policy_builder.LTX2AudioGuidance,
+        policy_builder.LEGACY["CFGPolicyBuilder"]))})
+queue_start.register(**QUEUE_START)
 
 # CFG_PARALLEL_START_AT_LAUNCH: the ranks start now, beside ComfyUI's own start (launch_start.py)
 start_at_launch()

@@ -4,29 +4,17 @@ scale 0 accepted and dropped; the builder shows the standard-CFG widgets only; t
 deprecated id keeps its widgets and results. In-process (ComfyUI's comfy_api on the path)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
 
 from cfg_runtime.errors import PolicyError
 from cfg_runtime.guidance.ltx import ModalityGuidance
-from support.paths import REPO, comfyui_available
+from support.pack_nodes import pack_nodes as _nodes
+from support.paths import comfyui_available
 from support.tiny_ltx2 import POLICY_DEFAULTS
 
 pytestmark = pytest.mark.skipif(not comfyui_available(), reason="needs ComfyUI's comfy_api (V3 node API)")
-
-
-def _nodes():
-    """The pack's nodes package, imported under a private name (never as top-level 'nodes')."""
-    name = "cfgp_nodes_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "nodes" / "__init__.py",
-                                                      submodule_search_locations=[str(REPO / "nodes")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")

@@ -56,14 +56,15 @@ def get_group(spec: GroupSpec, interrupt_requested: Callable[[], bool] | None = 
         raise GroupStartError(f"The worker group failed again right after a restart: {group.last_error}")
 
 
-def prestart(spec: GroupSpec, on_phase: Callable[[Phase], None] | None = None) -> bool:
+def prestart(spec: GroupSpec, on_phase: Callable[[Phase], None] | None = None, replace: bool = True) -> bool:
     """Spawn the group for `spec` now when none runs for it, and return at once (get_group waits
     for it): the ranks start while ComfyUI does other work. True when a fresh group was spawned
-    (its ranks hold no model yet)."""
+    (its ranks hold no model yet). replace=False leaves a running group of other processes alone
+    (and spawns nothing)."""
     global _current
     with _current_lock:
         group = _current
-        if group is not None and group.usable() and _same_processes(group.spec, spec):
+        if group is not None and group.usable() and (not replace or _same_processes(group.spec, spec)):
             return False
         check_host_memory(spec, tuple(group.pids()) if group is not None else ())  # before any teardown
         if group is not None:

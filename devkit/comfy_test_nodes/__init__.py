@@ -1,6 +1,7 @@
 """Test-only ComfyUI nodes (loaded by the test server; not part of the pack)."""
 import os
 import sys
+import time
 import uuid
 
 import torch
@@ -107,8 +108,27 @@ class CFGPTestSaveTensor:
         return {"ui": {"tensors": [name]}}
 
 
+class CFGPTestSlowConditioning:
+    """CONDITIONING -> the same CONDITIONING after `seconds`: a slow node before the sampler (a text encoder)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",),
+                             "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "wait"
+    CATEGORY = "_for_testing/cfgp"
+
+    def wait(self, conditioning, seconds):
+        time.sleep(float(seconds))
+        return (conditioning,)
+
+
 NODE_CLASS_MAPPINGS = {"CFGPTestConditioning": CFGPTestConditioning, "CFGPTestFailingModel": CFGPTestFailingModel,
-                       "CFGPTestLatent": CFGPTestLatent, "CFGPTestSaveTensor": CFGPTestSaveTensor}
+                       "CFGPTestLatent": CFGPTestLatent, "CFGPTestSaveTensor": CFGPTestSaveTensor,
+                       "CFGPTestSlowConditioning": CFGPTestSlowConditioning}
 NODE_DISPLAY_NAME_MAPPINGS = {"CFGPTestConditioning": "CFGP Test Conditioning",
+                              "CFGPTestSlowConditioning": "CFGP Test Slow Conditioning",
                               "CFGPTestFailingModel": "CFGP Test Failing Model",
                               "CFGPTestLatent": "CFGP Test Latent", "CFGPTestSaveTensor": "CFGP Test Save Tensor"}

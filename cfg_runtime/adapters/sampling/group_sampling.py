@@ -121,8 +121,7 @@ def start_early(settings, branches: int, model_patcher=None) -> None:
     Only where the node knows that more than one rank gets work (`branches` > 1, known from a
     connected policy; 0 = not known yet, e.g. KSampler's cfg; or a sequence or batch split): a
     sampling that gives work to one rank runs in ComfyUI without a group."""
-    split = settings.sequence_degree != 1 or settings.batch_split != 1
-    if settings.world_size < 2 or not (branches > 1 or split):
+    if not gives_several_ranks_work(settings, branches):
         return
     spec = settings.group_spec()
     prestart(spec)
@@ -133,6 +132,19 @@ def start_early(settings, branches: int, model_patcher=None) -> None:
             return  # sampling refuses it, with the reason
         if route.token not in resident_models(current_group()):
             build_copy_in_background(model_patcher, route)
+
+
+def gives_several_ranks_work(settings, branches: int) -> bool:
+    """Whether sampling with `settings` and a policy of `branches` (0 = not known) needs the group."""
+    split = settings.sequence_degree != 1 or settings.batch_split != 1
+    return settings.world_size >= 2 and (branches > 1 or split)
+
+
+def start_when_queued(settings) -> bool:
+    """Spawn the group of `settings` (a ParallelSettings) for a prompt just queued, before ComfyUI runs
+    its first node, so the ranks start beside the loaders and text encoders; never in place of a
+    running group (the node that needs another one replaces it when it runs). True when spawned."""
+    return prestart(settings.group_spec(), replace=False)
 
 
 def sample_on_group(call: SampleCall, settings) -> tuple[Any, JobResult]:
