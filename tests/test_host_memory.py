@@ -99,16 +99,3 @@ def test_page_locking_is_for_cuda_ranks_only():
     assert pins.nbytes == 0 and not pins.storages
     pins.release_moved(model)
     pins.release_all()
-
-
-def test_a_block_for_cpu_copies_is_not_page_locked():
-    """PinnedBlock page-locks for copies to a CUDA device only; on the CPU it registers nothing and
-    releasing it is a no-op (the GPU path is timed in bench/bench_vae_decode_gpu.py)."""
-    from cfg_runtime.adapters.models.host_memory import PinnedBlock
-
-    storage = torch.UntypedStorage._new_shared(4096)
-    block = PinnedBlock(storage, "cpu")
-    block.wait()
-    assert not block.registered
-    block.release()
-    assert not block.registered

@@ -194,40 +194,6 @@ class HostPins:
             self.nbytes -= storage.nbytes()
 
 
-class PinnedBlock:
-    """One block of host memory page-locked by this process in a background thread, so that its
-    later copies to `device` run at the link's DMA rate; within ComfyUI's pinned-memory limit, CUDA
-    only. `wait()` before the copies, `release()` after them (also when nothing was registered)."""
-
-    def __init__(self, storage: torch.UntypedStorage, device) -> None:
-        self.storage, self.registered, self.seconds = storage, False, 0.0
-        device = torch.device(device)
-        self._thread = None
-        if device.type == "cuda" and torch.cuda.is_available() and 0 < storage.nbytes() <= _pin_budget():
-            self._thread = threading.Thread(target=self._register, args=(device,), daemon=True,
-                                            name="cfg-parallel page-lock")
-            self._thread.start()
-
-    def _register(self, device: torch.device) -> None:
-        t0 = time.monotonic()
-        if int(torch.cuda.cudart().cudaHostRegister(self.storage.data_ptr(), self.storage.nbytes(), 0)) != 0:
-            _discard_cuda_error(device)
-            log.debug("cfg-parallel: could not page-lock the decoded tiles; they are copied pageable")
-        else:
-            self.registered = True
-        self.seconds = time.monotonic() - t0
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def release(self) -> None:
-        self.wait()
-        if self.registered:
-            torch.cuda.cudart().cudaHostUnregister(self.storage.data_ptr())
-            self.registered = False
-
-
 def _discard_cuda_error(device: torch.device) -> None:
     """A refused registration can leave an error queued on the device: run and sync one op to clear it."""
     try:

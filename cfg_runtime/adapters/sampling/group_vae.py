@@ -10,8 +10,7 @@ copy of the VAE whose ``first_stage_model.decode`` is substituted:
    the same ones while its blend handles a latent-sized image instead of the full one;
 2. the ranks decode those tiles (round robin) with the VAE's module on their devices, each
    writing its outputs straight into one block of shared memory this process allocated
-   (``vae_job.TileOutputs``: a slot per tile, sized by the VAE's upscale rule), which this process
-   page-locks meanwhile (``PinnedBlock``) so that the blend's copies to the GPU run at DMA rate;
+   (``vae_job.TileOutputs``: a slot per tile, sized by the VAE's upscale rule);
 3. replay: the substitute checks each tile is the recorded one and returns the rank's output,
    so ComfyUI's code blends the very tiles it would have decoded itself, in its serial order.
 
@@ -43,7 +42,6 @@ from ...group.shipping import check_shippable
 from .group_sampling import _record_residency, resident_models
 from .progress_text import ProgressText
 from .sample_job import MissingModel
-from ..models.host_memory import PinnedBlock
 from ..models.transport import RELEASED, ModelShipment, base_token, release_from_comfy, route_weights
 from .vae_job import DecodedTiles, TileOutputs, VaeDecodeJob
 
@@ -291,19 +289,14 @@ def decode_on_group(vae, samples: dict, tiles: TileSettings, settings) -> tuple[
     token, copied = vae_route(vae, spec.devices)
     inputs = enumerate_tiles(vae, samples, tiles)
     job = _job(vae, inputs, token)
-    pinned = PinnedBlock(job.into.block.untyped_storage(), vae.device)  # while the ranks decode
     interrupted = comfy.model_management.processing_interrupted
     text = ProgressText(spec.world_size)
     try:
-        try:
-            group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
-            result = _run(group, job, vae, copied, _tile_progress(len(inputs), text), interrupted)
-        except JobInterrupted:
-            raise comfy.model_management.InterruptProcessingException()
-        pinned.wait()
-        images = blend(vae, samples, tiles, inputs, decoded_outputs(job, result.value))
-    finally:
-        pinned.release()
+        group = get_group(spec, interrupt_requested=interrupted, on_phase=text)
+        result = _run(group, job, vae, copied, _tile_progress(len(inputs), text), interrupted)
+    except JobInterrupted:
+        raise comfy.model_management.InterruptProcessingException()
+    images = blend(vae, samples, tiles, inputs, decoded_outputs(job, result.value))
     text.show(f"cfg-parallel: decoded {len(inputs)} tiles on {spec.world_size} ranks in {result.seconds:.1f} s")
     log.info("cfg-parallel: VAE decode of %d tiles on %d ranks in %.1f s", len(inputs), spec.world_size,
              result.seconds)
