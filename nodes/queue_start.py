@@ -57,10 +57,13 @@ def _settings(inputs: dict) -> ParallelSettings | None:
     if not (isinstance(size, int) and not isinstance(size, bool) and size >= 2 and isinstance(devices, str)):
         return None
     sequence, batch = inputs.get("sequence_split", "off"), inputs.get("batch_split", "off")
-    if not (_plain(sequence) and _plain(batch)):
+    timeout = inputs.get("step_timeout_s", ParallelSettings.step_timeout_s)
+    if not (_plain(sequence) and _plain(batch) and isinstance(timeout, (int, float))):
         return None
-    return ParallelSettings(world_size=size, devices=devices, sequence_degree=sequence_degree(sequence),
-                            batch_split=batch_groups(batch))
+    settings = ParallelSettings(world_size=size, devices=devices, sequence_degree=sequence_degree(sequence),
+                                batch_split=batch_groups(batch), step_timeout_s=float(timeout))
+    settings.group_spec()  # what the node refuses (devices, timeouts) starts nothing here either
+    return settings
 
 
 def group_for(prompt: dict, sampling: set[str], decoding: set[str], policy_nodes: dict) -> ParallelSettings | None:

@@ -50,6 +50,10 @@ def test_which_queued_prompts_start_the_group():
     unknown = _guider_graph(1, 2, 3.0, 0.0, "x")
     unknown["31"]["inputs"]["cfg"] = ["40", 0]  # the policy cannot be read here: left to the node
     assert _group_for(unknown) is None
+    for key, value in (("step_timeout_s", float("nan")), ("devices", "cuda:\u00b2"), ("devices", "cpu,cpu,cpu")):
+        refused = _guider_graph(1, 2, 3.0, 0.0, "x")  # the node refuses these: they start nothing
+        refused["7"]["inputs"][key] = value
+        assert _group_for(refused) is None, (key, value)
     bad = _guider_graph(1, 2, 3.0, 0.0, "x")
     bad["31"]["inputs"]["preset"] = "no_such_preset"  # the builder refuses it: left to the node, which says so
     assert _group_for(bad) is None

@@ -63,6 +63,8 @@ class WorkerGroup:
         self._finalizer: weakref.finalize | None = None
         self._ctx = mp.get_context("spawn")
         self._stop_event = None
+        self._spawning: Phase | None = None  # the SPAWNING phase, for a waiter that did not see the spawn
+        self._spawning_told: OnPhase | None = None
         self._lock = threading.Lock()
         self._t0 = 0.0
         self._pending: Flight | None = None  # an interrupted job the ranks are still finishing
@@ -85,9 +87,11 @@ class WorkerGroup:
         spec = self.spec
         check_host_memory(spec)
         where = f"{', '.join(spec.devices)} ({spec.resolved_backend})"
+        self._spawning = Phase(None, Stage.SPAWNING, f"starting {spec.world_size} worker(s) on {where}", 0,
+                               spec.world_size)
+        self._spawning_told = on_phase
         if on_phase is not None:
-            on_phase(Phase(None, Stage.SPAWNING, f"starting {spec.world_size} worker(s) on {where}", 0,
-                           spec.world_size))
+            on_phase(self._spawning)
         raise_fd_limit()  # sending a model's weights holds about two fds per tensor until the ranks take them
         sweep_stale_stores()
         store_dir = make_store_dir()
@@ -113,6 +117,9 @@ class WorkerGroup:
         ranks starting, so the next prompt does not start them again."""
         if self.state != "starting":
             return
+        if on_phase is not None and self._spawning is not None and on_phase is not self._spawning_told:
+            on_phase(self._spawning)  # a group spawned for someone else (queued prompt, launch): say it starts
+            self._spawning_told = on_phase
         try:
             self._await_ready(interrupt_requested, on_phase)
         except JobInterrupted:
