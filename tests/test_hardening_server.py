@@ -148,6 +148,8 @@ def test_cancel_during_group_start_and_model_load_is_prompt_and_keeps_the_group(
         first = comfy_server.queue(demo_graph(steps=3), client_id=progress.client_id)
         _wait_log(comfy_server, "cfg-parallel: starting 2 rank(s)", mark)
         _wait_for(lambda: len(worker_pids(comfy_server.pid)) == 2, comfy_server)  # both ranks spawned
+        # the ranks start as the prompt is queued (queue_start.py): cancel once its sampler waits for them
+        progress.wait_executing(first, SAMPLER)
         start_cancel_s, entry = _interrupt_and_time(comfy_server, first)
         assert history_messages(entry, "execution_interrupted"), entry["status"]
         assert "cfg-parallel group ready" not in comfy_server.log_text()[mark:], "cancelled too late to test"

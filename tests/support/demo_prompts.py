@@ -76,11 +76,13 @@ def history_messages(entry: dict, kind: str) -> list[dict]:
 
 
 class Progress:
-    """Collects the 'progress' events ComfyUI sends to one client id (rank 0's steps)."""
+    """Collects the 'progress' events ComfyUI sends to one client id (rank 0's steps), and which node
+    each prompt is executing."""
 
     def __init__(self, server):
         self.client_id = uuid.uuid4().hex
         self.events: list[tuple[float, dict]] = []
+        self.executing: list[tuple[str | None, str | None]] = []  # (prompt id, node id) as ComfyUI sends them
         self._ws = server.ws_connect(self.client_id)
         self._ws.settimeout(None)  # a long silent phase (e.g. a throttled load) must not end the reader
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -99,6 +101,8 @@ class Progress:
                     continue
                 if data.get("type") == "progress":
                     self.events.append((time.monotonic(), data["data"]))
+                elif data.get("type") == "executing" and isinstance(data.get("data"), dict):
+                    self.executing.append((data["data"].get("prompt_id"), data["data"].get("node")))
 
     def steps(self, prompt_id: str, after: float | None = None) -> list[int]:
         return [d["value"] for t, d in self.events
@@ -109,6 +113,14 @@ class Progress:
         while not any(v >= step for v in self.steps(prompt_id)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prompt {prompt_id} did not reach step {step} in {timeout} s")
+            time.sleep(0.01)
+
+    def wait_executing(self, prompt_id: str, node: str, timeout: float = 120.0) -> None:
+        """Until ComfyUI reports that `prompt_id` executes `node`."""
+        deadline = time.monotonic() + timeout
+        while (prompt_id, node) not in self.executing:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} did not reach node {node} in {timeout} s")
             time.sleep(0.01)
 
     def close(self):
