@@ -41,13 +41,19 @@ def mark_fractions(json_data: dict, class_types: set[str]) -> dict:
     return json_data
 
 
-def register(class_types: set[str]) -> None:
-    """Install the prompt handler on ComfyUI's server (nothing when no server runs, e.g. unit tests)."""
+def prompt_server():
+    """ComfyUI's running PromptServer, if it takes prompt handlers; None when no server runs (unit tests)."""
     try:
         from server import PromptServer
     except ImportError:
-        return
+        return None
     server = getattr(PromptServer, "instance", None)
-    if server is None or not hasattr(server, "add_on_prompt_handler"):
+    return server if server is not None and hasattr(server, "add_on_prompt_handler") else None
+
+
+def register(class_types: set[str]) -> None:
+    """Install the prompt handler on ComfyUI's server (nothing when no server runs, e.g. unit tests)."""
+    server = prompt_server()
+    if server is None:
         return
     server.add_on_prompt_handler(lambda json_data: mark_fractions(json_data, class_types))

@@ -23,6 +23,7 @@ from cfg_runtime.adapters.sampling.guider import ParallelSettings
 
 from .batch_split import batch_groups
 from .guider import sequence_degree
+from .prompt_checks import prompt_server
 
 log = logging.getLogger("cfg_parallel")
 
@@ -127,12 +128,8 @@ def wrap_queue(queue, sampling: set[str], decoding: set[str], policy_nodes: dict
 def register(sampling: set[str], decoding: set[str], policy_nodes: dict) -> None:
     """Install the queue wrapper on ComfyUI's server, now or with the first prompt (nothing when no
     server runs, e.g. unit tests)."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
-    if server is None or not hasattr(server, "add_on_prompt_handler"):
+    server = prompt_server()
+    if server is None:
         return
 
     def ensure_wrapped(json_data: Any) -> Any:
