@@ -57,7 +57,10 @@ def _phases(log: str) -> dict:
             "group_ready_s": grab(r"group ready: .* in ([\d.]+) s"),
             "rank_model_ready_s": grab(r"model ready in ([\d.]+) s"),
             "recipe_copy_s": grab(r"from its loader recipe in ([\d.]+) s"),
-            "shared_memory_s": grab(r"into shared memory in ([\d.]+) s|moved there after the load, in ([\d.]+) s"),
+            "copy_load_s": grab(r"loaded into shared memory in ([\d.]+) s of it"),
+            "shared_memory_s": grab(r"moved into shared memory in ([\d.]+) s|moved there after the load, in ([\d.]+) s"),
+            "rank_start_s": re.findall(r"rank \d+ ready on \S+ in [\d.]+ s \(([^)]*)\)", log),
+            "first_unpack_s": grab(r"first job unpacked in ([\d.]+) s"),
             "rank_page_lock_s": grab(r"page-locked for the GPU in ([\d.]+) s"),
             "sampled_s": grab(r"sampled on \d+ ranks in ([\d.]+) s"),
             "pack_lines": [line for line in log.splitlines() if "cfg-parallel" in line][:40]}

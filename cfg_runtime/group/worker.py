@@ -126,9 +126,11 @@ def _run_init(config: WorkerConfig) -> dict:
     return dict(report) if isinstance(report, dict) else {}
 
 
-def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "Exchange", bool, dict]:
+def _join_group(config: WorkerConfig, outbox: Outbox,
+                marks: dict[str, float]) -> tuple["torch.device", "Exchange", bool, dict]:
     """Import torch, run the init hook, join the process group; (device, exchange, gloo port closed,
-    the init hook's report)."""
+    the init hook's report). `marks` gets the seconds each step took."""
+    t0 = time.time()
     import torch
     import torch.distributed as dist
     import torch.multiprocessing  # noqa: F401  (registers tensor sharing for pipes)
@@ -136,8 +138,12 @@ def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "
     from ..parallel.exchange import CollectiveExchange
 
     outbox.startup_phase(Stage.TORCH, f"rank {config.rank} imported torch {torch.__version__}")
+    t1 = time.time()
+    marks["torch"] = t1 - t0
     device = torch.device(config.device)
     setup = _run_init(config)
+    t2 = time.time()
+    marks["set-up"] = t2 - t1
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -151,16 +157,19 @@ def _join_group(config: WorkerConfig, outbox: Outbox) -> tuple["torch.device", "
     if config.backend == "gloo" and os.environ.get(KEEP_LISTENER_ENV) != "1":
         listener_closed = close_gloo_listener()
         dist.barrier()  # the pairs still work without the port
+    marks["group"] = time.time() - t2
     outbox.startup_phase(Stage.JOINED, f"rank {config.rank} joined the process group ({config.backend}, "
                                        f"{config.world_size} ranks)")
     return device, CollectiveExchange(config.rank, config.world_size), listener_closed, setup
 
 
-def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool, setup: dict) -> None:
+def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool, setup: dict,
+                  marks: dict[str, float]) -> None:
     import torch
 
     seconds = round(time.time() - config.spawned_at, 3)
-    outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s")
+    steps = ", ".join(f"{name} {value:.1f} s" for name, value in marks.items())
+    outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s ({steps})")
     outbox.send(Ready(config.rank, os.getpid(), str(device), config.backend, torch.__version__, listener_closed,
                       seconds, setup))
 
@@ -199,9 +208,15 @@ class _Rank:
         self.outbox.send(Phase(rank, Stage.JOB, "unpacking the job" + (" (the first one also imports its libraries)"
                                                                        if first else ""), job_id=message.job_id))
         try:
+            t0 = time.monotonic()
             if first:
                 preload.wait()  # never import beside the rank's background imports
+            waited = time.monotonic() - t0
             job = pickle.loads(message.blob)
+            if first:
+                self.outbox.send(Phase(rank, Stage.JOB, f"first job unpacked in {time.monotonic() - t0:.1f} s "
+                                                        f"({waited:.1f} s of it waiting for the rank's background "
+                                                        f"imports)", job_id=message.job_id))
             self.cache["jobs_unpacked"] = True
         except Exception as exc:  # a job that cannot be rebuilt here
             failure = Failure.of(exc, rank, unpacking=True)
@@ -239,12 +254,13 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     """Process entry: prepare, join the group, report ready, serve jobs, leave."""
     outbox = Outbox(conn, config.rank, config.spawned_at)
     _prepare_process(config, death_conn, outbox)
+    marks = {"process": time.time() - config.spawned_at}  # from the parent's spawn to this line
     try:
-        device, exchange, listener_closed, setup = _join_group(config, outbox)
+        device, exchange, listener_closed, setup = _join_group(config, outbox, marks)
     except BaseException as exc:  # report, then exit: the parent turns this into a clear error
         outbox.send(StartFailed(Failure.of(exc, config.rank)))
         sys.exit(1)
-    _report_ready(config, outbox, device, listener_closed, setup)
+    _report_ready(config, outbox, device, listener_closed, setup, marks)
     _Rank(config, outbox, device, exchange, stop_event).serve(conn)
     try:
         import torch.distributed as dist

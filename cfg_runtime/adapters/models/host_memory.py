@@ -95,11 +95,13 @@ def loads_into_shared_memory():
     memory. The module's weights that the state dict fills in full are re-pointed into the block
     first, without their (still uninitialised) bytes; the rest are moved with theirs. So the copy
     for the ranks is written once, instead of into private memory and then again by
-    `share_weights`. Other threads, and loads that assign the file's tensors, are left alone."""
+    `share_weights`. Other threads, and loads that assign the file's tensors, are left alone.
+    Yields {"load_s": seconds the weight load took}."""
+    timing = {"load_s": 0.0}  # seconds in the module's weight load (the copy into the block), for the log
     try:
         import comfy.model_base as model_base
     except ImportError:
-        yield
+        yield timing
         return
     owner, original = threading.get_ident(), model_base.BaseModel.load_model_weights
 
@@ -111,9 +113,13 @@ def loads_into_shared_memory():
         plain_load = module.load_state_dict
 
         def load_state_dict(state_dict, *a, **k):
+            t0 = time.monotonic()
             if not k.get("assign", False):
                 share_weights(module, overwritten=frozenset(state_dict))
-            return plain_load(state_dict, *a, **k)
+            try:
+                return plain_load(state_dict, *a, **k)
+            finally:
+                timing["load_s"] += time.monotonic() - t0
 
         module.load_state_dict = load_state_dict  # this module only, for this call
         try:
@@ -123,7 +129,7 @@ def loads_into_shared_memory():
 
     model_base.BaseModel.load_model_weights = load_model_weights
     try:
-        yield
+        yield timing
     finally:
         if model_base.BaseModel.load_model_weights is load_model_weights:
             model_base.BaseModel.load_model_weights = original

@@ -189,7 +189,7 @@ def _recipe_model(model_patcher, token: str):
             _DELEGATE.clear()
             t0 = time.monotonic()
             recipe = _recipe(model_patcher)
-            with loads_into_shared_memory():  # the file's weights land in shared memory once
+            with loads_into_shared_memory() as timing:  # the file's weights land in shared memory once
                 loaded = recipe[0](*recipe[1], disable_dynamic=True)
             patcher = loaded[recipe[2]] if len(recipe) > 2 else loaded
             model = patcher.model
@@ -202,8 +202,8 @@ def _recipe_model(model_patcher, token: str):
             shared_bytes, shared_s = share_weights(model)  # what the load left private; not in the job's pickling
             _DELEGATE[token] = model
             log.info("cfg-parallel: built the ranks' copy of %s from its loader recipe in %.1f s (loaded into "
-                     "shared memory; %.2f GiB moved there after the load, in %.1f s)", type(model).__name__,
-                     time.monotonic() - t0, shared_bytes / 2**30, shared_s)
+                     "shared memory in %.1f s of it; %.2f GiB moved there after the load, in %.1f s)",
+                     type(model).__name__, time.monotonic() - t0, timing["load_s"], shared_bytes / 2**30, shared_s)
     return model
 
 
