@@ -14,7 +14,8 @@ rank's "model ready in", and the pack's lines.
 A variant ending in ":launch" starts its server with CFG_PARALLEL_START_AT_LAUNCH naming its
 ranks (the ranks start with ComfyUI); its first prompt is queued as soon as the server answers.
 One ending in ":nopin" starts it with --disable-pinned-memory (ComfyUI pins nothing, and the ranks
-copy the shared weights to the GPU pageable, as before 2026-12-05).
+copy the shared weights to the GPU pageable, as before 2026-12-05). One ending in ":cold" starts
+it with CFG_PARALLEL_WARM_START=0 (the ranks spawned afresh, not forked by the warm fork server).
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags:
     at_launch = "launch" in flags
     if at_launch:
         env["CFG_PARALLEL_START_AT_LAUNCH"] = ",".join(["cuda:0"] * size)
+    if "cold" in flags:  # the ranks spawned afresh, not forked by the warm fork server
+        env["CFG_PARALLEL_WARM_START"] = "0"
     extra = ["--disable-pinned-memory"] if "nopin" in flags else []
     server = GpuComfyServer(models=models, link_pack=False, env=env, extra_args=extra, startup_timeout=300)
     (server.custom_nodes_dir / PACK_LINK_NAME).symlink_to(pack.resolve(), target_is_directory=True)

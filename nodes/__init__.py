@@ -6,7 +6,7 @@ defines no ``comfy_entrypoint``: ComfyUI reads NODE_CLASS_MAPPINGS first and wou
 it). The ids before 0.2 (no pack prefix) stay registered as deprecated aliases: saved
 workflows load and run; search and the node library hide them.
 """
-from cfg_runtime.adapters.sampling.launch_start import start_at_launch
+from cfg_runtime.adapters.sampling.launch_start import start_at_launch, warm_start_at_launch
 from cfg_runtime.group.host import sweep_stale_stores
 
 from . import cfg_parallel, group_status, guider, ltx2_sampler, policy_builder, prompt_checks, queue_start, vae_decode
@@ -66,5 +66,7 @@ QUEUE_START = dict(
         policy_builder.LEGACY["CFGPolicyBuilder"]))})
 queue_start.register(**QUEUE_START)
 
+# the warm fork server the ranks start from (on CUDA machines; CFG_PARALLEL_WARM_START), then
 # CFG_PARALLEL_START_AT_LAUNCH: the ranks start now, beside ComfyUI's own start (launch_start.py)
+warm_start_at_launch()
 start_at_launch()

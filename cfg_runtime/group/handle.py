@@ -25,6 +25,7 @@ from .inbox import EOF, poll
 from .protocol import Job, Phase, Progress, Ready, Stage, StartFailed
 from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir, use_pid_named_semaphores
 from .ranks import Processes, RankProcess
+from . import warm_start
 from .shipping import dumps
 from .spec import GroupSpec, check_device_backend
 
@@ -61,7 +62,7 @@ class WorkerGroup:
         self.last_job: dict = {}
         self._procs = Processes()
         self._finalizer: weakref.finalize | None = None
-        self._ctx = mp.get_context("spawn")
+        self._ctx = warm_start.context() or mp.get_context("spawn")  # forked warm where the fork server runs
         self._stop_event = None
         self._spawning: Phase | None = None  # the SPAWNING phase, for a waiter that did not see the spawn
         self._spawning_told: OnPhase | None = None

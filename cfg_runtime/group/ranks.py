@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import warm_start
 from .host import neutral_main
 from .monitor import DeathWatch
 from .protocol import Ready, Shutdown
@@ -50,13 +51,19 @@ class Processes:
         """Start one process per device (they join the group on their own), then the death watch."""
         self.store_dir = store_dir
         store_path = os.path.join(store_dir, "store")
-        env = LOOPBACK_ENV + tuple((k, os.environ[k]) for k in ("PYTHONPATH",) if k in os.environ)
+        # A spawned rank starts with this process's environment; one forked by the warm fork server has the
+        # server's (from ComfyUI's start), so it gets this one's whole environment as it is now.
+        warm = mp_ctx is warm_start.context()
+        env = tuple(os.environ.items()) if warm else tuple((k, os.environ[k]) for k in ("PYTHONPATH",)
+                                                          if k in os.environ)
+        env += LOOPBACK_ENV
         spawned_at = time.time()
         with neutral_main():
             for rank, device in enumerate(spec.devices):
                 config = WorkerConfig(rank, spec.world_size, device, spec.resolved_backend, store_path,
                                       spec.collective_timeout_s, spec.threads_per_rank, env, spec.worker_init,
-                                      spec.worker_init_data, spec.log_level, spawned_at, spec.parent_poll_s)
+                                      spec.worker_init_data, spec.log_level, spawned_at, spec.parent_poll_s,
+                                      warm=warm)
                 parent_conn, child_conn = mp_ctx.Pipe(duplex=True)
                 death_r, death_w = mp_ctx.Pipe(duplex=False)
                 proc = mp_ctx.Process(target=worker_main, name=f"cfgp-rank{rank}",

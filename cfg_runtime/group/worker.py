@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import JobInterrupted
-from . import preload
+from . import preload, warm_start
 from .protocol import (Done, Failure, Interrupted, Job, JobFailed, Phase, Progress, Ready, Result, Shutdown, Stage,
                        StartFailed)
 from .rank_io import Outbox, forward_logs
@@ -53,6 +53,7 @@ class WorkerConfig:
     log_level: int = 20  # the parent's console level (logging.INFO by default): records from it travel
     spawned_at: float = 0.0  # the parent's time.time() at spawn (same host): start-up phases count from it
     parent_poll_s: float = 1.0  # how often the rank checks that its parent lives
+    warm: bool = False  # forked by the warm fork server (group.warm_start): env is the parent's whole environment
 
 
 def _no_phase(text: str, done: int | float | None, total: int | float | None) -> None:
@@ -109,6 +110,8 @@ def _prepare_process(config: WorkerConfig, death_conn, outbox: Outbox) -> None:
         _mp_dir.append(path)
     use_pid_named_semaphores()
     raise_fd_limit()
+    if config.warm:  # the fork server's environment is ComfyUI's at its start: take the parent's of now
+        os.environ.clear()
     for key, value in config.env:
         os.environ[key] = value
     forward_logs(outbox, config.log_level)
@@ -141,6 +144,10 @@ def _join_group(config: WorkerConfig, outbox: Outbox,
     t1 = time.time()
     marks["torch"] = t1 - t0
     device = torch.device(config.device)
+    if config.warm and device.type == "cuda" and warm_start.cuda_touched():
+        raise RuntimeError("the warm fork server this rank was forked from had loaded the CUDA driver (a module "
+                           "imported there used the GPU), so CUDA cannot work in the rank; start ComfyUI with "
+                           f"{warm_start.ENV}=0")
     setup = _run_init(config)
     t2 = time.time()
     marks["set-up"] = t2 - t1
@@ -168,7 +175,7 @@ def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed:
     import torch
 
     seconds = round(time.time() - config.spawned_at, 3)
-    steps = ", ".join(f"{name} {value:.1f} s" for name, value in marks.items())
+    steps = ("forked warm; " if config.warm else "") + ", ".join(f"{name} {value:.1f} s" for name, value in marks.items())
     outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s ({steps})")
     outbox.send(Ready(config.rank, os.getpid(), str(device), config.backend, torch.__version__, listener_closed,
                       seconds, setup))

@@ -60,3 +60,18 @@ class LoggingJob:
                 logging.getLogger("cfg_parallel").exception("an error with its traceback")
         ctx.emit({"step": 1, "total": 1})
         return ctx.rank
+
+
+@dataclass(frozen=True)
+class EnvJob:
+    """What a rank sees of its process: an environment variable, its parent's pid, the modules it holds."""
+
+    name: str
+    modules: tuple[str, ...] = ()
+
+    def run(self, ctx):
+        import os
+        import sys
+
+        return {"value": os.environ.get(self.name), "ppid": os.getppid(),
+                "held": [m for m in self.modules if m in sys.modules]}

@@ -15,7 +15,7 @@ import logging
 import os
 
 from ...errors import GroupConfigError
-from ...group import prestart
+from ...group import prestart, warm_start
 from .guider import ParallelSettings
 
 log = logging.getLogger("cfg_parallel")
@@ -48,3 +48,30 @@ def start_at_launch(environ=os.environ) -> bool:
     if spawned:
         log.info("cfg-parallel: starting the worker group while ComfyUI starts (%s)", START_ENV)
     return spawned
+
+
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+RANK_IMPORTS = "cfg_runtime.adapters.models.rank_imports"  # what the warm fork server imports
+
+
+def warm_start_at_launch(environ=os.environ) -> bool:
+    """Start the warm fork server (group.warm_start: ranks forked with torch and its kin imported, a few
+    seconds off every group start) unless CFG_PARALLEL_WARM_START=0; by default only where this
+    ComfyUI has a CUDA GPU (the server costs a process of a few hundred MB that idles until a group
+    starts). True when it runs."""
+    value = environ.get(warm_start.ENV, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value not in _ON:
+        if value:
+            log.warning("cfg-parallel: %s=%r ignored (use 1 or 0)", warm_start.ENV, value)
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+    try:
+        return warm_start.start((RANK_IMPORTS,))
+    except Exception as exc:  # noqa: BLE001 (groups then spawn cold, as without it)
+        log.warning("cfg-parallel: the ranks' warm start is off (%s: %s); they start cold",
+                    type(exc).__name__, exc)
+        return False

@@ -1,0 +1,66 @@
+"""A warm start for the ranks: one fork server, started with ComfyUI, that has imported the ranks'
+heavy modules (torch and what ComfyUI's model code pulls in), so a group start forks processes that
+have them already instead of starting Python and importing them afresh for every rank.
+
+It is multiprocessing's 'forkserver' start method with preloaded modules. The server holds no GPU:
+CUDA cannot cross a fork, so each rank still sets up its own device after it is forked, and what the
+server imports must not touch a GPU (``cuda_touched`` tells). The server exits with the process that
+started it. Where the platform has no fork server, groups spawn as before.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+
+from .host import neutral_main
+from .rank_os import use_pid_named_mp_tempdir
+
+ENV = "CFG_PARALLEL_WARM_START"  # "1" / "0": the warm start on / off (the default is the caller's)
+
+_lock = threading.Lock()
+_started: dict = {}  # "ctx": the forkserver context once started, "modules", "at": time.monotonic()
+
+
+def start(modules: tuple[str, ...]) -> bool:
+    """Start the fork server with `modules` imported in it, without waiting for the imports; True if
+    it runs (or was started before). A module that fails to import is skipped by the server."""
+    with _lock:
+        if "ctx" in _started:
+            return True
+        if "forkserver" not in mp.get_all_start_methods():
+            return False
+        import multiprocessing.forkserver as forkserver
+
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(modules))
+        use_pid_named_mp_tempdir(keep_existing=True)  # its socket: in a folder swept after a killed ComfyUI
+        with neutral_main():  # the server must not import ComfyUI's main.py, nor see <ComfyUI>/comfy on its path
+            forkserver.ensure_running()
+        _started.update(ctx=ctx, modules=tuple(modules), at=time.monotonic())
+        return True
+
+
+def context():
+    """The multiprocessing context ranks start with: the warm fork server's once started, else None."""
+    return _started.get("ctx")
+
+
+def server_pid() -> int | None:
+    """The fork server's pid (None when none was started here)."""
+    if "ctx" not in _started:
+        return None
+    import multiprocessing.forkserver as forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+def cuda_touched() -> bool:
+    """Whether this process has loaded the CUDA driver library (a forked rank checks this before it
+    sets up its device: loaded before the fork, the driver is not usable after it)."""
+    try:
+        with open(f"/proc/{os.getpid()}/maps") as f:
+            return any("libcuda.so" in line for line in f)
+    except OSError:
+        return False
