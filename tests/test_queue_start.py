@@ -12,24 +12,12 @@ import torch
 
 from devkit.comfy_server import ComfyServer, PromptRejected
 from devkit.tiny_models import build_tiny_ltxv, tiny_ltxv_graph
-from support.pack_nodes import pack_nodes
+from support.pack_nodes import guider_graph, pack_nodes
 from support.paths import comfyui_available
-from support.tiny_ltx2 import POLICY_DEFAULTS
 
 pytestmark = pytest.mark.skipif(not comfyui_available(), reason="needs ComfyUI's comfy_api (V3 node API)")
 
 QUEUED_LINE = "starting the worker group for the queued prompt"
-
-
-def _guider_graph(seed: int, size: int, cfg: float, slow_s: float, prefix: str) -> dict:
-    g = tiny_ltxv_graph(seed=seed, steps=2, width=64, height=64, length=9, prefix=prefix)
-    g["30"] = {"class_type": "CFGPTestSlowConditioning", "inputs": {"conditioning": ["2", 0], "seconds": slow_s}}
-    g["31"] = {"class_type": "CFGPolicyBuilder", "inputs": {**POLICY_DEFAULTS, "preset": "standard_cfg", "cfg": cfg}}
-    g["7"] = {"class_type": "CFGParallelMultiGPU_MultiBranchGuider", "inputs": {
-        "model": ["1", 0], "positive": ["30", 0], "negative": ["3", 0], "policy": ["31", 0],
-        "parallel_size": size, "devices": "cpu", "plan": "cost_balanced", "keep_model_loaded": True,
-        "step_timeout_s": 120.0}}
-    return g
 
 
 def _group_for(prompt: dict):
@@ -39,25 +27,25 @@ def _group_for(prompt: dict):
 
 
 def test_which_queued_prompts_start_the_group():
-    two = _guider_graph(1, 2, 3.0, 0.0, "x")
+    two = guider_graph(1, 2, 3.0, 0.0, "x")
     settings = _group_for(two)
     assert settings is not None and settings.world_size == 2 and settings.devices == "cpu"
-    assert _group_for(_guider_graph(1, 2, 1.0, 0.0, "x")) is None  # cfg 1: one branch, one rank's work
-    assert _group_for(_guider_graph(1, 1, 3.0, 0.0, "x")) is None  # size 1
-    linked = _guider_graph(1, 2, 3.0, 0.0, "x")
+    assert _group_for(guider_graph(1, 2, 1.0, 0.0, "x")) is None  # cfg 1: one branch, one rank's work
+    assert _group_for(guider_graph(1, 1, 3.0, 0.0, "x")) is None  # size 1
+    linked = guider_graph(1, 2, 3.0, 0.0, "x")
     linked["7"]["inputs"]["parallel_size"] = ["40", 0]  # a value from another node: left to the node
     assert _group_for(linked) is None
-    unknown = _guider_graph(1, 2, 3.0, 0.0, "x")
+    unknown = guider_graph(1, 2, 3.0, 0.0, "x")
     unknown["31"]["inputs"]["cfg"] = ["40", 0]  # the policy cannot be read here: left to the node
     assert _group_for(unknown) is None
     for key, value in (("step_timeout_s", float("nan")), ("devices", "cuda:\u00b2"), ("devices", "cpu,cpu,cpu")):
-        refused = _guider_graph(1, 2, 3.0, 0.0, "x")  # the node refuses these: they start nothing
+        refused = guider_graph(1, 2, 3.0, 0.0, "x")  # the node refuses these: they start nothing
         refused["7"]["inputs"][key] = value
         assert _group_for(refused) is None, (key, value)
-    bad = _guider_graph(1, 2, 3.0, 0.0, "x")
+    bad = guider_graph(1, 2, 3.0, 0.0, "x")
     bad["31"]["inputs"]["preset"] = "no_such_preset"  # the builder refuses it: left to the node, which says so
     assert _group_for(bad) is None
-    ltx = _guider_graph(1, 3, 3.0, 0.0, "x")
+    ltx = guider_graph(1, 3, 3.0, 0.0, "x")
     ltx["31"]["inputs"]["preset"] = "ltx2_multimodal"
     assert _group_for(ltx).world_size == 3
 
@@ -78,18 +66,18 @@ def test_which_queued_prompts_start_the_group():
 def test_a_queued_prompt_starts_the_ranks_before_its_slow_nodes_finish(tmp_path):
     model = build_tiny_ltxv(tmp_path / "tiny_ltxv.safetensors")
     with ComfyServer(models={"diffusion_models/tiny_ltxv.safetensors": model}) as server:
-        invalid = _guider_graph(3, 2, 3.0, 0.0, "latents/queued_invalid")
+        invalid = guider_graph(3, 2, 3.0, 0.0, "latents/queued_invalid")
         invalid["1"]["inputs"]["unet_name"] = "missing.safetensors"
         with pytest.raises(PromptRejected):
             server.queue(invalid)
         assert QUEUED_LINE not in server.log_text()  # a prompt ComfyUI refuses starts no rank
 
-        one_branch = server.queue(_guider_graph(3, 2, 1.0, 2.0, "latents/queued_cfg1"))
+        one_branch = server.queue(guider_graph(3, 2, 1.0, 2.0, "latents/queued_cfg1"))
         server.wait(one_branch, timeout=300)
         assert QUEUED_LINE not in server.log_text()  # one branch: no group for it
 
         queued_at = time.monotonic()
-        prompt_id = server.queue(_guider_graph(3, 2, 3.0, 8.0, "latents/queued_2"))
+        prompt_id = server.queue(guider_graph(3, 2, 3.0, 8.0, "latents/queued_2"))
         log_now = server.log_text()  # the handler ran before /prompt answered; the slow node sleeps 8 s
         assert time.monotonic() - queued_at < 8.0
         assert QUEUED_LINE in log_now and "2 ranks on cpu" in log_now
@@ -98,5 +86,5 @@ def test_a_queued_prompt_starts_the_ranks_before_its_slow_nodes_finish(tmp_path)
         assert log.count("starting 2 rank(s)") == 1  # the guider used the group the queue started
         assert "Traceback" not in log
 
-        serial = server.saved_latent(server.run(_guider_graph(3, 1, 3.0, 0.0, "latents/queued_1"), timeout=300))
+        serial = server.saved_latent(server.run(guider_graph(3, 1, 3.0, 0.0, "latents/queued_1"), timeout=300))
         assert torch.equal(parallel, serial)

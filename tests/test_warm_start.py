@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from support.processes import descendants
+from devkit.comfy_server import ComfyServer
+from devkit.tiny_models import build_tiny_ltxv
+from support.pack_nodes import guider_graph
+from support.paths import comfyui_available
+from support.processes import cmdline, descendants, wait_dead
 from support.sockets import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +86,25 @@ def test_without_the_warm_start_ranks_are_spawned_as_before():
     assert report["seen"]["ppid"] != 0 and report["seen"]["held"] == []
     assert report["seen"]["value"] == "after the fork server started" and report["gone"]["value"] is None
     assert report["equal"]
+
+
+@pytest.mark.skipif(not comfyui_available(), reason="needs ComfyUI's comfy_api (V3 node API)")
+def test_a_server_with_the_warm_start_forks_its_ranks_equals_size_1_and_leaves_nothing_when_killed(tmp_path):
+    model = build_tiny_ltxv(tmp_path / "tiny_ltxv.safetensors")
+    server = ComfyServer(models={"diffusion_models/tiny_ltxv.safetensors": model},
+                         env={"CFG_PARALLEL_WARM_START": "1"})
+    with server:
+        parallel = server.saved_latent(server.run(guider_graph(5, 2, 3.0, 0.0, "latents/warm_2"), timeout=300))
+        log = server.log_text()
+        assert log.count("(forked warm; ") == 2  # each rank's ready line
+        assert "Traceback" not in log and "warm start is off" not in log
+        processes = descendants(server.pid)
+        servers = [p for p in processes if "forkserver" in cmdline(p) and _ppid(p) == server.pid]
+        assert len(servers) == 1
+        ranks = [p for p in processes if _ppid(p) == servers[0]]
+        assert len(ranks) == 2
+        serial = server.saved_latent(server.run(guider_graph(5, 1, 3.0, 0.0, "latents/warm_1"), timeout=300))
+        assert torch.equal(parallel, serial)
+        os.kill(server.pid, signal.SIGKILL)  # ComfyUI killed: the fork server and the ranks go with it
+        alive, _ = wait_dead(processes, timeout=30)
+        assert alive == []
