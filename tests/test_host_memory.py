@@ -99,3 +99,27 @@ def test_page_locking_is_for_cuda_ranks_only():
     assert pins.nbytes == 0 and not pins.storages
     pins.release_moved(model)
     pins.release_all()
+
+
+def test_the_parallel_copy_fills_the_shared_weights_bit_for_bit_and_leaves_the_rest_to_the_load():
+    """copied_in_parallel: chunks (here 1,000 bytes) copied on threads into the shared weights of the
+    same key, dtype, shape and layout; the state dict then names the module's own weights (their load
+    onto themselves changes nothing); what does not match is left for the module's load to convert."""
+    from cfg_runtime.adapters.models.host_memory import copied_in_parallel
+
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.zeros(64, 33, dtype=torch.bfloat16), requires_grad=False)
+    module.cast = torch.nn.Parameter(torch.zeros(8, 8), requires_grad=False)  # float32; the file has bf16
+    module.register_buffer("strided", torch.zeros(6, 4))
+    share_weights(module)
+    g = torch.Generator().manual_seed(3)
+    state = {"weight": torch.randn(64, 33, generator=g).to(torch.bfloat16),
+             "cast": torch.randn(8, 8, generator=g).to(torch.bfloat16),
+             "strided": torch.randn(4, 6, generator=g).t()}  # not contiguous: left to the load
+    given = copied_in_parallel(module, state, chunk=1000)
+    assert given["weight"] is module.weight and given["cast"] is state["cast"] and given["strided"] is state["strided"]
+    assert torch.equal(module.weight, state["weight"])  # before the module's own load
+    module.load_state_dict(given)
+    assert torch.equal(module.weight, state["weight"])
+    assert torch.equal(module.cast, state["cast"].float()) and torch.equal(module.strided, state["strided"])
+    assert module.weight.untyped_storage().is_shared()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 from .host import neutral_main
 from .rank_os import use_pid_named_mp_tempdir
@@ -36,10 +38,25 @@ def start(modules: tuple[str, ...]) -> bool:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(list(modules))
         use_pid_named_mp_tempdir(keep_existing=True)  # its socket: in a folder swept after a killed ComfyUI
-        with neutral_main():  # the server must not import ComfyUI's main.py, nor see <ComfyUI>/comfy on its path
+        with neutral_main(), _path_in_environment():  # not ComfyUI's main.py, nor <ComfyUI>/comfy on its path
             forkserver.ensure_running()
         _started.update(ctx=ctx, modules=tuple(modules), at=time.monotonic())
         return True
+
+
+@contextmanager
+def _path_in_environment():
+    """This process's sys.path as PYTHONPATH while the server starts: Python 3.11's fork server ignores
+    the path it is given, so without it the preloaded modules that live beside ComfyUI are not found."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def context():

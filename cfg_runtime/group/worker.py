@@ -171,11 +171,13 @@ def _join_group(config: WorkerConfig, outbox: Outbox,
 
 
 def _report_ready(config: WorkerConfig, outbox: Outbox, device, listener_closed: bool, setup: dict,
-                  marks: dict[str, float]) -> None:
+                  marks: dict[str, float], torch_preloaded: bool) -> None:
     import torch
 
     seconds = round(time.time() - config.spawned_at, 3)
-    steps = ("forked warm; " if config.warm else "") + ", ".join(f"{name} {value:.1f} s" for name, value in marks.items())
+    steps = ", ".join(f"{name} {value:.1f} s" for name, value in marks.items())
+    if config.warm:
+        steps = f"forked warm{' with torch imported' if torch_preloaded else ''}; {steps}"
     outbox.startup_phase(Stage.READY, f"rank {config.rank} ready on {device} in {seconds:.1f} s ({steps})")
     outbox.send(Ready(config.rank, os.getpid(), str(device), config.backend, torch.__version__, listener_closed,
                       seconds, setup))
@@ -261,13 +263,14 @@ def worker_main(config: WorkerConfig, conn, death_conn, stop_event) -> None:
     """Process entry: prepare, join the group, report ready, serve jobs, leave."""
     outbox = Outbox(conn, config.rank, config.spawned_at)
     _prepare_process(config, death_conn, outbox)
+    preloaded = "torch" in sys.modules  # imported before this process existed: by the warm fork server
     marks = {"process": time.time() - config.spawned_at}  # from the parent's spawn to this line
     try:
         device, exchange, listener_closed, setup = _join_group(config, outbox, marks)
     except BaseException as exc:  # report, then exit: the parent turns this into a clear error
         outbox.send(StartFailed(Failure.of(exc, config.rank)))
         sys.exit(1)
-    _report_ready(config, outbox, device, listener_closed, setup, marks)
+    _report_ready(config, outbox, device, listener_closed, setup, marks, preloaded)
     _Rank(config, outbox, device, exchange, stop_event).serve(conn)
     try:
         import torch.distributed as dist

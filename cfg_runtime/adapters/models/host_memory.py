@@ -88,6 +88,40 @@ def share_weights(model: torch.nn.Module, overwritten: frozenset[str] = frozense
     return moved, time.monotonic() - t0
 
 
+_CHUNK = 64 << 20  # bytes one thread copies at a time
+
+
+def copied_in_parallel(module: torch.nn.Module, state_dict: dict, chunk: int = _CHUNK) -> dict:
+    """Copy the state dict's tensors into the module's shared-memory weights of the same key, dtype,
+    shape and (contiguous) layout, in byte chunks on several threads (plain memcpy, the GIL released:
+    the page faults of the file's map and of the new block run side by side instead of one tensor
+    after another). Returns the state dict with those entries replaced by the module's own weights,
+    which the module's load then copies onto themselves, a no-op; the rest it loads as usual."""
+    import ctypes
+    from concurrent.futures import ThreadPoolExecutor
+
+    targets = {key: tensor for _, _, tensor, _, key in _weights(module)}
+    done, chunks = {}, []
+    for key, source in state_dict.items():
+        target = targets.get(key)
+        data = None if target is None else _plain(target)
+        if (type(source) is not torch.Tensor or type(data) is not torch.Tensor or source.device.type != "cpu"
+                or data.device.type != "cpu" or source.dtype != data.dtype or source.shape != data.shape
+                or not source.is_contiguous() or not data.is_contiguous() or not data.untyped_storage().is_shared()
+                or source.numel() == 0):
+            continue
+        nbytes = source.numel() * source.element_size()
+        chunks += [(data.data_ptr() + at, source.data_ptr() + at, min(chunk, nbytes - at))
+                   for at in range(0, nbytes, chunk)]
+        done[key] = target
+    if not done:
+        return state_dict
+    with ThreadPoolExecutor(max_workers=max(1, min(16, torch.get_num_threads())),
+                            thread_name_prefix="cfgp-copy") as pool:
+        list(pool.map(lambda c: ctypes.memmove(*c), chunks))
+    return {**state_dict, **done}
+
+
 @contextmanager
 def loads_into_shared_memory():
     """While a loader recipe runs in this thread: ComfyUI's weight load (``BaseModel.load_model_weights``
@@ -116,6 +150,7 @@ def loads_into_shared_memory():
             t0 = time.monotonic()
             if not k.get("assign", False):
                 share_weights(module, overwritten=frozenset(state_dict))
+                state_dict = copied_in_parallel(module, state_dict)
             try:
                 return plain_load(state_dict, *a, **k)
             finally:
