@@ -67,7 +67,8 @@ def _phases(log: str) -> dict:
             "pack_lines": [line for line in log.splitlines() if "cfg-parallel" in line][:40]}
 
 
-def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags: list[str]) -> dict:
+def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags: list[str],
+             settle_s: float = 0.0) -> dict:
     from devkit.comfy_server import PACK_LINK_NAME
     from support.gpu_ltx2 import GpuComfyServer
 
@@ -85,6 +86,7 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags:
         t0 = time.monotonic()
         server.start()
         start_s = round(time.monotonic() - t0, 1)
+        time.sleep(settle_s)  # a user opening the page before queueing (the same for every variant)
         for seed in (11, 12):
             t0 = time.monotonic()
             server.run(_graph(size, seed, steps), timeout=900)
@@ -93,7 +95,7 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags:
     finally:
         server.stop()
     result = {"label": label, "pack": str(pack), "size": size, "at_launch": at_launch, "server_args": extra,
-              "server_start_s": start_s,
+              "server_start_s": start_s, "settle_s": settle_s,
               "wall_s": walls,
               **_phases(log), "log_lines": len(log.splitlines())}
     print(json.dumps({k: v for k, v in result.items() if k != "pack_lines"}), flush=True)
@@ -107,6 +109,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[],
                     help="LABEL=PACK_DIR:SIZE[:launch][:nopin], in the order to run")
     ap.add_argument("--out", default="")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds between the server's first answer and the first prompt, every variant")
     ap.add_argument("--build", default="", help=argparse.SUPPRESS)  # internal: build the model file and exit
     args = ap.parse_args()
     if args.build:
@@ -127,7 +131,8 @@ def main() -> None:
         for spec in args.variant:
             label, rest = spec.split("=", 1)
             pack, size, *flags = rest.split(":")
-            result["variants"].append(_variant(label, Path(pack), int(size), models, args.steps, flags))
+            result["variants"].append(_variant(label, Path(pack), int(size), models, args.steps, flags,
+                                                       args.settle))
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=1))
     finally:

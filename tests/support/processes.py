@@ -42,8 +42,11 @@ def cmdline(pid: int) -> str:
 
 
 def worker_pids(server_pid: int) -> list[int]:
-    """The rank processes: spawned children of the ComfyUI process (not the resource tracker)."""
-    return [p for p in descendants(server_pid) if "spawn_main" in cmdline(p)]
+    """The rank processes: spawned children of the ComfyUI process (not the resource tracker), or
+    the children of its warm fork server (group.warm_start), which carry the server's command line."""
+    parents = _ppid_map()
+    return [p for p in descendants(server_pid) if "spawn_main" in cmdline(p)
+            or ("forkserver" in cmdline(p) and parents.get(p) != server_pid)]
 
 
 def rss_mib(pid: int) -> float:
