@@ -67,6 +67,20 @@ def _phases(log: str) -> dict:
             "pack_lines": [line for line in log.splitlines() if "cfg-parallel" in line][:40]}
 
 
+def _latent_digests(server, entry) -> dict:
+    """sha256 of each SaveLatent's tensor bytes, by node id: equal digests, equal latents bit for bit."""
+    import hashlib
+
+    import torch
+
+    out = {}
+    for node_id in sorted((entry.get("outputs") or {})):
+        if (entry["outputs"][node_id] or {}).get("latents"):
+            t = server.saved_latent(entry, node_id=node_id).contiguous()
+            out[node_id] = hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    return out
+
+
 def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags: list[str],
              settle_s: float = 0.0) -> dict:
     from devkit.comfy_server import PACK_LINK_NAME
@@ -81,7 +95,7 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags:
     extra = ["--disable-pinned-memory"] if "nopin" in flags else []
     server = GpuComfyServer(models=models, link_pack=False, env=env, extra_args=extra, startup_timeout=300)
     (server.custom_nodes_dir / PACK_LINK_NAME).symlink_to(pack.resolve(), target_is_directory=True)
-    walls = []
+    walls, digests = [], []
     try:
         t0 = time.monotonic()
         server.start()
@@ -89,14 +103,15 @@ def _variant(label: str, pack: Path, size: int, models: dict, steps: int, flags:
         time.sleep(settle_s)  # a user opening the page before queueing (the same for every variant)
         for seed in (11, 12):
             t0 = time.monotonic()
-            server.run(_graph(size, seed, steps), timeout=900)
+            entry = server.run(_graph(size, seed, steps), timeout=900)
             walls.append(round(time.monotonic() - t0, 2))
+            digests.append(_latent_digests(server, entry))
         log = server.log_text()
     finally:
         server.stop()
     result = {"label": label, "pack": str(pack), "size": size, "at_launch": at_launch, "server_args": extra,
               "server_start_s": start_s, "settle_s": settle_s,
-              "wall_s": walls,
+              "wall_s": walls, "latent_sha256": digests,
               **_phases(log), "log_lines": len(log.splitlines())}
     print(json.dumps({k: v for k, v in result.items() if k != "pack_lines"}), flush=True)
     return result
@@ -133,6 +148,8 @@ def main() -> None:
             pack, size, *flags = rest.split(":")
             result["variants"].append(_variant(label, Path(pack), int(size), models, args.steps, flags,
                                                        args.settle))
+            first = result["variants"][0]["latent_sha256"]
+            result["variants"][-1]["equals_first_variant"] = result["variants"][-1]["latent_sha256"] == first
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=1))
     finally:
