@@ -4,8 +4,10 @@ have them already instead of starting Python and importing them afresh for every
 
 It is multiprocessing's 'forkserver' start method with preloaded modules. The server holds no GPU:
 CUDA cannot cross a fork, so each rank still sets up its own device after it is forked, and what the
-server imports must not touch a GPU (``cuda_touched`` tells). The server exits with the process that
-started it. Where the platform has no fork server, groups spawn as before.
+server imports must not initialise CUDA (importing torch maps the driver library without starting
+it: a rank forked after that runs CUDA, checked on an H100; a rank whose CUDA fails to start says how
+to turn the warm start off). The server exits with the process that started it. Where the platform
+has no fork server, groups spawn as before.
 """
 from __future__ import annotations
 
@@ -71,13 +73,3 @@ def server_pid() -> int | None:
     import multiprocessing.forkserver as forkserver
 
     return getattr(forkserver._forkserver, "_forkserver_pid", None)
-
-
-def cuda_touched() -> bool:
-    """Whether this process has loaded the CUDA driver library (a forked rank checks this before it
-    sets up its device: loaded before the fork, the driver is not usable after it)."""
-    try:
-        with open(f"/proc/{os.getpid()}/maps") as f:
-            return any("libcuda.so" in line for line in f)
-    except OSError:
-        return False

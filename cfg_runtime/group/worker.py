@@ -144,16 +144,18 @@ def _join_group(config: WorkerConfig, outbox: Outbox,
     t1 = time.time()
     marks["torch"] = t1 - t0
     device = torch.device(config.device)
-    if config.warm and device.type == "cuda" and warm_start.cuda_touched():
-        raise RuntimeError("the warm fork server this rank was forked from had loaded the CUDA driver (a module "
-                           "imported there used the GPU), so CUDA cannot work in the rank; start ComfyUI with "
-                           f"{warm_start.ENV}=0")
-    setup = _run_init(config)
+    try:
+        setup = _run_init(config)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    except Exception as exc:
+        if config.warm and device.type == "cuda":  # e.g. a module imported by the fork server initialised CUDA
+            raise RuntimeError(f"{exc} (this rank was forked by the warm fork server; if CUDA cannot start in it, "
+                               f"start ComfyUI with {warm_start.ENV}=0)") from exc
+        raise
     t2 = time.time()
     marks["set-up"] = t2 - t1
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    else:
+    if device.type != "cuda":
         torch.set_num_threads(max(1, config.threads))
     store = dist.FileStore(config.store_path, config.world_size)
     dist.init_process_group(config.backend, store=store, rank=config.rank, world_size=config.world_size,
