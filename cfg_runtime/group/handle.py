@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 from ..errors import (CFGParallelError, GroupConfigError, GroupStartError, JobInterrupted, JobTimeoutError,
                       ShippingError, WorkerDiedError)
+from . import warm_start
 from .flight import Caller, Flight, JobResult, job_failed_error
 from .host import check_host_memory, fd_count, make_store_dir, release_uncollected_handles, sweep_stale_stores
 from .inbox import EOF, poll
 from .protocol import Job, Phase, Progress, Ready, Stage, StartFailed
 from .rank_os import raise_fd_limit, use_pid_named_mp_tempdir, use_pid_named_semaphores
 from .ranks import Processes, RankProcess
-from . import warm_start
 from .shipping import dumps
 from .spec import GroupSpec, check_device_backend
 

@@ -15,7 +15,6 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-import time
 from contextlib import contextmanager
 
 from .host import neutral_main
@@ -24,14 +23,15 @@ from .rank_os import use_pid_named_mp_tempdir
 ENV = "CFG_PARALLEL_WARM_START"  # "1" / "0": the warm start on / off (the default is the caller's)
 
 _lock = threading.Lock()
-_started: dict = {}  # "ctx": the forkserver context once started, "modules", "at": time.monotonic()
+_ctx = None  # the forkserver context, once its server was started here
 
 
 def start(modules: tuple[str, ...]) -> bool:
     """Start the fork server with `modules` imported in it, without waiting for the imports; True if
     it runs (or was started before). A module that fails to import is skipped by the server."""
+    global _ctx
     with _lock:
-        if "ctx" in _started:
+        if _ctx is not None:
             return True
         if "forkserver" not in mp.get_all_start_methods():
             return False
@@ -42,7 +42,7 @@ def start(modules: tuple[str, ...]) -> bool:
         use_pid_named_mp_tempdir(keep_existing=True)  # its socket: in a folder swept after a killed ComfyUI
         with neutral_main(), _path_in_environment():  # not ComfyUI's main.py, nor <ComfyUI>/comfy on its path
             forkserver.ensure_running()
-        _started.update(ctx=ctx, modules=tuple(modules), at=time.monotonic())
+        _ctx = ctx
         return True
 
 
@@ -63,12 +63,12 @@ def _path_in_environment():
 
 def context():
     """The multiprocessing context ranks start with: the warm fork server's once started, else None."""
-    return _started.get("ctx")
+    return _ctx
 
 
 def server_pid() -> int | None:
     """The fork server's pid (None when none was started here)."""
-    if "ctx" not in _started:
+    if _ctx is None:
         return None
     import multiprocessing.forkserver as forkserver
 
